@@ -1,0 +1,246 @@
+"""Systems of chips joined by links: named presets and the TOML schema of DESIGN.md 4.2.
+
+A system file looks like::
+
+    [chip]                 # a chip preset, optionally with parameters overridden
+    preset = "tsp"
+    [system]
+    chips = 4
+    links = [[0, 1], [1, 2], [2, 3], [3, 0]]   # each link carries both directions
+    link_latency_cycles = 220
+    link_gbps = 100
+
+Every key is checked: an unknown key or an impossible value is an error that
+names the key and points at its line in the file.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from dataclasses import dataclass
+
+from isa.chip import CHIP_KEYS, CHIP_PRESETS, ChipConfig, ChipConfigError
+from isa.diagnostics import Loc, LpuError, Source, error
+
+WIRE_OVERHEAD_BYTES = 8  # a 320-byte vector travels as 328 bytes (ISCA 2022)
+
+
+@dataclass(frozen=True)
+class SystemConfig:
+    """Chips of one kind, the links between them, and the links' timing."""
+
+    name: str
+    chip: ChipConfig
+    chips: int = 1
+    links: tuple[tuple[int, int], ...] = ()
+    link_latency_cycles: int = 220
+    link_gbps: float = 100.0
+    rx_buffer_depth: int = 1  # vectors a receiver may hold before its RECV takes them
+
+    def __post_init__(self) -> None:
+        for key, message in _problems(self):
+            raise ChipConfigError(key, message)
+
+    @property
+    def vector_wire_bytes(self) -> int:
+        return self.chip.lanes + WIRE_OVERHEAD_BYTES
+
+    @property
+    def link_cycles_per_vector(self) -> int:
+        """Cycles one vector occupies a link direction (serialisation)."""
+        seconds = self.vector_wire_bytes * 8 / (self.link_gbps * 1e9)
+        return max(1, math.ceil(seconds * self.chip.clock_mhz * 1e6 - 1e-9))
+
+    def neighbours(self, chip: int) -> tuple[int, ...]:
+        out = {b for a, b in self.links if a == chip} | {a for a, b in self.links if b == chip}
+        return tuple(sorted(out))
+
+
+def _problems(s: SystemConfig):
+    if not isinstance(s.chips, int) or isinstance(s.chips, bool) or s.chips < 1:
+        yield "system.chips", f"must be a positive integer, got {s.chips!r}"
+        return
+    if not isinstance(s.link_latency_cycles, int) or s.link_latency_cycles < 1:
+        yield "system.link_latency_cycles", f"must be a positive integer, got {s.link_latency_cycles!r}"
+    if isinstance(s.link_gbps, bool) or not isinstance(s.link_gbps, (int, float)) or not s.link_gbps > 0:
+        yield "system.link_gbps", f"must be a positive number, got {s.link_gbps!r}"
+    if not isinstance(s.rx_buffer_depth, int) or s.rx_buffer_depth < 1:
+        yield "system.rx_buffer_depth", f"must be a positive integer, got {s.rx_buffer_depth!r}"
+    seen: set[tuple[int, int]] = set()
+    degree = [0] * s.chips
+    for link in s.links:
+        a, b = link
+        for end in (a, b):
+            if not 0 <= end < s.chips:
+                yield "system.links", f"link {list(link)} names chip {end}, but chips are 0..{s.chips - 1}"
+                return
+        if a == b:
+            yield "system.links", f"link {list(link)} joins chip {a} to itself"
+            return
+        key = (min(a, b), max(a, b))
+        if key in seen:
+            yield "system.links", f"link {list(link)} is listed twice"
+            return
+        seen.add(key)
+        degree[a] += 1
+        degree[b] += 1
+    for chip, d in enumerate(degree):
+        if d > s.chip.c2c_links:
+            yield "system.links", f"chip {chip} has {d} links but a {s.chip.name} chip has {s.chip.c2c_links}"
+            return
+    if s.chips > 1:
+        unreached = _unreached(s.chips, s.links)
+        if unreached:
+            yield "system.links", f"chips {sorted(unreached)} cannot be reached from chip 0"
+
+
+def _unreached(chips: int, links) -> set[int]:
+    adjacent: dict[int, set[int]] = {c: set() for c in range(chips)}
+    for a, b in links:
+        adjacent[a].add(b)
+        adjacent[b].add(a)
+    seen, todo = {0}, [0]
+    while todo:
+        for n in adjacent[todo.pop()]:
+            if n not in seen:
+                seen.add(n)
+                todo.append(n)
+    return set(range(chips)) - seen
+
+
+def _all_to_all(chips: int) -> tuple[tuple[int, int], ...]:
+    return tuple((a, b) for a in range(chips) for b in range(a + 1, chips))
+
+
+def _ring(chips: int) -> tuple[tuple[int, int], ...]:
+    if chips == 1:
+        return ()
+    if chips == 2:
+        return ((0, 1),)
+    return tuple((i, (i + 1) % chips) for i in range(chips))
+
+
+SYSTEM_NAMES = ("tiny", "tsp", "node", "ring:N")
+
+
+def named_system(name: str) -> SystemConfig:
+    """A named system: tiny and tsp (one chip), node (8 tsp chips, all-to-all), ring:N."""
+    if name in CHIP_PRESETS:
+        return SystemConfig(name=name, chip=CHIP_PRESETS[name])
+    if name == "node":
+        return SystemConfig(name="node", chip=CHIP_PRESETS["tsp"], chips=8, links=_all_to_all(8))
+    m = re.fullmatch(r"ring:(\d+)", name)
+    if m:
+        n = int(m.group(1))
+        if not 1 <= n <= 4096:
+            raise error(f"ring:N needs 1 <= N <= 4096, got {n}")
+        return SystemConfig(name=name, chip=CHIP_PRESETS["tsp"], chips=n, links=_ring(n))
+    raise error(f"unknown system {name!r}; known systems: {', '.join(SYSTEM_NAMES)}, or a .toml file")
+
+
+# -- TOML ----------------------------------------------------------------------
+
+SYSTEM_KEYS = ("name", "chips", "links", "link_latency_cycles", "link_gbps", "rx_buffer_depth")
+
+
+def load_system(path: str) -> SystemConfig:
+    """Read a system (or a lone chip) from a TOML file; errors name the file, line and key."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise error(f"cannot read system file: {e.strerror}", filename=path) from None
+    return parse_system(raw, path)
+
+
+def parse_system(raw: bytes, filename: str) -> SystemConfig:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"file is not UTF-8 text (byte {e.start})", filename=filename) from None
+    source = Source(filename, text)
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
+        msg = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(e))
+        loc = Loc(source, int(m.group(1)), int(m.group(2))) if m else None
+        raise error(f"invalid TOML: {msg[:1].lower() + msg[1:]}", loc, filename=filename) from None
+
+    def fail(table: str | None, key: str | None, message: str) -> LpuError:
+        return error(message, _locate(source, table, key), filename=filename)
+
+    for table in doc:
+        if table not in ("chip", "system"):
+            raise fail(None, table, f"unknown table [{table}]; a system file has [chip] and [system]")
+        if not isinstance(doc[table], dict):
+            raise fail(None, table, f"{table!r} must be a table ([{table}])")
+    chip_table = dict(doc.get("chip", {}))
+    system_table = dict(doc.get("system", {}))
+
+    preset = chip_table.pop("preset", "tsp")
+    if preset not in CHIP_PRESETS:
+        raise fail("chip", "preset", f"unknown chip preset {preset!r}; known: {', '.join(CHIP_PRESETS)}")
+    for key in chip_table:
+        if key not in CHIP_KEYS:
+            raise fail("chip", key, f"unknown key 'chip.{key}'; known keys: preset, {', '.join(CHIP_KEYS)}")
+    try:
+        chip = CHIP_PRESETS[preset].replace(**chip_table)
+    except ChipConfigError as e:
+        raise fail("chip", e.key, f"chip.{e.key} {e.message}") from None
+
+    for key in system_table:
+        if key not in SYSTEM_KEYS:
+            raise fail("system", key, f"unknown key 'system.{key}'; known keys: {', '.join(SYSTEM_KEYS)}")
+    links = system_table.get("links", None)
+    chips = system_table.get("chips", 1)
+    if links is None:
+        links = _all_to_all(chips) if isinstance(chips, int) and 1 < chips <= 64 else ()
+    if not isinstance(links, list) and not isinstance(links, tuple):
+        raise fail("system", "links", "system.links must be a list of [a, b] pairs")
+    pairs = []
+    for link in links:
+        if not (isinstance(link, (list, tuple)) and len(link) == 2 and all(
+                isinstance(e, int) and not isinstance(e, bool) for e in link)):
+            raise fail("system", "links", f"system.links entry {link!r} is not a pair of chip numbers")
+        pairs.append((link[0], link[1]))
+    name = system_table.get("name", filename.rsplit("/", 1)[-1].removesuffix(".toml"))
+    try:
+        return SystemConfig(
+            name=str(name),
+            chip=chip,
+            chips=chips,
+            links=tuple(pairs),
+            link_latency_cycles=system_table.get("link_latency_cycles", 220),
+            link_gbps=system_table.get("link_gbps", 100.0),
+            rx_buffer_depth=system_table.get("rx_buffer_depth", 1),
+        )
+    except ChipConfigError as e:
+        table, _, key = e.key.partition(".")
+        raise fail(table, key, f"{e.key} {e.message}") from None
+
+
+def _locate(source: Source, table: str | None, key: str | None) -> Loc | None:
+    """Find the line where `key` is set inside `[table]` (or the header of table `key`)."""
+    current = None
+    for number, line in enumerate(source.text.splitlines(), start=1):
+        stripped = line.strip()
+        header = re.match(r"\[\s*([A-Za-z0-9_.-]+)\s*\]", stripped)
+        if header:
+            current = header.group(1)
+            if table is None and current == key:
+                return Loc(source, number, line.index("[") + 1)
+            continue
+        m = re.match(r"\s*([A-Za-z0-9_-]+)\s*=", line)
+        if m and m.group(1) == key and current == table:
+            return Loc(source, number, m.start(1) + 1)
+    return None
+
+
+def resolve_system(spec: str) -> SystemConfig:
+    """A system from a name (`tiny`, `node`, `ring:4`, ...) or a path to a TOML file."""
+    if spec.endswith(".toml"):
+        return load_system(spec)
+    return named_system(spec)
