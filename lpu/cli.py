@@ -1,0 +1,170 @@
+"""The `lpu` command line. Exit codes: 0 success, 1 the user's input is wrong, 2 usage error.
+
+No Python traceback reaches the user: user errors print located diagnostics;
+an internal failure prints one line naming it as our bug (LPU_DEBUG=1 shows the
+traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+import numpy as np
+
+from isa.diagnostics import LpuError, error
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.run(args)
+    except LpuError as e:
+        print(e.render(), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lpu: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # an internal bug: one clear line, never a traceback by default
+        if os.environ.get("LPU_DEBUG"):
+            traceback.print_exc()
+        print(f"lpu: internal error: {type(e).__name__}: {e}\n"
+              "This is a bug in lpu, not in your input; set LPU_DEBUG=1 to see where it happened.",
+              file=sys.stderr)
+        return 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # usage errors exit 2 with the usage line
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="lpu", description="Compile models onto LPU chips and check the schedules.")
+    sub = p.add_subparsers(dest="command", title="commands", metavar="COMMAND", parser_class=_Parser)
+
+    c = sub.add_parser("check", help="parse and verify a .lpu file; print its canonical IR")
+    c.add_argument("model", metavar="MODEL.lpu")
+    c.set_defaults(run=cmd_check)
+
+    e = sub.add_parser("eval", help="run a module on the reference interpreter (numpy)")
+    e.add_argument("model", metavar="MODEL.lpu")
+    e.add_argument("-w", "--weights", metavar="WEIGHTS.npz", help="weights (default: seeded random)")
+    e.add_argument("--inputs", metavar="X.npz", help="inputs (default: seeded random)")
+    e.add_argument("-o", "--output", metavar="OUT.npz", help="write the outputs out0, out1, ...")
+    e.add_argument("--entry", metavar="NAME", help="graph to run (default: the only one, or main)")
+    e.add_argument("--seed", type=int, default=0, help="seed for random weights and inputs")
+    e.set_defaults(run=cmd_eval)
+
+    i = sub.add_parser("isa", help="print the ISA reference (opcodes, timing, chip presets)")
+    i.set_defaults(run=cmd_isa)
+
+    s = sub.add_parser("system", help="validate and describe a system (a name or a .toml file)")
+    s.add_argument("system", metavar="PRESET|FILE.toml")
+    s.set_defaults(run=cmd_system)
+    return p
+
+
+def cmd_check(args) -> int:
+    from compiler import parse_file, print_module
+
+    sys.stdout.write(print_module(parse_file(args.model)))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from compiler import parse_file
+    from compiler.reference import Reference
+    from lpu.arrays import check_arrays, load_npz, random_inputs, random_weights, save_npz
+
+    module = parse_file(args.model)
+    graph = _entry(module, args.entry, args.model)
+    if args.weights:
+        weights = check_arrays(load_npz(args.weights), module.params, filename=args.weights,
+                               what="param")
+    else:
+        weights = random_weights(module, args.seed)
+    if args.inputs:
+        inputs = check_arrays(load_npz(args.inputs), graph.args, filename=args.inputs,
+                              what="argument")
+    else:
+        inputs = random_inputs(module, graph, args.seed)
+    outputs = Reference(module, weights).run(graph.name, inputs)
+    for k, (out, t) in enumerate(zip(outputs, graph.result_types)):
+        print(f"out{k} : {t}  {_summary(out)}")
+    if args.output:
+        save_npz(args.output, {f"out{k}": o for k, o in enumerate(outputs)})
+        print(f"wrote {len(outputs)} output{'s' if len(outputs) != 1 else ''} to {args.output}")
+    return 0
+
+
+def _entry(module, name: str | None, filename: str):
+    names = [g.name for g in module.graphs]
+    if name is None:
+        if len(names) == 1:
+            return module.graphs[0]
+        if "main" in names:
+            return module.graph("main")
+        raise error(f"module {module.name} has several graphs ({', '.join(names)}); choose one "
+                    "with --entry", filename=filename)
+    if name not in names:
+        raise error(f"module {module.name} has no graph '{name}' (it has {', '.join(names)})",
+                    filename=filename)
+    return module.graph(name)
+
+
+def _summary(x: np.ndarray) -> str:
+    flat = x.reshape(-1)
+    head = ", ".join(_fmt(v) for v in flat[:4]) + (", ..." if flat.size > 4 else "")
+    if x.dtype.kind == "f":
+        f = flat.astype(np.float64)
+        finite = f[np.isfinite(f)]
+        stats = (f"mean {finite.mean():.6g}  min {finite.min():.6g}  max {finite.max():.6g}"
+                 if finite.size else "no finite values")
+        return f"[{head}]  {stats}"
+    return f"[{head}]  sum {int(flat.astype(np.int64).sum())}"
+
+
+def _fmt(v) -> str:
+    if isinstance(v, (np.floating, float)):
+        return f"{float(v):.6g}"
+    if isinstance(v, (np.bool_, bool)):
+        return "true" if v else "false"
+    return str(int(v))
+
+
+def cmd_isa(args) -> int:
+    from isa.docs import render
+
+    sys.stdout.write(render())
+    return 0
+
+
+def cmd_system(args) -> int:
+    from isa.system import resolve_system
+
+    s = resolve_system(args.system)
+    c = s.chip
+    print(f"system {s.name}: {s.chips} chip{'s' if s.chips != 1 else ''} of {c.name}, "
+          f"{len(s.links)} link{'s' if len(s.links) != 1 else ''}")
+    print(f"  chip: {c.lanes} lanes, {c.streams_per_direction}+{c.streams_per_direction} streams, "
+          f"{c.mem_slices} MEM slices x {c.mem_slice_bytes} bytes = {c.sram_bytes} bytes SRAM, "
+          f"{2 * c.mxm_planes_per_hemisphere} MXM planes, {c.clock_mhz:g} MHz")
+    if s.chips > 1:
+        print(f"  links: {s.link_latency_cycles} cycles latency, {s.link_gbps:g} Gb/s, "
+              f"{s.link_cycles_per_vector} cycles per {s.vector_wire_bytes}-byte vector, "
+              f"receive buffer {s.rx_buffer_depth}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
