@@ -151,7 +151,7 @@ def _problems(c: ChipConfig):
     if c.mxm_k_f16 > c.mxm_k_i8:
         yield "mxm_k_f16", f"f16 takes two bytes a row, so it cannot exceed mxm_k_i8 ({c.mxm_k_i8})"
     if c.c2c_links % 2:
-        yield "c2c_links", f"links are split between the two edges, so the count must be even, got {c.c2c_links}"
+        yield "c2c_links", f"links are split between the two edges, so it must be even, got {c.c2c_links}"
 
 
 # The published Groq TSP (ISCA 2020; shared/reference/groq-tsp.md section 1.3).
