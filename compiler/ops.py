@@ -182,7 +182,9 @@ def matmul_rule(ts, attrs, declared, op):
         if t.rank < 2:
             raise OpError(f"matmul operands need rank 2 or more, got {t}", ("operand", i))
     dtype = same_dtype(ts, op)
-    want_dtype(a, ("i8", "f16", "bf16"), op, what="operands (the matrix unit's input types)")
+    if dtype not in ("i8", "f16", "bf16"):
+        raise OpError(f"matmul takes i8, f16 or bf16 operands (what the matrix unit multiplies), "
+                      f"got {a}; cast first", ("operand", 0))
     if a.shape[-1] != b.shape[-2]:
         raise OpError(f"matmul inner dimensions differ: {a} x {b}")
     batch = broadcast([TensorType(dtype, a.shape[:-2]), TensorType(dtype, b.shape[:-2])], op)

@@ -1,0 +1,168 @@
+"""Hypothesis strategies that generate verified IR modules (public: use them in your own tests).
+
+    from hypothesis import given
+    from lpu.strategies import modules
+
+    @given(modules(max_ops=6))
+    def test_my_pass(m): ...
+
+Modules are built op by op: a candidate op with operands drawn from the values
+already defined is kept only when the verifier's rule accepts it, so every
+generated module verifies. Shrinking removes ops, graphs and symbols and moves
+towards small shapes and f32.
+"""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from compiler.ir import Commit, Global, Graph, Module, Op, TensorType, Value, freeze_attr
+from compiler.ops import OpError, infer
+
+ELEMENTWISE = ("add", "sub", "mul", "div", "max", "min", "neg", "relu", "exp", "log", "tanh",
+               "sigmoid", "silu", "sqrt", "rsqrt", "recip", "gelu")
+OTHERS = ("cast", "where", "less", "greater", "equal", "reduce_sum", "reduce_max", "reduce_mean",
+          "softmax", "layernorm", "rmsnorm", "rope", "matmul", "reshape", "transpose", "concat",
+          "slice", "gather", "constant", "iota", "update_slice")
+ALL_OPS = ELEMENTWISE + OTHERS
+
+_names = st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=6)
+
+
+def tensor_types(dtypes=("f32", "f16", "bf16", "i8", "i32", "bool"), max_rank: int = 3,
+                 max_dim: int = 6) -> st.SearchStrategy[TensorType]:
+    return st.builds(TensorType, st.sampled_from(dtypes),
+                     st.lists(st.integers(1, max_dim), max_size=max_rank).map(tuple))
+
+
+@st.composite
+def _attrs_for(draw, name: str, types: list[TensorType]) -> dict:
+    rank = types[0].rank if types else 0
+    axis = st.integers(-rank, rank - 1) if rank else st.just(0)
+    if name == "gelu":
+        return draw(st.sampled_from([{}, {"approximate": "none"}, {"approximate": "tanh"}]))
+    if name == "cast":
+        return {"to": draw(st.sampled_from(["f32", "f16", "bf16", "i8", "i32", "bool"]))}
+    if name.startswith("reduce_"):
+        out = {}
+        if rank and draw(st.booleans()):
+            out["axis"] = draw(axis)
+        if draw(st.booleans()):
+            out["keepdims"] = draw(st.booleans())
+        return out
+    if name == "softmax":
+        return {"axis": draw(axis)} if rank and draw(st.booleans()) else {}
+    if name in ("layernorm", "rmsnorm"):
+        return {"eps": draw(st.sampled_from([1e-5, 1e-6, 0.001]))} if draw(st.booleans()) else {}
+    if name == "transpose":
+        perm = draw(st.permutations(list(range(rank))))
+        return {"perm": tuple(perm)}
+    if name in ("concat", "update_slice"):
+        return {"axis": draw(axis)}
+    if name == "slice":
+        a = draw(axis)
+        dim = types[0].shape[a] if rank else 1
+        start = draw(st.integers(0, max(dim - 1, 0)))
+        return {"axis": a, "start": start, "stop": draw(st.integers(start + 1, max(dim, start + 1)))}
+    return {}
+
+
+@st.composite
+def _op(draw, name: str, pool: list, index_values: list) -> Op | None:
+    """One candidate op over values in `pool`; None when the rule rejects it."""
+    arity = {"where": 3, "layernorm": 3, "rope": 3, "update_slice": 3, "rmsnorm": 2, "matmul": 2,
+             "gather": 2, "constant": 0, "iota": 0}
+    if name in arity:
+        n = arity[name]
+    elif name in ("add", "sub", "mul", "div", "max", "min", "less", "greater", "equal"):
+        n = 2
+    elif name == "concat":
+        n = draw(st.integers(1, 3))
+    else:
+        n = 1
+    if n and not pool:
+        return None
+    operands = [draw(st.sampled_from(pool)) for _ in range(n)]
+    if name in ("concat",) and operands:
+        operands = [operands[0]] * len(operands) if draw(st.booleans()) else operands
+    if name == "update_slice":
+        if not index_values:
+            return None
+        operands[2] = draw(st.sampled_from(index_values))
+    if name == "gather":
+        ids = [v for v in pool if v.type.dtype == "i32"]
+        if not ids:
+            return None
+        operands[1] = draw(st.sampled_from(ids))
+    types = [o.type for o in operands]
+    attrs = draw(_attrs_for(name, types))
+    declared = None
+    if name in ("constant", "iota"):
+        declared = draw(tensor_types(("f32", "f16", "i32") if name == "iota" else
+                                     ("f32", "f16", "bf16", "i32", "bool"), max_rank=2, max_dim=4))
+        if name == "iota":
+            attrs = {"axis": draw(st.integers(0, max(declared.rank - 1, 0)))}
+        else:
+            attrs = {"value": _scalar(draw, declared.dtype)}
+    elif name == "reshape":
+        t = types[0]
+        shapes = [s for s in _factorisations(t.size) if s != t.shape] or [t.shape]
+        declared = TensorType(t.dtype, draw(st.sampled_from(shapes)))
+    elif name == "matmul" and types[0].dtype == "i8":
+        declared = None
+    try:
+        result_type = infer(name, types, attrs, declared)
+    except OpError:
+        return None
+    attrs = {k: freeze_attr(v) for k, v in attrs.items()}
+    return Op(name, tuple(operands), Value(result_type, None), tuple(sorted(attrs.items())))
+
+
+def _scalar(draw, dtype: str):
+    if dtype == "bool":
+        return draw(st.booleans())
+    if dtype in ("i8", "i32"):
+        return draw(st.integers(-100, 100))
+    return draw(st.sampled_from([0.0, 1.0, -2.5, 0.125, 1e-05, float("-inf"), 3.0e4]))
+
+
+def _factorisations(n: int) -> list[tuple[int, ...]]:
+    out = [(n,)]
+    for a in range(2, n + 1):
+        if n % a == 0:
+            out.append((a, n // a))
+    return out[:6]
+
+
+@st.composite
+def graphs(draw, name: str, symbols: list[Global], max_ops: int = 8, ops=ALL_OPS,
+           dtypes=("f32", "f16", "bf16", "i8", "i32")) -> Graph:
+    args = [Value(t, None) for t in draw(st.lists(tensor_types(dtypes), min_size=1, max_size=3))]
+    if draw(st.booleans()):
+        args.append(Value(TensorType("i32", ()), "pos"))
+    pool: list = list(args) + [s for s in symbols]
+    index_values = [v for v in pool if v.type == TensorType("i32", ())]
+    body: list = []
+    for _ in range(draw(st.integers(0, max_ops))):
+        op = draw(_op(draw(st.sampled_from(ops)), pool, index_values))
+        if op is not None:
+            body.append(op)
+            pool.append(op.result)
+    for s in symbols:
+        if s.kind == "state":
+            same = [v for v in pool if v.type == s.type and v is not s]
+            if same and draw(st.booleans()):
+                body.append(Commit(s, draw(st.sampled_from(same))))
+    results = draw(st.lists(st.sampled_from(pool), min_size=0 if pool else 0, max_size=2)) if pool else []
+    return Graph(name, tuple(args), tuple(r.type for r in results), tuple(body), tuple(results))
+
+
+@st.composite
+def modules(draw, max_ops: int = 8, max_graphs: int = 2, ops=ALL_OPS) -> Module:
+    """A verified module with a few params and states and one or more graphs."""
+    names = draw(st.lists(_names, max_size=4, unique=True))
+    symbols = [Global(draw(st.sampled_from(["param", "param", "state"])), n, draw(tensor_types()))
+               for n in names]
+    graph_names = draw(st.lists(_names, min_size=1, max_size=max_graphs, unique=True))
+    gs = [draw(graphs(g, symbols, max_ops=max_ops, ops=ops)) for g in graph_names]
+    return Module(draw(_names), tuple(symbols), tuple(gs))
