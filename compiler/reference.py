@@ -12,7 +12,8 @@ Semantics per op (numpy semantics and trailing-axis broadcasting unless stated):
   result dtype (f16, bf16 or f32; default the operand dtype); i8 x i8 sums exactly
   into i32. Leading axes are batch axes and broadcast.
 - `gelu`: the tanh approximation 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)));
-  `{approximate = "none"}`: 0.5 x (1 + erf(x / sqrt 2)).
+  `{approximate = "none"}`: 0.5 x (1 + erf(x / sqrt 2)). Both are evaluated in forms that
+  keep their relative accuracy for negative x (see `_gelu`).
 - `layernorm(x, g, b)`: over the last axis, (x - mean) / sqrt(var + eps) * g + b
   with the biased variance; eps defaults to 1e-5.
 - `rmsnorm(x, g)`: x / sqrt(mean(x^2) + eps) * g over the last axis; eps defaults to 1e-6.
@@ -71,16 +72,20 @@ def _sigmoid(x):
     return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
 
 
-_ERF = np.vectorize(math.erf, otypes=[np.float64])
+_ERFC = np.vectorize(math.erfc, otypes=[np.float64])
 
 
 def _gelu(op: Op, args):
+    # Written in forms that do not cancel for negative x (1 + tanh(u) and 1 + erf(v) lose every
+    # digit there in f32): 0.5 x (1 + tanh(u)) = x / (1 + e^(-2u)), 0.5 x (1 + erf(v)) = 0.5 x erfc(-v).
     x = as_f32(args[0])
-    if op.attr("approximate", "tanh") == "none":
-        y = 0.5 * x * (1.0 + _ERF(x.astype(np.float64)).astype(np.float32))
-    else:
-        c = np.float32(math.sqrt(2.0 / math.pi))
-        y = 0.5 * x * (1.0 + np.tanh(c * (x + np.float32(0.044715) * x * x * x)))
+    with np.errstate(all="ignore"):
+        if op.attr("approximate", "tanh") == "none":
+            y = np.float32(0.5) * x * _ERFC(-x.astype(np.float64) / math.sqrt(2.0)).astype(np.float32)
+        else:
+            c = np.float32(math.sqrt(2.0 / math.pi))
+            u = c * (x + np.float32(0.044715) * x * x * x)
+            y = x / (np.float32(1.0) + np.exp(np.float32(-2.0) * u))
     return from_f32(y, op.result.type.dtype)
 
 

@@ -68,48 +68,95 @@ def _attrs_for(draw, name: str, types: list[TensorType]) -> dict:
 
 
 @st.composite
-def _op(draw, name: str, pool: list, index_values: list) -> Op | None:
-    """One candidate op over values in `pool`; None when the rule rejects it."""
-    arity = {"where": 3, "layernorm": 3, "rope": 3, "update_slice": 3, "rmsnorm": 2, "matmul": 2,
-             "gather": 2, "constant": 0, "iota": 0}
-    if name in arity:
-        n = arity[name]
-    elif name in ("add", "sub", "mul", "div", "max", "min", "less", "greater", "equal"):
-        n = 2
-    elif name == "concat":
-        n = draw(st.integers(1, 3))
-    else:
-        n = 1
-    if n and not pool:
+def _op(draw, name: str, pool: list, fresh) -> Op | None:
+    """One candidate op over values in `pool`; None when the rule rejects it.
+
+    Operands are chosen to fit the op (same dtype, matching inner dimension, a
+    bool condition, ...); where the pool has nothing that fits, `fresh(type)`
+    adds a new graph argument of that type.
+    """
+
+    def pick(pred, make: TensorType | None = None):
+        fits = [v for v in pool if pred(v.type)]
+        if fits and (make is None or draw(st.integers(0, 3))):
+            return draw(st.sampled_from(fits))
+        return fresh(make) if make is not None else None
+
+    floats = ("f32", "f16", "bf16")
+    binary = ("add", "sub", "mul", "div", "max", "min", "less", "greater", "equal")
+    declared = None
+    if name in ("constant", "iota"):
+        operands = []
+    elif not pool:
         return None
-    operands = [draw(st.sampled_from(pool)) for _ in range(n)]
-    if name in ("concat",) and operands:
-        operands = [operands[0]] * len(operands) if draw(st.booleans()) else operands
-    if name == "update_slice":
-        if not index_values:
-            return None
-        operands[2] = draw(st.sampled_from(index_values))
-    if name == "gather":
-        ids = [v for v in pool if v.type.dtype == "i32"]
-        if not ids:
-            return None
-        operands[1] = draw(st.sampled_from(ids))
+    else:
+        first = draw(st.sampled_from(pool))
+        t = first.type
+        if name in binary:
+            if t.rank and draw(st.booleans()):
+                other = TensorType(t.dtype, t.shape[draw(st.integers(0, t.rank)):])
+            else:
+                other = t
+            operands = [first, pick(lambda u: u == other, other)]
+            if draw(st.booleans()):
+                operands.reverse()
+        elif name == "where":
+            operands = [pick(lambda u: u.dtype == "bool" and u.shape == t.shape,
+                             TensorType("bool", t.shape)), first, pick(lambda u: u == t, t)]
+        elif name in ("layernorm", "rmsnorm"):
+            if t.dtype not in floats or t.rank == 0:
+                return None
+            g = TensorType(t.dtype, (t.shape[-1],))
+            operands = [first] + [pick(lambda u: u == g, g)] * (2 if name == "layernorm" else 1)
+        elif name == "rope":
+            if t.dtype not in floats or t.rank == 0 or t.shape[-1] % 2:
+                return None
+            cs = TensorType(t.dtype, t.shape[-2:] if t.rank >= 2 else t.shape)
+            operands = [first, pick(lambda u: u == cs, cs), pick(lambda u: u == cs, cs)]
+        elif name == "matmul":
+            if t.dtype not in ("i8", "f16", "bf16") or t.rank < 2:
+                return None
+            k = t.shape[-1]
+            b = TensorType(t.dtype, (k, draw(st.integers(1, 5))))
+            operands = [first, pick(lambda u: u.dtype == t.dtype and u.rank >= 2 and u.shape[-2] == k, b)]
+        elif name == "gather":
+            if t.rank == 0:
+                return None
+            ids = TensorType("i32", tuple(draw(st.lists(st.integers(1, 4), max_size=2))))
+            operands = [first, pick(lambda u: u.dtype == "i32", ids)]
+        elif name == "update_slice":
+            if t.rank == 0:
+                return None
+            axis = draw(st.integers(0, t.rank - 1))
+            shape = list(t.shape)
+            shape[axis] = draw(st.integers(1, t.shape[axis]))
+            v = TensorType(t.dtype, tuple(shape))
+            scalar = TensorType("i32", ())
+            operands = [first, pick(lambda u: u == v, v), pick(lambda u: u == scalar, scalar)]
+        elif name == "concat":
+            operands = [first] * draw(st.integers(1, 3))
+        else:
+            operands = [first]
     types = [o.type for o in operands]
     attrs = draw(_attrs_for(name, types))
-    declared = None
+    if name == "update_slice":
+        attrs = {"axis": next(a for a in range(types[0].rank)
+                              if types[1].shape[a] <= types[0].shape[a]
+                              and all(types[1].shape[b] == types[0].shape[b]
+                                      for b in range(types[0].rank) if b != a))}
     if name in ("constant", "iota"):
         declared = draw(tensor_types(("f32", "f16", "i32") if name == "iota" else
                                      ("f32", "f16", "bf16", "i32", "bool"), max_rank=2, max_dim=4))
         if name == "iota":
-            attrs = {"axis": draw(st.integers(0, max(declared.rank - 1, 0)))}
+            if declared.rank == 0:
+                return None
+            attrs = {"axis": draw(st.integers(0, declared.rank - 1))}
         else:
             attrs = {"value": _scalar(draw, declared.dtype)}
     elif name == "reshape":
         t = types[0]
         shapes = [s for s in _factorisations(t.size) if s != t.shape] or [t.shape]
         declared = TensorType(t.dtype, draw(st.sampled_from(shapes)))
-    elif name == "matmul" and types[0].dtype == "i8":
-        declared = None
     try:
         result_type = infer(name, types, attrs, declared)
     except OpError:
@@ -138,13 +185,17 @@ def _factorisations(n: int) -> list[tuple[int, ...]]:
 def graphs(draw, name: str, symbols: list[Global], max_ops: int = 8, ops=ALL_OPS,
            dtypes=("f32", "f16", "bf16", "i8", "i32")) -> Graph:
     args = [Value(t, None) for t in draw(st.lists(tensor_types(dtypes), min_size=1, max_size=3))]
-    if draw(st.booleans()):
-        args.append(Value(TensorType("i32", ()), "pos"))
-    pool: list = list(args) + [s for s in symbols]
-    index_values = [v for v in pool if v.type == TensorType("i32", ())]
+    pool: list = list(args) + list(symbols)
+
+    def fresh(t: TensorType) -> Value:
+        v = Value(t, None)
+        args.append(v)
+        pool.append(v)
+        return v
+
     body: list = []
-    for _ in range(draw(st.integers(0, max_ops))):
-        op = draw(_op(draw(st.sampled_from(ops)), pool, index_values))
+    for _ in range(draw(st.integers(1, max_ops))):
+        op = draw(_op(draw(st.sampled_from(ops)), pool, fresh))
         if op is not None:
             body.append(op)
             pool.append(op.result)
@@ -153,7 +204,8 @@ def graphs(draw, name: str, symbols: list[Global], max_ops: int = 8, ops=ALL_OPS
             same = [v for v in pool if v.type == s.type and v is not s]
             if same and draw(st.booleans()):
                 body.append(Commit(s, draw(st.sampled_from(same))))
-    results = draw(st.lists(st.sampled_from(pool), min_size=0 if pool else 0, max_size=2)) if pool else []
+    produced = [op.result for op in body if isinstance(op, Op)] or pool
+    results = draw(st.lists(st.sampled_from(produced), min_size=1, max_size=2))
     return Graph(name, tuple(args), tuple(r.type for r in results), tuple(body), tuple(results))
 
 
