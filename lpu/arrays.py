@@ -22,6 +22,16 @@ from isa.numerics import FLOATS, INT_RANGE, STORAGE
 def load_npz(path: str) -> dict[str, np.ndarray]:
     """Read every array of an .npz file; never unpickles."""
     try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        magic = b"PK\x03\x04"  # let np.load report it below, in the same words as other errors
+    except OSError as e:
+        raise error(f"cannot read file: {e.strerror}", filename=path) from None
+    if magic != b"PK\x03\x04":
+        what = "an .npy file (one array)" if magic.startswith(b"\x93NUM") else "not a zip archive"
+        raise error(f"not a readable .npz file: {what}", filename=path)
+    try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in sorted(z.files)}
     except FileNotFoundError:
