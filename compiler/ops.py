@@ -170,7 +170,11 @@ def rope_rule(ts, attrs, declared, op):
     if x.rank < 1 or x.shape[-1] % 2:
         raise OpError(f"rope needs an even last axis (the head dimension), got {x}", ("operand", 0))
     for i, t in ((1, cos), (2, sin)):
-        if broadcast([x, t], op) != x.shape or t.rank == 0 or t.shape[-1] != x.shape[-1]:
+        try:
+            fits = broadcast([x, t], op) == x.shape and t.rank > 0 and t.shape[-1] == x.shape[-1]
+        except OpError:
+            fits = False
+        if not fits:
             raise OpError(f"rope {'cos' if i == 1 else 'sin'} {t} must broadcast to {x} with the "
                           f"same last axis", ("operand", i))
     return with_declared(x, declared, op)
