@@ -216,7 +216,7 @@ def _constant(op: Op, args):
 
 def _transpose(op: Op, args):
     perm = op.attr("perm")
-    return np.ascontiguousarray(np.transpose(args[0], None if perm is None else perm))
+    return np.transpose(args[0], None if perm is None else perm).copy()  # copy() keeps 0-d arrays 0-d
 
 
 def _reshape(op: Op, args):
@@ -291,7 +291,8 @@ class Reference:
 
         for s in graph.body:
             if isinstance(s, Op):
-                out = IMPLS[s.name](s, [value(o) for o in s.operands])
+                with np.errstate(all="ignore"):  # inf and NaN are values here, not accidents
+                    out = IMPLS[s.name](s, [value(o) for o in s.operands])
                 assert out.shape == s.result.type.shape and out.dtype == STORAGE[s.result.type.dtype], (
                     s.name, out.shape, out.dtype, s.result.type)
                 env[id(s.result)] = out

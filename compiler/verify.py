@@ -7,9 +7,13 @@ and runs between passes in debug mode.
 
 from __future__ import annotations
 
+import re
+
 from compiler.ir import Commit, Global, Module, Op
 from compiler.ops import OPS, OpError, infer
 from isa.diagnostics import Loc, LpuError, error
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.]*$")
 
 
 def verify(m: Module) -> Module:
@@ -35,9 +39,15 @@ def verify(m: Module) -> Module:
             elif id(o) not in defined:
                 raise error(f"{what} uses %{o.name or '?'} before it is defined", loc)
 
+        arg_names: set[str] = set()
         for a in graph.args:
             if id(a) in defined:
                 raise error(f"graph '{graph.name}' lists argument %{a.name} twice", graph.loc)
+            # argument names key the graph's inputs (X.npz, the Python API), so they must exist
+            if not a.name or not _NAME.match(a.name) or a.name in arg_names:
+                raise error(f"graph '{graph.name}' arguments need distinct names (they key the "
+                            f"inputs); got %{a.name or '?'}", a.loc or graph.loc)
+            arg_names.add(a.name)
             defined.add(id(a))
         committed: set[str] = set()
         for s in graph.body:

@@ -184,11 +184,12 @@ def _factorisations(n: int) -> list[tuple[int, ...]]:
 @st.composite
 def graphs(draw, name: str, symbols: list[Global], max_ops: int = 8, ops=ALL_OPS,
            dtypes=("f32", "f16", "bf16", "i8", "i32")) -> Graph:
-    args = [Value(t, None) for t in draw(st.lists(tensor_types(dtypes), min_size=1, max_size=3))]
+    args = [Value(t, f"in{k}") for k, t in enumerate(draw(st.lists(tensor_types(dtypes), min_size=1,
+                                                                       max_size=3)))]
     pool: list = list(args) + list(symbols)
 
     def fresh(t: TensorType) -> Value:
-        v = Value(t, None)
+        v = Value(t, f"in{len(args)}")
         args.append(v)
         pool.append(v)
         return v

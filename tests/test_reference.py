@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from compiler import parse
 from compiler.reference import Reference, evaluate
 from isa.diagnostics import LpuError
-from isa.numerics import round_bf16
+from isa.numerics import STORAGE, round_bf16
+from lpu.strategies import modules
 
 RNG = np.random.default_rng(1234)
 ULP_BITS = {"f32": 23, "f16": 10, "bf16": 7}
@@ -404,3 +405,21 @@ def test_property_f16_add_matches_exact_sum_rounded_once(values):
     got = run("  %r = add(%x, %x)", {"x": (f"f16[{len(values)}]", x)}, f"f16[{len(values)}]")
     want = (x.astype(np.float64) * 2).astype(np.float16)
     assert np.array_equal(got, want)
+
+
+@given(modules(max_ops=10))
+def test_property_every_generated_module_runs_with_declared_types(m):
+    from lpu.arrays import random_inputs, random_weights
+
+    ref = Reference(m, random_weights(m, seed=0))
+    for g in m.graphs:
+        try:
+            outs = ref.run(g.name, random_inputs(m, g, seed=0))
+        except LpuError as e:  # only the documented run-time refusals may happen
+            assert "gather id" in str(e) or "update_slice offset" in str(e), str(e)
+            continue
+        assert len(outs) == len(g.result_types)
+        for out, t in zip(outs, g.result_types):
+            assert out.shape == t.shape and out.dtype == np.dtype(STORAGE[t.dtype])
+    for s in m.states:
+        assert ref.state[s.name].shape == s.type.shape

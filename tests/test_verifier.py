@@ -178,3 +178,11 @@ def test_verify_checks_commits_and_returns():
         verify(module([], [x], [x], result_types=(TensorType("f16", (2,)),)))
     with pytest.raises(LpuError, match="returns 0 values but return lists 1"):
         verify(module([], [x], [x], result_types=()))
+
+
+def test_verify_requires_named_distinct_arguments():
+    a, b = Value(T, "x"), Value(T, "x")
+    with pytest.raises(LpuError, match="arguments need distinct names"):
+        verify(module([], [a, b], [a]))
+    with pytest.raises(LpuError, match=r"arguments need distinct names \(they key the inputs\); got %\?"):
+        verify(module([], [Value(T, None)], []))
