@@ -186,3 +186,13 @@ def test_verify_requires_named_distinct_arguments():
         verify(module([], [a, b], [a]))
     with pytest.raises(LpuError, match=r"arguments need distinct names \(they key the inputs\); got %\?"):
         verify(module([], [Value(T, None)], []))
+
+
+def test_ir_reference_documents_every_op():
+    from conftest import ROOT
+
+    doc = (ROOT / "docs" / "ir.md").read_text()
+    table = doc[doc.index("## Operations"):doc.index("## Numerics")]
+    cells = " ".join(line.split("|")[1] for line in table.splitlines() if line.startswith("| `"))
+    documented = {w.strip("`") for w in cells.split()}
+    assert set(OPS) <= documented, set(OPS) - documented
