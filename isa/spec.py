@@ -69,6 +69,7 @@ FIELDS: dict[str, FieldSpec] = {f.name: f for f in (
     FieldSpec("to",   "dtype",        "arg", "element type converted to"),
     FieldSpec("imm",  "imm",          "arg", "immediate value (an f32, or an integer for integer dt)"),
     FieldSpec("k",    "int",          "arg", "lane distance (positive: towards higher lanes)"),
+    FieldSpec("kof",  "int",          "arg", "first activation lane of the K-window a matrix pass uses"),
     FieldSpec("lane", "int",          "arg", "source lane"),
     FieldSpec("map",  "int",          "arg", "index of a lane permutation in the program's map table"),
     FieldSpec("row",  "int",          "arg", "first row of the weight shadow buffer"),
@@ -124,10 +125,10 @@ OPS: tuple[OpSpec, ...] = (
     op(0x02, "sync",    I, 0,  0,  (1, 0),  "",               "park this queue until a notify on the same chip"),
     op(0x03, "notify",  I, 0,  1,  (1, 0),  "",               "release every parked queue of this chip on t + 1"),
 
-    op(0x10, "read",    M, 0,  2,  (0, 1),  "addr dst",       "dst[i] = word[addr + i]"),
-    op(0x11, "write",   M, 1,  2,  (0, 1),  "addr a",         "word[addr + i] = a[i]"),
-    op(0x12, "gather",  M, 1,  3,  (0, 1),  "addr idx dst",   "dst[i] = word[addr + idx[i][0]]"),
-    op(0x13, "scatter", M, 1,  2,  (0, 1),  "addr idx a",     "word[addr + idx[i][0]] = a[i]"),
+    op(0x10, "read",    M, 0,  2,  (0, 1),  "addr dst dt",    "dst[i] = vector at word addr + i * w (w = bytes of dt: a vector spans w words)"),
+    op(0x11, "write",   M, 1,  2,  (0, 1),  "addr a dt",      "vector at word addr + i * w = a[i]"),
+    op(0x12, "gather",  M, 1,  3,  (0, 1),  "addr idx dst dt", "dst[i] = vector at word addr + idx[i][0] * w"),
+    op(0x13, "scatter", M, 1,  2,  (0, 1),  "addr idx a dt",  "vector at word addr + idx[i][0] * w = a[i]"),
 
     op(0x20, "mov",     V, 1,  2,  (0, 1),  "a dst dt",       "dst = a"),
     op(0x21, "splat",   V, 0,  1,  (0, 1),  "imm dst dt",     "dst = imm in every lane"),
@@ -156,9 +157,9 @@ OPS: tuple[OpSpec, ...] = (
     op(0x38, "cvt",     V, 1,  2,  (0, 1),  "a dst dt to",    "dst = a converted from dt to to (round to nearest even, saturating)"),
 
     op(0x40, "lw",      X, 1,  2,  (0, 1),  "a row",          "shadow buffer row (row + i) = a[i]"),
-    op(0x41, "iw",      X, 0,  20, (20, 0), "",               "install the shadow buffer into the array, usable from t + 20"),
-    op(0x42, "mm",      X, 1,  24, (0, 1),  "a dst slot mode dt", "p = a[i] @ W; emit: dst[i] = p; acc_set/acc_add: acc[slot + i] = p / += p"),
-    op(0x43, "acc",     X, 0,  2,  (0, 1),  "dst slot dt",    "dst[i] = acc[slot + i]"),
+    op(0x41, "iw",      X, 0,  20, (20, 0), "",               "move the shadow buffer into the array (usable from t + 20) and clear the shadow buffer"),
+    op(0x42, "mm",      X, 1,  24, (0, 1),  "a kof dst slot mode dt to", "p = a[i][kof : kof + K] @ W, K = the dt row limit, summed in f32 (i32 for i8); emit: dst[i] = p as to; acc_set / acc_add: acc[slot + i] = p / += p"),
+    op(0x43, "acc",     X, 0,  2,  (0, 1),  "dst slot to",    "dst[i] = acc[slot + i] as to"),
 
     op(0x50, "shift",   S, 1,  3,  (0, 1),  "a dst k",        "dst[lane] = a[lane - k], zero where out of range"),
     op(0x51, "rot",     S, 1,  3,  (0, 1),  "a dst k",        "dst[lane] = a[(lane - k) mod lanes]"),
@@ -219,8 +220,8 @@ def validate(ops: tuple[OpSpec, ...]) -> None:
             )
         if outs and s.dfunc < 1:
             raise ISATableError(f"{where}: a result needs at least one cycle (dfunc >= 1)")
-        if s.unit is Unit.VXM and "dt" not in s.operands:
-            raise ISATableError(f"{where}: VXM instructions must name their element type (dt)")
+        if s.unit in (Unit.VXM, Unit.MEM) and "dt" not in s.operands:
+            raise ISATableError(f"{where}: {s.unit.value} instructions must name their element type (dt)")
         if not s.semantics.strip():
             raise ISATableError(f"{where}: semantics must not be empty")
 
