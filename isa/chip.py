@@ -106,12 +106,45 @@ class ChipConfig:
     def total_queues(self) -> int:
         return sum(self.queues(s) for s in self.slices())
 
+    def queue_table(self) -> tuple[Queue, ...]:
+        """Every instruction queue of the chip, west to east; a queue's index is its position here.
+
+        MEM slices have one queue named like the slice (`mem.e0`); other slices number
+        theirs (`vxm.q3`, `mxm.w.q4`). An MXM queue drives plane `q // mxm_queues_per_plane`.
+        """
+        out = []
+        for s in self.slices():
+            count = self.queues(s)
+            for k in range(count):
+                name = s.name if s.unit is Unit.MEM else f"{s.name}.q{k}"
+                plane = k // self.mxm_queues_per_plane if s.unit is Unit.MXM else 0
+                out.append(Queue(len(out), name, s.unit, s.name, s.x, plane))
+        return tuple(out)
+
+    def mem_slice_index(self, slice_name: str) -> int:
+        """MEM slices numbered 0.. west to east (the index SRAM addresses use)."""
+        names = [s.name for s in self.slices() if s.unit is Unit.MEM]
+        return names.index(slice_name)
+
+    def mem_slice_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.slices() if s.unit is Unit.MEM)
+
 
 @dataclass(frozen=True)
 class Slice:
     unit: Unit
     name: str
     x: int
+
+
+@dataclass(frozen=True)
+class Queue:
+    index: int
+    name: str
+    unit: Unit
+    slice: str
+    x: int
+    plane: int  # MXM plane this queue drives (0 elsewhere)
 
 
 class ChipConfigError(ValueError):

@@ -45,13 +45,13 @@ def round_bf16(x: np.ndarray) -> np.ndarray:
 def from_f32(x: np.ndarray, dtype: str) -> np.ndarray:
     """Round f32 (or f64) float results to the storage of a float dtype."""
     x = np.asarray(x)
-    if dtype == "f32":
-        return x.astype(np.float32)
-    if dtype == "f16":
-        with np.errstate(over="ignore"):
+    with np.errstate(over="ignore"):  # overflow to infinity is the rounding rule, not an accident
+        if dtype == "f32":
+            return x.astype(np.float32)
+        if dtype == "f16":
             return x.astype(np.float16)  # one rounding, from whatever width x has
-    if dtype == "bf16":
-        return round_bf16(x.astype(np.float32))
+        if dtype == "bf16":
+            return round_bf16(x.astype(np.float32))
     raise AssertionError(dtype)
 
 

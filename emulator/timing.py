@@ -1,0 +1,457 @@
+"""Resolves, from the program alone, which vector every read of every instruction actually sees.
+
+Nothing on the chip is dynamic except the values, so timing is checked before
+any value is computed. Each instruction expands into vector steps: step `i` of
+an instruction issued on cycle `t` samples its inputs at `t + dskew + i` and
+emits its result at `t + dfunc + i` (the contract stated in isa/spec.py).
+
+Streams: a vector written on stream s heading east at position p on cycle c is
+at position q >= p on cycle c + (q - p) until a later writer upstream on the same
+diagonal replaces it (westward mirrored). So a read at (q, c) sees, among the
+writes on its stream with the same diagonal c - q (east) or c + q (west), the one
+written nearest upstream of q. Two writes at the same position and cycle collide.
+
+SRAM: a write of vector i lands at `t + dfunc + i` and a read at its sample cycle
+sees the latest landed write of that word, or the image. The matrix units and
+their accumulators are resolved the same way.
+
+Every read is compared with the instruction's intended source; a difference is
+a violation naming chip, queue, cycle, instruction, expected and found.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from isa.program import IMAGE, NONE, UNCHECKED, Program, source_slots
+from isa.spec import BY_CODE, DTYPE_BYTES, DTYPES, FIELDS, OPS, Unit
+
+# Per-opcode lookup tables (indexed by opcode code).
+_DSKEW = np.zeros(256, np.int64)
+_DFUNC = np.zeros(256, np.int64)
+_BUSY_FIXED = np.zeros(256, np.int64)
+_BUSY_PER = np.zeros(256, np.int64)
+_OUT_COL = np.full(256, -1, np.int64)  # column of the output stream field
+_IN_COLS = np.full((256, 3), -1, np.int64)  # columns of the input stream fields
+for _s in OPS:
+    _DSKEW[_s.code], _DFUNC[_s.code] = _s.dskew, _s.dfunc
+    _BUSY_FIXED[_s.code], _BUSY_PER[_s.code] = _s.busy_fixed, _s.busy_per_vector
+    if _s.output:
+        _OUT_COL[_s.code] = _s.operands.index(_s.output)
+    for _k, _f in enumerate(_s.inputs):
+        _IN_COLS[_s.code, _k] = _s.operands.index(_f)
+
+CODE = {s.mnemonic: s.code for s in OPS}
+UNSUPPORTED = {"gather", "scatter", "send", "recv"}
+
+
+@dataclass
+class Violation:
+    kind: str  # "stream collision", "empty stream", "wrong vector", "stale SRAM word", ...
+    chip: int
+    queue: str
+    cycle: int
+    instruction: int
+    text: str  # the instruction, as the listing prints it
+    expected: str
+    found: str
+    slot: str = ""  # the input concerned (a stream field, or mem / w / acc)
+
+    def render(self) -> str:
+        on = f" input {self.slot}" if self.slot else ""
+        return (
+            f"{self.kind}: chip {self.chip} {self.queue} cycle {self.cycle} instruction #{self.instruction}"
+            f"{on} ({self.text}): expected {self.expected}, found {self.found}"
+        )
+
+
+@dataclass
+class Resolved:
+    """Steps in execution order, each with the steps (or image rows) its inputs come from."""
+
+    ins: np.ndarray  # instruction index per step
+    i: np.ndarray  # vector index within the instruction
+    sample: np.ndarray  # cycle the step samples its inputs
+    emit: np.ndarray  # cycle its result appears (or lands)
+    stream_src: np.ndarray  # [steps, 3]: step that wrote the vector read on input k, or -1
+    mem_src: np.ndarray  # step of the SRAM write read (>= 0), -2 - image row, or -1 (never written)
+    weights: np.ndarray  # for mm steps: the iw step whose weights it used, or -1
+    iw_rows: np.ndarray  # [iw steps, rows]: lw step that loaded each row, or -1
+    iw_index: np.ndarray  # per step: its index among iw steps, or -1
+    acc_src: np.ndarray  # for acc steps: the mm step that last wrote the slot; for acc_add mm: previous
+    violations: list[Violation]
+    cycles: int  # the cycle after the last activity
+    busy: dict[str, int]  # busy cycles per unit kind
+
+
+def _steps(p: Program, sel: np.ndarray):
+    counts = p.n[sel].astype(np.int64)
+    ins = np.repeat(sel, counts)
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    i = np.arange(len(ins), dtype=np.int64) - starts
+    return ins, i
+
+
+def _latest(keys_w: np.ndarray, order_key_w: np.ndarray, keys_r: np.ndarray, order_key_r: np.ndarray):
+    """For each read, the write with the same key and the largest order value <= the read's.
+
+    Returns the index into the writes, or -1.
+    """
+    if len(keys_w) == 0 or len(keys_r) == 0:
+        return np.full(len(keys_r), -1, np.int64)
+    order = np.lexsort((order_key_w, keys_w))
+    kw, ow = keys_w[order], order_key_w[order]
+    # search on the pair (key, order value): combine into one sortable float-free key
+    span = int(max(ow.max(), order_key_r.max()) - min(ow.min(), order_key_r.min()) + 2)
+    base = int(min(ow.min(), order_key_r.min()))
+    cw = kw.astype(object) if int(kw.max()) * span > 2**62 else kw
+    combined_w = cw * span + (ow - base)
+    combined_r = (keys_r.astype(object) if cw is not kw else keys_r) * span + (order_key_r - base)
+    pos = np.searchsorted(combined_w, combined_r, side="right") - 1
+    ok = pos >= 0
+    ok[ok] = kw[pos[ok]] == keys_r[ok]
+    out = np.full(len(keys_r), -1, np.int64)
+    out[ok] = order[pos[ok]]
+    return out
+
+
+def resolve(p: Program, entry: int, initialised: set[tuple[int, int, int]] | dict) -> Resolved:
+    """`initialised` maps (chip, mem slice index, word) of the image and placed tensors to image rows."""
+    chip_cfg = p.system.chip
+    queues = chip_cfg.queue_table()
+    S = chip_cfg.streams_per_direction
+    positions = np.array([q.x for q in queues], np.int64)
+    units = [q.unit for q in queues]
+    mem_index = {name: k for k, name in enumerate(chip_cfg.mem_slice_names())}
+    q_slice = np.array([mem_index.get(q.slice, -1) for q in queues], np.int64)
+    # an MXM plane: (slice position, plane) -> small integer
+    q_plane = np.array([q.x * 64 + q.plane if q.unit is Unit.MXM else -1 for q in queues], np.int64)
+
+    sel = np.nonzero(p.entry == entry)[0]
+    for j in sel:
+        m = BY_CODE[int(p.opcode[j])].mnemonic
+        if m in UNSUPPORTED:
+            from isa.diagnostics import error
+
+            raise error(
+                f"the emulator does not run '{m}' yet (instruction {int(j)}); it arrives with the "
+                "KV-cache and many-chip work"
+            )
+    ins, vec = _steps(p, sel)
+    op = p.opcode[ins].astype(np.int64)
+    t = p.cycle[ins]
+    sample = t + _DSKEW[op] + vec
+    emit = t + _DFUNC[op] + vec
+    chip = p.chip[ins].astype(np.int64)
+    queue = p.queue[ins].astype(np.int64)
+    pos = positions[queue]
+    nsteps = len(ins)
+    violations: list[Violation] = []
+
+    def text(j: int) -> str:
+        from isa.assembly import instruction_text
+
+        return instruction_text(p, j)
+
+    def report(kind: str, step: int, cycle: int, expected: str, found: str, slot: str = "") -> None:
+        j = int(ins[step])
+        violations.append(
+            Violation(
+                kind,
+                int(p.chip[j]),
+                queues[int(p.queue[j])].name,
+                int(cycle),
+                j,
+                text(j),
+                expected,
+                found,
+                slot,
+            )
+        )
+
+    def describe(step: int) -> str:
+        if step < 0:
+            return "nothing"
+        return f"vector {int(vec[step])} of #{int(ins[step])}"
+
+    # -- streams ----------------------------------------------------------------------------------
+    out_col = _OUT_COL[op]
+    w_idx = np.nonzero(out_col >= 0)[0]
+    w_val = p.fields[ins[w_idx], out_col[w_idx]]
+    w_dir, w_sid = w_val // S, w_val % S
+    w_u = np.where(w_dir == 0, pos[w_idx], -pos[w_idx])
+    w_group = (chip[w_idx] * 2 + w_dir) * S + w_sid
+    w_diag = emit[w_idx] - w_u
+    diag_base = int(min(w_diag.min(initial=0), (sample - pos).min(initial=0), (sample + pos).min(initial=0)))
+    diag_span = int(
+        max(w_diag.max(initial=0), (sample - pos).max(initial=0), (sample + pos).max(initial=0))
+        - diag_base
+        + 1
+    )
+    w_key = w_group * diag_span + (w_diag - diag_base)
+
+    # collisions: two writes on the same stream, position and cycle
+    if len(w_idx):
+        order = np.lexsort((w_idx, w_u, w_key))
+        same = (w_key[order][1:] == w_key[order][:-1]) & (w_u[order][1:] == w_u[order][:-1])
+        for k in np.nonzero(same)[0]:
+            a, b = w_idx[order[k]], w_idx[order[k + 1]]
+            report(
+                "stream collision",
+                b,
+                emit[b],
+                f"stream {_stream(int(w_val[order[k + 1]]), S)} free at x={int(pos[b])}",
+                describe(a),
+            )
+
+    stream_src = np.full((nsteps, 3), -1, np.int64)
+    for k in range(3):
+        col = _IN_COLS[op, k]
+        r_idx = np.nonzero(col >= 0)[0]
+        if not len(r_idx):
+            continue
+        r_val = p.fields[ins[r_idx], col[r_idx]]
+        r_dir, r_sid = r_val // S, r_val % S
+        r_u = np.where(r_dir == 0, pos[r_idx], -pos[r_idx])
+        r_key = ((chip[r_idx] * 2 + r_dir) * S + r_sid) * diag_span + (sample[r_idx] - r_u - diag_base)
+        found = _latest(w_key, w_u, r_key, r_u)
+        found_step = np.where(found >= 0, w_idx[np.maximum(found, 0)], -1)
+        stream_src[r_idx, k] = found_step
+        _check_sources(p, ins, vec, r_idx, k, found_step, sample, report, describe, "stream")
+
+    # -- SRAM -------------------------------------------------------------------------------------
+    words = chip_cfg.words_per_slice
+    nslices = chip_cfg.mem_slices
+    dt_col = {s.code: s.operands.index("dt") for s in OPS if s.unit is Unit.MEM}
+    addr_col = {s.code: s.operands.index("addr") for s in OPS if s.unit is Unit.MEM}
+    is_write = op == CODE["write"]
+    is_read = op == CODE["read"]
+
+    def word_of(idx):
+        codes = op[idx]
+        dtc = np.array([dt_col[int(c)] for c in codes], np.int64) if len(idx) else np.zeros(0, np.int64)
+        adc = np.array([addr_col[int(c)] for c in codes], np.int64) if len(idx) else np.zeros(0, np.int64)
+        dts = p.fields[ins[idx], dtc]
+        width = np.array([DTYPE_BYTES[d] for d in DTYPES], np.int64)[dts]
+        return p.fields[ins[idx], adc] + vec[idx] * width
+
+    wi = np.nonzero(is_write)[0]
+    ri = np.nonzero(is_read)[0]
+    mw_key = (chip[wi] * nslices + q_slice[queue[wi]]) * words + word_of(wi)
+    mr_word = word_of(ri)
+    mr_key = (chip[ri] * nslices + q_slice[queue[ri]]) * words + mr_word
+    found = _latest(mw_key, emit[wi], mr_key, sample[ri])
+    mem_src = np.full(nsteps, -1, np.int64)
+    mem_src[ri] = np.where(found >= 0, wi[np.maximum(found, 0)], -1)
+    for k, r in enumerate(ri):
+        if mem_src[r] < 0:
+            row = initialised.get((int(chip[r]), int(q_slice[queue[r]]), int(mr_word[k])))
+            if row is not None:
+                mem_src[r] = -2 - row
+    slot_mem = 0  # read has no stream inputs: its SRAM source is slot 0
+    image_word = {row: key[2] for key, row in initialised.items()}
+    _check_mem(p, ins, vec, ri, slot_mem, mem_src, mr_word, image_word, sample, report, describe)
+
+    # -- matrix units -----------------------------------------------------------------------------
+    plane = q_plane[queue]
+    unit_key = chip * (1 << 20) + plane
+    lw = np.nonzero(op == CODE["lw"])[0]
+    iw = np.nonzero(op == CODE["iw"])[0]
+    mm = np.nonzero(op == CODE["mm"])[0]
+    acc = np.nonzero(op == CODE["acc"])[0]
+    rows_max = chip_cfg.mxm_k_i8
+    row_col = BY_CODE[CODE["lw"]].operands.index("row")
+    lw_row = p.fields[ins[lw], row_col] + vec[lw]
+    iw_index = np.full(nsteps, -1, np.int64)
+    iw_index[iw] = np.arange(len(iw))
+    iw_rows = np.full((len(iw), rows_max), -1, np.int64)
+    if len(iw):
+        # the previous install on the same unit: rows loaded before it were cleared by it
+        order = np.lexsort((sample[iw], unit_key[iw]))
+        prev_t = np.full(len(iw), -(1 << 40), np.int64)
+        for a, b in zip(order[:-1], order[1:]):
+            if unit_key[iw[a]] == unit_key[iw[b]]:
+                prev_t[b] = sample[iw[a]]
+        keys_r = np.repeat(unit_key[iw] * rows_max, rows_max) + np.tile(np.arange(rows_max), len(iw))
+        when_r = np.repeat(sample[iw], rows_max)
+        found = _latest(unit_key[lw] * rows_max + lw_row, emit[lw], keys_r, when_r)
+        loaded = np.where(found >= 0, lw[np.maximum(found, 0)], -1)
+        fresh = (loaded >= 0) & (emit[np.maximum(loaded, 0)] > np.repeat(prev_t, rows_max))
+        iw_rows = np.where(fresh, loaded, -1).reshape(len(iw), rows_max)
+        for k in np.nonzero((iw_rows < 0).all(axis=1))[0]:
+            report(
+                "empty weight install",
+                iw[k],
+                sample[iw[k]],
+                "rows loaded by lw since the last install",
+                "no rows",
+            )
+    weights = np.full(nsteps, -1, np.int64)
+    if len(mm):
+        ready = emit[iw]  # iw's dfunc: the array is usable from t + dfunc
+        found = _latest(unit_key[iw], ready, unit_key[mm], sample[mm])
+        weights[mm] = np.where(found >= 0, iw[np.maximum(found, 0)], -1)
+        w_slot = len(BY_CODE[CODE["mm"]].inputs)
+        for m_step in mm:
+            j = int(ins[m_step])
+            want = int(p.src[j, w_slot])
+            got = weights[m_step]
+            if got < 0:
+                report(
+                    "matrix unit not ready",
+                    m_step,
+                    sample[m_step],
+                    f"weights installed by #{want}" if want >= 0 else "installed weights",
+                    "no installed weights",
+                    "w",
+                )
+            elif want >= 0 and int(ins[got]) != want:
+                report(
+                    "wrong weights",
+                    m_step,
+                    sample[m_step],
+                    f"weights installed by #{want}",
+                    f"weights installed by #{int(ins[got])}",
+                    "w",
+                )
+
+    acc_src = np.full(nsteps, -1, np.int64)
+    mode_col = BY_CODE[CODE["mm"]].operands.index("mode")
+    slot_col = BY_CODE[CODE["mm"]].operands.index("slot")
+    acc_slot_col = BY_CODE[CODE["acc"]].operands.index("slot")
+    into = mm[p.fields[ins[mm], mode_col] > 0] if len(mm) else mm
+    slots_max = chip_cfg.mxm_acc_slots
+    a_key_w = unit_key[into] * slots_max + p.fields[ins[into], slot_col] + vec[into]
+    if len(into):
+        # acc_add adds to what the slot held just before its own result lands
+        found = _latest(a_key_w, emit[into], a_key_w, emit[into] - 1)
+        acc_src[into] = np.where(found >= 0, into[np.maximum(found, 0)], -1)
+    if len(acc):
+        a_key_r = unit_key[acc] * slots_max + p.fields[ins[acc], acc_slot_col] + vec[acc]
+        found = _latest(a_key_w, emit[into], a_key_r, sample[acc])
+        acc_src[acc] = np.where(found >= 0, into[np.maximum(found, 0)], -1)
+        _check_sources(p, ins, vec, acc, 0, acc_src[acc], sample, report, describe, "accumulator")
+
+    # -- queues -----------------------------------------------------------------------------------
+    busy = _BUSY_FIXED[p.opcode[sel]] + _BUSY_PER[p.opcode[sel]] * p.n[sel]
+    order = np.lexsort((p.cycle[sel], p.queue[sel], p.chip[sel]))
+    s_sorted = sel[order]
+    b_sorted = busy[order]
+    for a in range(len(s_sorted) - 1):
+        x, y = s_sorted[a], s_sorted[a + 1]
+        if p.chip[x] == p.chip[y] and p.queue[x] == p.queue[y] and p.cycle[y] < p.cycle[x] + b_sorted[a]:
+            violations.append(
+                Violation(
+                    "queue overlap",
+                    int(p.chip[y]),
+                    queues[int(p.queue[y])].name,
+                    int(p.cycle[y]),
+                    int(y),
+                    text(int(y)),
+                    f"queue free from cycle {int(p.cycle[x] + b_sorted[a])} (after #{int(x)})",
+                    f"issue on cycle {int(p.cycle[y])}",
+                )
+            )
+    busy_by_unit: dict[str, int] = {u.value: 0 for u in Unit}
+    for j, b in zip(sel, busy):
+        busy_by_unit[units[int(p.queue[j])].value] += int(b)
+    last = (
+        int(max(emit.max(initial=0), sample.max(initial=0), (p.cycle[sel] + busy).max(initial=0) - 1)) + 1
+        if len(sel)
+        else 0
+    )
+
+    # execution order: by sample cycle, then instruction, then vector
+    order = np.lexsort((vec, ins, sample))
+    remap = np.empty(nsteps, np.int64)
+    remap[order] = np.arange(nsteps)
+
+    def re(a):
+        return np.where(a >= 0, remap[np.maximum(a, 0)], a)
+
+    return Resolved(
+        ins=ins[order],
+        i=vec[order],
+        sample=sample[order],
+        emit=emit[order],
+        stream_src=re(stream_src[order]),
+        mem_src=re(mem_src[order]),
+        weights=re(weights[order]),
+        iw_rows=re(iw_rows),
+        iw_index=iw_index[order],
+        acc_src=re(acc_src[order]),
+        violations=sorted(violations, key=lambda v: (v.cycle, v.chip, v.instruction, v.kind)),
+        cycles=last,
+        busy=busy_by_unit,
+    )
+
+
+def _stream(v: int, S: int) -> str:
+    return f"{'EW'[v // S]}{v % S}"
+
+
+def _check_sources(p, ins, vec, idx, slot_k, found_step, sample, report, describe, what):
+    want = p.src[ins[idx], slot_k]
+    off = p.src_off[ins[idx], slot_k]
+    found_ins = np.where(found_step >= 0, ins[np.maximum(found_step, 0)], -1)
+    found_vec = np.where(found_step >= 0, vec[np.maximum(found_step, 0)], -1)
+    checked = want >= 0
+    bad = checked & ((found_ins != want) | (found_vec != vec[idx] + off))
+    for k in np.nonzero(bad)[0]:
+        step = idx[k]
+        expected = f"vector {int(vec[step] + off[k])} of #{int(want[k])}"
+        if found_step[k] < 0:
+            kind = "empty stream" if what == "stream" else f"empty {what}"
+        else:
+            kind = "wrong vector" if what == "stream" else f"wrong {what} value"
+        slot = source_slots(BY_CODE[int(p.opcode[int(ins[step])])])[slot_k]
+        report(kind, step, sample[step], expected, describe(int(found_step[k])), slot)
+
+
+def _check_mem(p, ins, vec, idx, slot, mem_src, words, image_word, sample, report, describe):
+    for k, step in enumerate(idx):
+        j = int(ins[step])
+        want = int(p.src[j, slot])
+        got = int(mem_src[step])
+
+        def say(kind, expected, found):
+            report(kind, step, sample[step], expected, found, "mem")
+
+        if want in (NONE, UNCHECKED):
+            if got == -1:
+                say("read of an unwritten word", "a written or initialised word", "a word nothing wrote")
+            continue
+        if want == IMAGE:
+            # the offset of an image source is the word vector 0 should come from
+            spec = BY_CODE[int(p.opcode[j])]
+            width = DTYPE_BYTES[DTYPES[int(p.fields[j, spec.operands.index("dt")])]]
+            expected_word = int(p.src_off[j, slot]) + int(vec[step]) * width
+            if got >= 0:
+                say("stale SRAM word", f"the initial image word {expected_word}", describe(got))
+            elif got == -1:
+                say(
+                    "read of an unwritten word",
+                    f"the initial image word {expected_word}",
+                    f"word {int(words[k])}, which nothing wrote",
+                )
+            elif image_word[-2 - got] != expected_word:
+                say(
+                    "wrong SRAM word",
+                    f"the initial image word {expected_word}",
+                    f"image word {int(image_word[-2 - got])}",
+                )
+            continue
+        expected_vec = int(vec[step] + p.src_off[j, slot])
+        if got < 0:
+            say(
+                "stale SRAM word",
+                f"vector {expected_vec} of #{want}",
+                "the initial image word" if got <= -2 else "a word nothing wrote",
+            )
+        elif int(ins[got]) != want or int(vec[got]) != expected_vec:
+            say("stale SRAM word", f"vector {expected_vec} of #{want}", describe(got))
+
+
+__all__ = ["FIELDS", "Resolved", "Violation", "resolve", "source_slots"]

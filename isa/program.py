@@ -1,0 +1,517 @@
+"""The program file (.lpuprog): what the compiler writes and the emulator runs.
+
+A program is plain data (DESIGN.md section 6):
+
+- the system it was compiled for;
+- one instruction table (structure of arrays), each row: entry point, chip, queue,
+  issue cycle, opcode, repeat count `n`, the operand fields in the order the ISA
+  table lists them, and for verification the *intended sources*: for each input
+  of the instruction, which instruction produced the vector it should read
+  (vector `i` should be the producer's vector `i + offset`);
+- the SRAM image (weights and constants) as vectors at (chip, MEM slice, word);
+- where each param, state, graph input and output lives (`Placement`);
+- lane permutation maps for `perm`.
+
+Inputs of an instruction, in source-slot order: its stream fields in ISA order,
+then one implicit input: the SRAM word for `read` and `gather`, the installed
+weights (the `iw`) for `mm`, the accumulator slot (the last `mm` into it) for
+`acc`. A source is an instruction index, `IMAGE` (the word comes from the SRAM
+image or a placed input; its offset is then the word vector 0 should come from),
+`UNCHECKED` (a run-time address: `gather`, `scatter`) or `NONE`.
+
+On disk: a zip archive with fixed timestamps holding `header.json` and one
+`.npy` per array; the header records the format version and a SHA-256 of every
+array, so a truncated, tampered or foreign file is refused with a clear error.
+Same program, same bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from isa.chip import CHIP_KEYS, ChipConfig, ChipConfigError
+from isa.diagnostics import LpuError, error
+from isa.spec import BY_CODE, DTYPE_BYTES, DTYPES, ENUMS, FIELDS, OPS, OpSpec, Unit
+from isa.system import SystemConfig
+
+FORMAT = "lpuprog"
+VERSION = 1
+MAX_FIELDS = max(len(s.operands) for s in OPS)
+MAX_SOURCES = max(len(s.inputs) for s in OPS) + 1
+
+NONE = -1
+IMAGE = -2
+UNCHECKED = -3
+
+IMPLICIT_SOURCE = {"read": "mem", "gather": "mem", "mm": "w", "acc": "acc"}
+
+
+def source_slots(spec: OpSpec) -> tuple[str, ...]:
+    """Names of an instruction's source slots: its stream inputs, then its implicit input."""
+    extra = IMPLICIT_SOURCE.get(spec.mnemonic)
+    return spec.inputs + ((extra,) if extra else ())
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a tensor lives in SRAM and how its elements map to vectors.
+
+    Layout: the tensor is viewed as [rows, cols] with cols its last dimension (1 for
+    a scalar). Vector (r, c) holds columns [c * lanes, (c + 1) * lanes) of row r,
+    zero-padded, and lives at word `word + (r * chunks + c) * bytes(dtype)` of the
+    MEM slice: a vector spans as many byte-wide words as its dtype has bytes.
+    """
+
+    role: str  # "param" | "state" | "input" | "output"
+    graph: str  # the entry point for inputs and outputs; "" for params and states
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    chip: int
+    slice: str  # a MEM slice name, e.g. "mem.e0"
+    word: int
+
+    def rows_chunks(self, lanes: int) -> tuple[int, int]:
+        cols = self.shape[-1] if self.shape else 1
+        rows = math.prod(self.shape[:-1]) if self.shape else 1
+        return rows, -(-cols // lanes)
+
+    def vectors(self, lanes: int) -> int:
+        rows, chunks = self.rows_chunks(lanes)
+        return rows * chunks
+
+    def words(self, lanes: int) -> int:
+        return self.vectors(lanes) * DTYPE_BYTES[self.dtype]
+
+
+def to_vectors(x: np.ndarray, p: Placement, lanes: int) -> np.ndarray:
+    """A tensor as its vectors (float64 [vectors, lanes]), in placement order."""
+    rows, chunks = p.rows_chunks(lanes)
+    flat = np.asarray(x, dtype=np.float64).reshape(rows, -1)
+    padded = np.zeros((rows, chunks * lanes))
+    padded[:, : flat.shape[1]] = flat
+    return padded.reshape(rows * chunks, lanes)
+
+
+def from_vectors(v: np.ndarray, p: Placement, lanes: int) -> np.ndarray:
+    """The inverse of `to_vectors` (float64, in the tensor's shape)."""
+    rows, chunks = p.rows_chunks(lanes)
+    cols = p.shape[-1] if p.shape else 1
+    return v.reshape(rows, chunks * lanes)[:, :cols].reshape(p.shape)
+
+
+@dataclass
+class Program:
+    system: SystemConfig
+    entries: tuple[str, ...]
+    # the instruction table, one row per instruction
+    entry: np.ndarray  # int32 [N]: index into `entries`
+    chip: np.ndarray  # int32 [N]
+    queue: np.ndarray  # int32 [N]: index into chip.queue_table()
+    cycle: np.ndarray  # int64 [N]
+    opcode: np.ndarray  # int32 [N]
+    n: np.ndarray  # int32 [N]
+    fields: np.ndarray  # int64 [N, MAX_FIELDS]: operands in ISA order, 0 where unused
+    src: np.ndarray  # int64 [N, MAX_SOURCES]
+    src_off: np.ndarray  # int64 [N, MAX_SOURCES]
+    # the SRAM image
+    image_chip: np.ndarray  # int32 [W]
+    image_slice: np.ndarray  # int32 [W]: MEM slice index (west to east)
+    image_word: np.ndarray  # int64 [W]
+    image_data: np.ndarray  # float64 [W, lanes]
+    placements: tuple[Placement, ...] = ()
+    maps: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int32))
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.cycle)
+
+    def spec(self, i: int) -> OpSpec:
+        return BY_CODE[int(self.opcode[i])]
+
+    def field(self, i: int, name: str) -> int:
+        spec = self.spec(i)
+        return int(self.fields[i, spec.operands.index(name)])
+
+    def placement(self, role: str, name: str, graph: str = "") -> Placement:
+        for p in self.placements:
+            if p.role == role and p.name == name and p.graph == graph:
+                return p
+        raise KeyError((role, graph, name))
+
+
+def empty_program(system: SystemConfig, entries: tuple[str, ...] = ("main",)) -> Program:
+    lanes = system.chip.lanes
+    return Program(
+        system,
+        entries,
+        np.zeros(0, np.int32),
+        np.zeros(0, np.int32),
+        np.zeros(0, np.int32),
+        np.zeros(0, np.int64),
+        np.zeros(0, np.int32),
+        np.zeros(0, np.int32),
+        np.zeros((0, MAX_FIELDS), np.int64),
+        np.full((0, MAX_SOURCES), NONE, np.int64),
+        np.zeros((0, MAX_SOURCES), np.int64),
+        np.zeros(0, np.int32),
+        np.zeros(0, np.int32),
+        np.zeros(0, np.int64),
+        np.zeros((0, lanes)),
+    )
+
+
+# -- the system as JSON ---------------------------------------------------------------------
+
+
+def system_to_dict(s: SystemConfig) -> dict:
+    return {
+        "name": s.name,
+        "chip": {k: getattr(s.chip, k) for k in CHIP_KEYS},
+        "chips": s.chips,
+        "links": [list(link) for link in s.links],
+        "link_latency_cycles": s.link_latency_cycles,
+        "link_gbps": s.link_gbps,
+        "rx_buffer_depth": s.rx_buffer_depth,
+    }
+
+
+def system_from_dict(d: dict) -> SystemConfig:
+    chip = ChipConfig(**d["chip"])
+    return SystemConfig(
+        name=d["name"],
+        chip=chip,
+        chips=d["chips"],
+        links=tuple(tuple(x) for x in d["links"]),
+        link_latency_cycles=d["link_latency_cycles"],
+        link_gbps=d["link_gbps"],
+        rx_buffer_depth=d["rx_buffer_depth"],
+    )
+
+
+# -- validation ------------------------------------------------------------------------------
+
+
+class ProgramError(Exception):
+    """One problem with one instruction; turned into a located diagnostic by the caller."""
+
+    def __init__(self, index: int, message: str):
+        super().__init__(message)
+        self.index = index
+        self.message = message
+
+
+def check(p: Program) -> None:
+    """Every instruction must make sense on its chip; raises ProgramError naming the first that does not."""
+    chip = p.system.chip
+    queues = chip.queue_table()
+    lanes = chip.lanes
+    S = chip.streams_per_direction
+    n_ins = len(p)
+    columns = [p.entry, p.chip, p.queue, p.cycle, p.opcode, p.n]
+    if (
+        any(len(c) != n_ins for c in columns)
+        or p.fields.shape != (n_ins, MAX_FIELDS)
+        or p.src.shape != (n_ins, MAX_SOURCES)
+        or p.src_off.shape != (n_ins, MAX_SOURCES)
+    ):
+        raise ProgramError(-1, "the instruction table's columns have different lengths")
+    for i in range(n_ins):
+        code = int(p.opcode[i])
+        if code not in BY_CODE:
+            raise ProgramError(i, f"unknown opcode {code:#x}")
+        spec = BY_CODE[code]
+        if not 0 <= p.entry[i] < len(p.entries):
+            raise ProgramError(i, f"entry {int(p.entry[i])} does not exist")
+        if not 0 <= p.chip[i] < p.system.chips:
+            raise ProgramError(i, f"chip {int(p.chip[i])} is not in this {p.system.chips}-chip system")
+        if not 0 <= p.queue[i] < len(queues):
+            raise ProgramError(i, f"queue {int(p.queue[i])} does not exist on a {chip.name} chip")
+        q = queues[int(p.queue[i])]
+        if spec.unit is not Unit.ICU and q.unit is not spec.unit:
+            raise ProgramError(
+                i,
+                f"{spec.mnemonic} is a {spec.unit.value} instruction but queue {q.name} "
+                f"belongs to a {q.unit.value} slice",
+            )
+        if p.cycle[i] < 0:
+            raise ProgramError(i, f"issue cycle {int(p.cycle[i])} is negative")
+        n = int(p.n[i])
+        if not 1 <= n <= 1 << 24:
+            raise ProgramError(i, f"repeat count n = {n} must be between 1 and {1 << 24}")
+        values = {}
+        for k, name in enumerate(spec.operands):
+            v = int(p.fields[i, k])
+            values[name] = v
+            kind = FIELDS[name].kind
+            limit = {
+                "stream": 2 * S,
+                "dtype": len(DTYPES),
+                "link": chip.c2c_links,
+                "addr": chip.words_per_slice,
+            }.get(kind)
+            if kind.startswith("enum:"):
+                limit = len(ENUMS[kind[5:]])
+            if limit is not None and not 0 <= v < limit:
+                raise ProgramError(i, f"{spec.mnemonic} field {name} = {v} is out of range 0..{limit - 1}")
+        for k in range(len(spec.operands), MAX_FIELDS):
+            if p.fields[i, k] != 0:
+                raise ProgramError(i, f"{spec.mnemonic} has {len(spec.operands)} fields but field {k} is set")
+        _check_ranges(i, spec, values, n, chip, len(p.maps), lanes)
+        slots = source_slots(spec)
+        for k in range(MAX_SOURCES):
+            s = int(p.src[i, k])
+            if k >= len(slots):
+                if s != NONE or p.src_off[i, k] != 0:
+                    raise ProgramError(
+                        i, f"{spec.mnemonic} has {len(slots)} source slots but slot {k} is set"
+                    )
+                continue
+            if not (s in (NONE, IMAGE, UNCHECKED) or 0 <= s < n_ins):
+                raise ProgramError(i, f"source {slots[k]} names instruction {s}, which does not exist")
+
+
+def _check_ranges(i: int, spec: OpSpec, v: dict, n: int, chip: ChipConfig, n_maps: int, lanes: int):
+    m = spec.mnemonic
+    if "addr" in v and m in ("read", "write"):
+        last = v["addr"] + n * DTYPE_BYTES[DTYPES[v["dt"]]] - 1
+        if last >= chip.words_per_slice:
+            raise ProgramError(
+                i,
+                f"{m} of {n} vectors from word {v['addr']} runs past the "
+                f"{chip.words_per_slice} words of the slice",
+            )
+    if m == "lw" and not (0 <= v["row"] and v["row"] + n <= chip.mxm_k_i8):
+        raise ProgramError(
+            i, f"lw rows {v['row']}..{v['row'] + n - 1} are outside the {chip.mxm_k_i8}-row weight buffer"
+        )
+    if "slot" in v and not (0 <= v["slot"] and v["slot"] + n <= chip.mxm_acc_slots):
+        raise ProgramError(
+            i,
+            f"{m} slots {v['slot']}..{v['slot'] + n - 1} are outside the "
+            f"{chip.mxm_acc_slots} accumulator slots",
+        )
+    if m == "mm":
+        dt = DTYPES[v["dt"]]
+        if dt not in ("i8", "f16", "bf16"):
+            raise ProgramError(i, f"mm multiplies i8, f16 or bf16, not {dt}")
+        if not 0 <= v["kof"] < lanes:
+            raise ProgramError(i, f"mm kof = {v['kof']} is not a lane (0..{lanes - 1})")
+    if "k" in v and not -lanes < v["k"] < lanes:
+        raise ProgramError(i, f"{m} k = {v['k']} must be within ({-lanes}, {lanes})")
+    if "lane" in v and not 0 <= v["lane"] < lanes:
+        raise ProgramError(i, f"{m} lane = {v['lane']} is not a lane (0..{lanes - 1})")
+    if "map" in v and not 0 <= v["map"] < n_maps:
+        raise ProgramError(i, f"{m} map = {v['map']} but the program has {n_maps} maps")
+    if m == "trans" and n % 16:
+        raise ProgramError(i, f"trans takes a multiple of 16 vectors, got n = {n}")
+
+
+def check_image(p: Program) -> None:
+    chip = p.system.chip
+    words = chip.words_per_slice
+    k = len(p.image_word)
+    if not (len(p.image_chip) == len(p.image_slice) == k and p.image_data.shape == (k, chip.lanes)):
+        raise ProgramError(-1, "the SRAM image's columns have different lengths")
+    bad = (
+        (p.image_chip < 0)
+        | (p.image_chip >= p.system.chips)
+        | (p.image_slice < 0)
+        | (p.image_slice >= chip.mem_slices)
+        | (p.image_word < 0)
+        | (p.image_word >= words)
+    )
+    if bad.any():
+        j = int(np.argmax(bad))
+        raise ProgramError(
+            -1,
+            f"SRAM image entry {j} (chip {int(p.image_chip[j])}, slice "
+            f"{int(p.image_slice[j])}, word {int(p.image_word[j])}) is outside the chip",
+        )
+    names = chip.mem_slice_names()
+    for pl in p.placements:
+        if (
+            pl.slice not in names
+            or not 0 <= pl.chip < p.system.chips
+            or pl.word < 0
+            or pl.word + pl.words(chip.lanes) > words
+            or pl.dtype not in DTYPES
+        ):
+            raise ProgramError(
+                -1,
+                f"placement of {pl.role} '{pl.name}' ({pl.dtype}{list(pl.shape)} at "
+                f"chip {pl.chip} {pl.slice} word {pl.word}) does not fit the chip",
+            )
+
+
+# -- files --------------------------------------------------------------------------------------
+
+_ARRAYS = (
+    "entry",
+    "chip",
+    "queue",
+    "cycle",
+    "opcode",
+    "n",
+    "fields",
+    "src",
+    "src_off",
+    "image_chip",
+    "image_slice",
+    "image_word",
+    "image_data",
+    "maps",
+)
+_DTYPES = {
+    "entry": np.int32,
+    "chip": np.int32,
+    "queue": np.int32,
+    "cycle": np.int64,
+    "opcode": np.int32,
+    "n": np.int32,
+    "fields": np.int64,
+    "src": np.int64,
+    "src_off": np.int64,
+    "image_chip": np.int32,
+    "image_slice": np.int32,
+    "image_word": np.int64,
+    "image_data": np.float64,
+    "maps": np.int32,
+}
+_FIXED_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def to_bytes(p: Program) -> bytes:
+    """The file's bytes; the same program always gives the same bytes."""
+    blobs = {name: _npy_bytes(np.asarray(getattr(p, name), dtype=_DTYPES[name])) for name in _ARRAYS}
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "system": system_to_dict(p.system),
+        "entries": list(p.entries),
+        "placements": [dataclasses.asdict(pl) | {"shape": list(pl.shape)} for pl in p.placements],
+        "meta": p.meta,
+        "arrays": {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()},
+    }
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in [("header.json", json.dumps(header, sort_keys=True, indent=1).encode())] + [
+            (f"{k}.npy", blobs[k]) for k in _ARRAYS
+        ]:
+            info = zipfile.ZipInfo(name, date_time=_FIXED_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            z.writestr(info, data)
+    return out.getvalue()
+
+
+def save(p: Program, path: str) -> None:
+    """Write atomically: the file is complete or absent, never half-written."""
+    data = to_bytes(p)
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".lpu-", suffix=".lpuprog", dir=directory)
+    except OSError as e:
+        raise error(f"cannot write file: {e.strerror}", filename=path) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load(path: str) -> Program:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise error(f"cannot read program: {e.strerror}", filename=path) from None
+    return from_bytes(data, path)
+
+
+def from_bytes(data: bytes, filename: str = "<program>") -> Program:
+    def bad(message: str) -> LpuError:
+        return error(message, filename=filename)
+
+    try:
+        z = zipfile.ZipFile(io.BytesIO(data))
+        names = set(z.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        raise bad(
+            "not a program file (.lpuprog): it is not a complete zip archive; is it truncated?"
+        ) from None
+    with z:
+        try:
+            header = json.loads(z.read("header.json"))
+        except KeyError:
+            raise bad("not a program file: it has no header.json") from None
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, UnicodeDecodeError):
+            raise bad("the program's header is damaged") from None
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            raise bad("not a program file: its header does not say format 'lpuprog'")
+        if header.get("version") != VERSION:
+            raise bad(
+                f"the program was written in format version {header.get('version')!r}; this lpu "
+                f"reads version {VERSION}: compile it again"
+            )
+        arrays = {}
+        digests = header.get("arrays", {})
+        for name in _ARRAYS:
+            if f"{name}.npy" not in names or name not in digests:
+                raise bad(f"the program lacks its '{name}' table")
+            try:
+                blob = z.read(f"{name}.npy")
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+                raise bad(f"the program's '{name}' table is damaged (checksum or length)") from None
+            if hashlib.sha256(blob).hexdigest() != digests[name]:
+                raise bad(f"the program's '{name}' table does not match its checksum: the file was modified")
+            try:
+                a = np.lib.format.read_array(io.BytesIO(blob), allow_pickle=False)
+            except (ValueError, OSError, EOFError):
+                raise bad(f"the program's '{name}' table is not a plain array") from None
+            if a.dtype != np.dtype(_DTYPES[name]):
+                raise bad(
+                    f"the program's '{name}' table has dtype {a.dtype}, expected {np.dtype(_DTYPES[name])}"
+                )
+            arrays[name] = a
+    try:
+        system = system_from_dict(header["system"])
+        placements = tuple(Placement(**(d | {"shape": tuple(d["shape"])})) for d in header["placements"])
+        entries = tuple(str(e) for e in header["entries"])
+        meta = dict(header.get("meta", {}))
+    except (KeyError, TypeError, ValueError, ChipConfigError) as e:
+        raise bad(f"the program's header is malformed ({type(e).__name__}: {e})") from None
+    p = Program(
+        system,
+        entries,
+        **{k: arrays[k] for k in _ARRAYS if k != "maps"},
+        placements=placements,
+        maps=arrays["maps"],
+        meta=meta,
+    )
+    try:
+        check(p)
+        check_image(p)
+    except ProgramError as e:
+        where = f"instruction {e.index}: " if e.index >= 0 else ""
+        raise bad(f"invalid program: {where}{e.message}") from None
+    return p

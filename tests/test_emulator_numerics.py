@@ -1,0 +1,47 @@
+"""The emulator's numba rounding agrees bit for bit with the reference interpreter's numpy rounding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from emulator.numerics import BF16, BOOL, F16, F32, I8, I32, convert, to_dtype
+from isa.numerics import convert as np_convert
+from isa.numerics import from_f32
+
+SPECIAL = [0.0, -0.0, 1.0, -1.0, 65504.0, 65519.99, 65520.0, 2.0**-24, 2.0**-25, 3 * 2.0**-26,
+           2.0**-14, 1 + 2.0**-11, 1 + 3 * 2.0**-11, 2048.5, 1e-8, 3.4e38, 3.5e38, np.inf, -np.inf,
+           1 + 2.0**-8, 1 + 3 * 2.0**-8, 2.5, 3.5, -2.5, 127.5, 128.0, -129.0, 1e10, -1e10]
+
+
+def floats_to_check():
+    rng = np.random.default_rng(0)
+    wide = rng.standard_normal(5000) * 10.0 ** rng.integers(-30, 30, 5000)
+    return np.concatenate([SPECIAL, wide, rng.standard_normal(2000)])
+
+
+@pytest.mark.parametrize("dt, name", [(F32, "f32"), (F16, "f16"), (BF16, "bf16")])
+def test_float_rounding_matches_numpy(dt, name):
+    xs = floats_to_check()
+    with np.errstate(over="ignore"):
+        want = from_f32(xs.astype(np.float32) if name == "bf16" else xs, name).astype(np.float64)
+    got = np.array([to_dtype(float(x), dt) for x in xs])
+    same = (got == want) | (np.isnan(got) & np.isnan(want))
+    assert same.all(), (xs[~same][:5], got[~same][:5], want[~same][:5])
+
+
+@pytest.mark.parametrize("to, name", [(I8, "i8"), (I32, "i32"), (BOOL, "bool"), (F16, "f16"), (F32, "f32")])
+def test_conversions_match_numpy(to, name):
+    xs = np.concatenate([floats_to_check(), [np.nan]])
+    want = np_convert(xs, name).astype(np.float64)
+    got = np.array([convert(float(x), to) for x in xs])
+    same = (got == want) | (np.isnan(got) & np.isnan(want))
+    assert same.all(), (xs[~same][:5], got[~same][:5], want[~same][:5])
+
+
+@given(st.integers(-(2**40), 2**40))
+def test_integer_results_wrap(v):
+    assert to_dtype(float(v), I8) == float(np.int64(v).astype(np.int8))
+    assert to_dtype(float(v), I32) == float(np.int64(v).astype(np.int32))
