@@ -42,8 +42,12 @@ class RunResult:
 
 
 class Emulator:
-    def __init__(self, program: Program):
+    """`weights` (by param name) place params that the program's SRAM image does not hold
+    (a program assembled by hand, or compiled without weights)."""
+
+    def __init__(self, program: Program, weights: dict[str, np.ndarray] | None = None):
         self.program = program
+        self.weights = dict(weights or {})
         lanes = program.system.chip.lanes
         self.state = {
             pl.name: np.zeros(pl.shape, STORAGE[pl.dtype]) for pl in program.placements if pl.role == "state"
@@ -91,6 +95,13 @@ class Emulator:
             place(pl, value)
         for pl in self.placements("state"):
             place(pl, self.state[pl.name])
+        for pl in self.placements("param"):
+            if pl.name in self.weights:
+                value = np.asarray(self.weights[pl.name])
+                if value.shape != pl.shape:
+                    raise error(f"weights '{pl.name}' have shape {list(value.shape)} but the program "
+                                f"expects {pl.dtype}{list(pl.shape)}")
+                place(pl, value)
         image = np.concatenate(rows) if count else np.zeros((0, lanes))
 
         e = p.entries.index(entry)

@@ -177,7 +177,11 @@ def resolve(p: Program, entry: int, initialised: set[tuple[int, int, int]] | dic
         return f"vector {int(vec[step])} of #{int(ins[step])}"
 
     # -- streams ----------------------------------------------------------------------------------
-    out_col = _OUT_COL[op]
+    out_col = _OUT_COL[op].copy()
+    # an mm that accumulates puts nothing on its stream
+    mm_steps = np.nonzero(op == CODE["mm"])[0]
+    mode_col = BY_CODE[CODE["mm"]].operands.index("mode")
+    out_col[mm_steps[p.fields[ins[mm_steps], mode_col] > 0]] = -1
     w_idx = np.nonzero(out_col >= 0)[0]
     w_val = p.fields[ins[w_idx], out_col[w_idx]]
     w_dir, w_sid = w_val // S, w_val % S
@@ -318,7 +322,6 @@ def resolve(p: Program, entry: int, initialised: set[tuple[int, int, int]] | dic
                 )
 
     acc_src = np.full(nsteps, -1, np.int64)
-    mode_col = BY_CODE[CODE["mm"]].operands.index("mode")
     slot_col = BY_CODE[CODE["mm"]].operands.index("slot")
     acc_slot_col = BY_CODE[CODE["acc"]].operands.index("slot")
     into = mm[p.fields[ins[mm], mode_col] > 0] if len(mm) else mm

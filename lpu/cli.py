@@ -68,6 +68,27 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("isa", help="print the ISA reference (opcodes, timing, chip presets)")
     i.set_defaults(run=cmd_isa)
 
+    a = sub.add_parser("asm", help="assemble a program listing (as lpu inspect prints it) into a program")
+    a.add_argument("listing", metavar="LISTING")
+    a.add_argument("-o", "--output", metavar="PROG.lpuprog", required=True)
+    a.set_defaults(run=cmd_asm)
+
+    n = sub.add_parser("inspect", help="print a program as a listing (cycle, chip, queue, instruction)")
+    n.add_argument("program", metavar="PROG.lpuprog")
+    n.add_argument("--data", action="store_true", help="also print the SRAM image (needed to reassemble)")
+    n.add_argument("--chip", type=int, metavar="C", help="only instructions of chip C")
+    n.add_argument("--unit", metavar="U", help="only a unit kind (MEM, VXM, ...) or one queue (vxm.q0)")
+    n.add_argument("--cycles", metavar="A:B", help="only instructions issued in cycles A..B-1")
+    n.set_defaults(run=cmd_inspect)
+
+    r = sub.add_parser("run", help="emulate a program cycle by cycle and check its timing")
+    r.add_argument("program", metavar="PROG.lpuprog")
+    r.add_argument("--entry", metavar="NAME", help="entry point (default: the only one, or main)")
+    r.add_argument("--inputs", metavar="X.npz", help="inputs (default: seeded random)")
+    r.add_argument("-o", "--output", metavar="OUT.npz", help="write the outputs out0, out1, ...")
+    r.add_argument("--seed", type=int, default=0, help="seed for random inputs")
+    r.set_defaults(run=cmd_run)
+
     s = sub.add_parser("system", help="validate and describe a system (a name or a .toml file)")
     s.add_argument("system", metavar="PRESET|FILE.toml")
     s.set_defaults(run=cmd_system)
@@ -140,6 +161,105 @@ def _fmt(v) -> str:
     if isinstance(v, (np.bool_, bool)):
         return "true" if v else "false"
     return str(int(v))
+
+
+def cmd_asm(args) -> int:
+    from isa.assembly import assemble
+    from isa.program import save
+
+    try:
+        with open(args.listing, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        raise error("the listing is not UTF-8 text", filename=args.listing) from None
+    except OSError as e:
+        raise error(f"cannot read listing: {e.strerror}", filename=args.listing) from None
+    program = assemble(text, args.listing)
+    save(program, args.output)
+    print(f"wrote {args.output}: {len(program)} instructions")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from isa.assembly import disassemble, listing_order
+    from isa.program import load
+
+    program = load(args.program)
+    order = listing_order(program)
+    queues = program.system.chip.queue_table()
+    if args.chip is not None:
+        order = order[program.chip[order] == args.chip]
+    if args.unit:
+        unit = args.unit
+        names = {q.name for q in queues}
+        kinds = {q.unit.value for q in queues}
+        if unit.upper() in kinds:
+            keep = [q.index for q in queues if q.unit.value == unit.upper()]
+        elif unit in names:
+            keep = [q.index for q in queues if q.name == unit]
+        else:
+            raise error(f"--unit {unit}: not a unit kind ({', '.join(sorted(kinds))}) or a queue name")
+        order = order[np.isin(program.queue[order], keep)]
+    if args.cycles:
+        lo, _, hi = args.cycles.partition(":")
+        try:
+            lo_c = int(lo) if lo else 0
+            hi_c = int(hi) if hi else 1 << 62
+        except ValueError:
+            raise error(f"--cycles {args.cycles}: expected A:B with integers") from None
+        order = order[(program.cycle[order] >= lo_c) & (program.cycle[order] < hi_c)]
+    sys.stdout.write(disassemble(program, data=args.data, order=order))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from emulator.run import Emulator
+    from isa.numerics import STORAGE
+    from isa.program import load
+    from lpu.arrays import load_npz, save_npz
+
+    program = load(args.program)
+    entries = list(program.entries)
+    entry = args.entry or (entries[0] if len(entries) == 1 else "main" if "main" in entries else None)
+    if entry is None:
+        raise error(f"the program has several entries ({', '.join(entries)}); choose one with --entry",
+                    filename=args.program)
+    emu = Emulator(program)
+    wanted = emu.placements("input", entry)
+    if args.inputs:
+        arrays = load_npz(args.inputs)
+        names = {pl.name for pl in wanted}
+        for pl in wanted:
+            if pl.name not in arrays:
+                raise error(f"no array '{pl.name}' for input {pl.name} : {pl.dtype}{list(pl.shape)}",
+                            filename=args.inputs)
+        for key in arrays:
+            if key not in names:
+                raise error(f"array '{key}' is not an input of entry '{entry}'", filename=args.inputs)
+        inputs = arrays
+    else:
+        rng = np.random.default_rng(args.seed)
+        inputs = {pl.name: (rng.standard_normal(pl.shape) if pl.dtype in ("f32", "f16", "bf16")
+                            else rng.integers(-8, 8, pl.shape)).astype(STORAGE[pl.dtype]) for pl in wanted}
+    result = emu.run(entry, inputs)
+    clock = program.system.chip.clock_mhz
+    print(f"{entry}: {result.cycles} cycles ({result.cycles / clock:.3f} us at {clock:g} MHz), "
+          f"{len(program)} instructions, {result.steps} vector steps")
+    busy = ", ".join(f"{k} {v}" for k, v in result.busy.items() if v)
+    print(f"busy cycles: {busy or 'none'}")
+    for k, out in enumerate(result.outputs):
+        print(f"out{k} : {_summary(out)}")
+    if args.output:
+        save_npz(args.output, {f"out{k}": o for k, o in enumerate(result.outputs)})
+    if result.violations:
+        for v in result.violations[:50]:
+            print(v.render(), file=sys.stderr)
+        more = len(result.violations) - 50
+        print(f"{len(result.violations)} timing violation{'s' if len(result.violations) != 1 else ''}"
+              + (f" ({more} not shown)" if more > 0 else ""), file=sys.stderr)
+        return 1
+    print("timing: no violations")
+    return 0
 
 
 def cmd_isa(args) -> int:

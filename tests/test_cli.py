@@ -182,3 +182,54 @@ def test_internal_errors_are_one_line_not_a_traceback(capsys, monkeypatch):
     rc, _, err = cli(capsys, "eval", MLP)
     assert rc == 3
     assert "internal error: ZeroDivisionError: simulated bug" in err and "Traceback" not in err
+
+
+ADD = str(ROOT / "tests" / "asm" / "add.lpuasm")
+
+
+def test_asm_inspect_run(capsys, tmp_path):
+    prog = tmp_path / "add.lpuprog"
+    rc, out, err = cli(capsys, "asm", ADD, "-o", str(prog))
+    assert rc == 0 and out == f"wrote {prog}: 3 instructions\n"
+    rc, out, _ = cli(capsys, "inspect", str(prog))
+    assert rc == 0 and "     1 main            2    0 vxm.q0       add a=E1 b=E1 dst=E2 dt=f16 n=2 <- a:#0 b:#0" in out
+    # the listing assembles back into the same bytes
+    listing = tmp_path / "again.lpuasm"
+    listing.write_text(out)
+    assert cli(capsys, "asm", str(listing), "-o", str(tmp_path / "again.lpuprog"))[0] == 0
+    assert (tmp_path / "again.lpuprog").read_bytes() == prog.read_bytes()
+    rc, out, _ = cli(capsys, "inspect", str(prog), "--unit", "MEM", "--cycles", "3:10")
+    assert rc == 0 and "mem.e0" in out and "mem.w0" not in out.split("#   id")[1]
+    x = np.arange(16, dtype=np.float16).reshape(2, 8)
+    np.savez(tmp_path / "x.npz", x=x)
+    rc, out, err = cli(capsys, "run", str(prog), "--inputs", str(tmp_path / "x.npz"), "-o", str(tmp_path / "y.npz"))
+    assert rc == 0, err
+    assert out.startswith("main: 8 cycles (0.009 us at 900 MHz), 3 instructions, 6 vector steps\n")
+    assert "timing: no violations" in out
+    assert np.array_equal(np.load(tmp_path / "y.npz")["out0"], x * 2)
+
+
+def test_run_reports_violations_and_exits_1(capsys, tmp_path):
+    text = (ROOT / "tests" / "asm" / "add.lpuasm").read_text().replace("     1 main       2 ", "     1 main       3 ")
+    listing = tmp_path / "late.lpuasm"
+    listing.write_text(text)
+    prog = tmp_path / "late.lpuprog"
+    assert cli(capsys, "asm", str(listing), "-o", str(prog))[0] == 0
+    rc, out, err = cli(capsys, "run", str(prog))
+    assert rc == 1
+    assert "wrong vector: chip 0 vxm.q0 cycle 4 instruction #1 input a" in err
+    assert err.strip().endswith("6 timing violations")
+
+
+def test_program_errors_name_the_file(capsys, tmp_path):
+    junk = tmp_path / "junk.lpuprog"
+    junk.write_bytes(b"PK\x03\x04 not really")
+    rc, _, err = cli(capsys, "run", str(junk))
+    assert rc == 1 and err.startswith(f"{junk}: error: not a program file")
+    rc, _, err = cli(capsys, "inspect", str(tmp_path / "none.lpuprog"))
+    assert rc == 1 and "cannot read program" in err
+    bad = tmp_path / "bad.lpuasm"
+    bad.write_text("lpuprog 1\nsystem tiny\nentry main\n     0 main 0 0 vxm.q0 frob n=1\n")
+    rc, _, err = cli(capsys, "asm", str(bad), "-o", str(tmp_path / "o.lpuprog"))
+    assert rc == 1 and err.startswith(f"{bad}:4:") and "unknown instruction 'frob'" in err
+    assert not (tmp_path / "o.lpuprog").exists()

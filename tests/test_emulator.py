@@ -1,0 +1,188 @@
+"""The emulator on hand-written programs: values, cycle counts, every kind of timing violation,
+and an exhaustive single-mutation campaign that measures how often the checker catches a change."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from emulator.run import Emulator
+from isa.assembly import assemble, disassemble
+
+RNG = np.random.default_rng(11)
+W = RNG.standard_normal((8, 16)).astype(np.float16)
+X = RNG.standard_normal((2, 8)).astype(np.float16)
+
+
+def load(name: str):
+    return assemble((ROOT / "tests" / "asm" / name).read_text(), name)
+
+
+def run(p, x=X, w=W):
+    return Emulator(p, {"w": w}).run("main", {"x": x})
+
+
+def test_add_program_values_and_cycles():
+    r = run(load("add.lpuasm"))
+    assert r.violations == []
+    assert np.array_equal(r.outputs[0], (X.astype(np.float32) * 2).astype(np.float16))
+    # read at 0 (vector 1 leaves at 3), add emits vector 1 at 5, write lands vector 1 at 5 + 2 = 7
+    assert r.cycles == 8
+    assert r.busy["MEM"] == 4 and r.busy["VXM"] == 2
+
+
+def test_matmul_program_matches_numpy_bit_for_bit():
+    r = run(load("matmul.lpuasm"))
+    assert r.violations == []
+    want = (X.astype(np.float32) @ W.astype(np.float32)).astype(np.float16)
+    assert np.array_equal(r.outputs[0], want)
+    assert r.busy["MXM"] == 8 + 20 + 2
+
+
+def kinds(p, **kw):
+    return sorted({v.kind for v in run(p, **kw).violations})
+
+
+def edit(name: str, old: str, new: str):
+    text = (ROOT / "tests" / "asm" / name).read_text()
+    assert old in text, old
+    return assemble(text.replace(old, new, 1), name)
+
+
+def test_stream_collision():
+    # a second add writes E2 at the same place and cycles as the first
+    p = edit("add.lpuasm", "     2 main       4", "     3 main       2    0 vxm.q1  add a=E1 b=E1 dst=E2 "
+              "dt=f16 n=2 <- a:#0 b:#0\n     2 main       4")
+    assert "stream collision" in kinds(p)
+
+
+def test_empty_stream_and_wrong_vector():
+    assert kinds(edit("add.lpuasm", "     1 main       2 ", "     1 main       1 ")) == ["empty stream", "wrong vector"]
+    assert "wrong vector" in kinds(edit("add.lpuasm", "     2 main       4 ", "     2 main       5 "))
+
+
+def test_stale_and_wrong_sram_words():
+    # state program: the write issued at 5 lands at 7; a read of that word issued at 6 is too early
+    early = STATE.replace("     3 main       5    0 mem.w0  write addr=0 a=W0 dt=f32 n=1 <- a:#2",
+                          "     3 main       5    0 mem.w0  write addr=0 a=W0 dt=f32 n=1 <- a:#2\n"
+                          "     4 main       6    0 mem.w0  read addr=0 dst=E5 dt=f32 n=1 <- mem:#3")
+    one = {"x": np.ones((1, 4), np.float32)}
+    assert sorted({v.kind for v in Emulator(assemble(early)).run("main", one).violations}) == ["stale SRAM word"]
+    on_time = early.replace("     4 main       6 ", "     4 main       7 ")
+    assert Emulator(assemble(on_time)).run("main", one).violations == []
+    assert kinds(edit("add.lpuasm", "read addr=0", "read addr=2")) == ["read of an unwritten word",
+                                                                        "wrong SRAM word"]
+
+
+def test_queue_overlap():
+    p = edit("add.lpuasm", "     2 main       4    0 mem.e0", "     3 main       1    0 vxm.q0  nop n=2\n"
+             "     2 main       4    0 mem.e0")
+    assert kinds(p) == ["queue overlap"]
+
+
+def test_matrix_unit_not_ready_and_wrong_weights():
+    late = edit("matmul.lpuasm", "     2 main      12 ", "     2 main      13 ")
+    assert kinds(late) == ["matrix unit not ready"]
+    two = edit("matmul.lpuasm", "     2 main      12    0 mxm.e.q1   iw n=1",
+               "     2 main      12    0 mxm.e.q1   iw n=1\n     6 main      32    0 mxm.e.q1   iw n=1")
+    text = disassemble(two).replace("w:#2", "w:#6")
+    # the second install loads nothing, and the mm (sampling at 32, 33) still sees the first one
+    assert kinds(assemble(text)) == ["empty weight install", "wrong weights"]
+
+
+def test_accumulator_path():
+    p = edit("matmul.lpuasm",
+             "mm a=E1 kof=0 dst=W0 slot=0 mode=emit dt=f16 to=f16 n=2 <- a:#3 w:#2\n"
+             "     5 main      59    0 mem.e0     write addr=0 a=W0 dt=f16 n=2 <- a:#4",
+             "mm a=E1 kof=0 dst=W0 slot=4 mode=acc_set dt=f16 to=f16 n=2 <- a:#3 w:#2\n"
+             "     6 main      33    0 mxm.e.q2   mm a=E1 kof=0 dst=W0 slot=4 mode=acc_add dt=f16 to=f16 n=2 <- a:#7 w:#2\n"
+             "     7 main      29    0 mem.e2     read addr=0 dst=E1 dt=f16 n=2 <- mem:image@0\n"
+             "     8 main      58    0 mxm.e.q0   acc dst=W0 slot=4 to=f32 n=2 <- acc:#6\n"
+             "     5 main      64    0 mem.e0     write addr=0 a=W0 dt=f32 n=2 <- a:#8")
+    text = disassemble(p).replace("output main out0 f16[2, 16]", "output main out0 f32[2, 16]")
+    r = run(assemble(text))
+    assert r.violations == [], [v.render() for v in r.violations]
+    # each pass sums exactly and rounds once to f32; the second pass adds the same product: 2p exactly
+    p_f32 = (X.astype(np.float64) @ W.astype(np.float64)).astype(np.float32)
+    assert np.array_equal(r.outputs[0], 2 * p_f32)
+
+
+STATE = """lpuprog 1
+system tiny
+entry main
+state s f32[1, 4] @ 0 mem.w0 0
+input main x f32[1, 4] @ 0 mem.w1 0
+output main out0 f32[1, 4] @ 0 mem.w0 0
+     0 main       1    0 mem.w0  read addr=0 dst=E0 dt=f32 n=1 <- mem:image@0
+     1 main       0    0 mem.w1  read addr=0 dst=E1 dt=f32 n=1 <- mem:image@0
+     2 main       3    0 vxm.q0  add a=E0 b=E1 dst=W0 dt=f32 n=1 <- a:#0 b:#1
+     3 main       5    0 mem.w0  write addr=0 a=W0 dt=f32 n=1 <- a:#2
+"""
+
+
+def test_state_persists_between_runs():
+    # s += x: both operands reach the VXM (x=7) at cycle 4, from x=6 and x=5
+    text = STATE.replace("     1 main       0    0 mem.w1  read addr=0 dst=E0", "     1 main       0    0 mem.w1  read addr=0 dst=E1")
+    emu = Emulator(assemble(text))
+    one = np.array([[1, 2, 3, 4]], np.float32)
+    for k in range(1, 4):
+        r = emu.run("main", {"x": one})
+        assert r.violations == [], [v.render() for v in r.violations]
+        assert np.array_equal(r.outputs[0], k * one) and np.array_equal(emu.state["s"], k * one)
+
+
+# -- the checker bites: every single mutation of the hand-written programs ----------------------
+
+
+def mutations(p):
+    """(description, mutated program) for every instruction: issue cycle +-1..3, each stream field
+    to two other streams, each address by +-1 vector."""
+    S = p.system.chip.streams_per_direction
+    for j in range(len(p)):
+        spec = p.spec(j)
+        for d in (-3, -2, -1, 1, 2, 3):
+            if p.cycle[j] + d >= 0:
+                q = _copy(p)
+                q.cycle[j] += d
+                yield f"#{j} {spec.mnemonic} cycle {d:+d}", q
+        for k, name in enumerate(spec.operands):
+            kind = {"a": "stream", "b": "stream", "c": "stream", "dst": "stream", "addr": "addr"}.get(name)
+            if kind == "stream":
+                for other in {(p.fields[j, k] + 1) % (2 * S), (p.fields[j, k] + S) % (2 * S)}:
+                    q = _copy(p)
+                    q.fields[j, k] = other
+                    yield f"#{j} {spec.mnemonic} {name} -> stream {other}", q
+            elif kind == "addr":
+                for d in (-2, 2):
+                    if p.fields[j, k] + d >= 0:
+                        q = _copy(p)
+                        q.fields[j, k] += d
+                        yield f"#{j} {spec.mnemonic} addr {d:+d}", q
+
+
+def _copy(p):
+    import copy
+
+    q = copy.copy(p)
+    for name in ("cycle", "fields"):
+        setattr(q, name, getattr(p, name).copy())
+    return q
+
+
+@pytest.mark.parametrize("name", ["add.lpuasm", "matmul.lpuasm"])
+def test_every_single_mutation_is_caught(name):
+    p = load(name)
+    clean = run(p)
+    assert clean.violations == []
+    caught, survivors = 0, []
+    total = 0
+    for what, q in mutations(p):
+        total += 1
+        r = run(q)
+        if r.violations or not all(np.array_equal(a, b) for a, b in zip(r.outputs, clean.outputs)):
+            caught += 1
+        else:
+            survivors.append(what)
+    assert total > 20
+    assert survivors == [], f"{caught}/{total} caught; survivors: {survivors}"

@@ -1,0 +1,156 @@
+"""The program file and its listing: deterministic bytes, refusal of damaged files, and
+disassemble -> assemble giving back the same program."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from isa.assembly import assemble, disassemble
+from isa.diagnostics import LpuError
+from isa.program import from_bytes, to_bytes
+
+ASM = sorted((ROOT / "tests" / "asm").glob("*.lpuasm"))
+
+
+def program(name: str):
+    path = ROOT / "tests" / "asm" / name
+    return assemble(path.read_text(), str(path))
+
+
+def with_image(p):
+    """The matmul program with its weights in the SRAM image (data lines)."""
+    rng = np.random.default_rng(3)
+    text = disassemble(p)
+    lines = [f"data 0 mem.e3 {2 * k} : " + " ".join(repr(float(v)) for v in
+                                                   rng.standard_normal(16).astype(np.float16)) for k in range(8)]
+    return assemble(text.replace("#   id", "\n".join(lines) + "\n#   id", 1))
+
+
+@pytest.mark.parametrize("path", ASM, ids=[p.stem for p in ASM])
+def test_listing_round_trip(path):
+    p = assemble(path.read_text(), str(path))
+    text = disassemble(p)
+    again = assemble(text, "again")
+    assert disassemble(again) == text
+    assert to_bytes(again) == to_bytes(p)
+
+
+def test_listing_round_trip_with_image_data():
+    p = with_image(program("matmul.lpuasm"))
+    assert len(p.image_word) == 8
+    text = disassemble(p, data=True)
+    assert to_bytes(assemble(text)) == to_bytes(p)
+    assert "not shown" in disassemble(p, data=False)
+
+
+def test_file_round_trip_is_byte_identical_and_deterministic(tmp_path):
+    p = with_image(program("matmul.lpuasm"))
+    data = to_bytes(p)
+    assert to_bytes(from_bytes(data)) == data
+    # another process, another hash seed: same bytes
+    code = ("import sys; from isa.assembly import assemble; from isa.program import to_bytes; "
+            "sys.stdout.buffer.write(to_bytes(assemble(open(sys.argv[1]).read(), sys.argv[1])))")
+    path = str(ROOT / "tests" / "asm" / "matmul.lpuasm")
+    outs = [subprocess.run([sys.executable, "-c", code, path], capture_output=True, cwd=ROOT,
+                           env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout for seed in ("1", "2")]
+    assert outs[0] == outs[1] == to_bytes(program("matmul.lpuasm"))
+
+
+def test_truncated_file_is_refused():
+    data = to_bytes(program("matmul.lpuasm"))
+    for cut in (0, 10, len(data) // 2, len(data) - 1):
+        with pytest.raises(LpuError, match="not a program file|damaged|lacks"):
+            from_bytes(data[:cut], "p.lpuprog")
+
+
+def _rewrite(data: bytes, name: str, change) -> bytes:
+    src = zipfile.ZipFile(io.BytesIO(data))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            blob = src.read(info.filename)
+            dst.writestr(info, change(blob) if info.filename == name else blob)
+    return out.getvalue()
+
+
+def test_tampered_table_is_refused():
+    data = to_bytes(program("matmul.lpuasm"))
+
+    def flip(blob: bytes) -> bytes:
+        return blob[:-1] + bytes([blob[-1] ^ 1])
+
+    with pytest.raises(LpuError, match="'cycle' table does not match its checksum: the file was modified"):
+        from_bytes(_rewrite(data, "cycle.npy", flip), "p.lpuprog")
+
+
+def test_other_version_and_format_are_refused():
+    data = to_bytes(program("matmul.lpuasm"))
+
+    def version(blob: bytes) -> bytes:
+        h = json.loads(blob)
+        h["version"] = 99
+        return json.dumps(h).encode()
+
+    with pytest.raises(LpuError, match="written in format version 99; this lpu reads version 1"):
+        from_bytes(_rewrite(data, "header.json", version), "p.lpuprog")
+    with pytest.raises(LpuError, match="does not say format 'lpuprog'"):
+        from_bytes(_rewrite(data, "header.json", lambda b: b'{"format": "zip"}'), "p.lpuprog")
+    with pytest.raises(LpuError, match="header is damaged"):
+        from_bytes(_rewrite(data, "header.json", lambda b: b"{not json"), "p.lpuprog")
+
+
+def test_semantically_bad_table_is_refused():
+    p = program("add.lpuasm")
+    p.fields[1, 2] = 99  # dst stream out of range
+    with pytest.raises(LpuError, match="invalid program: instruction 1: add field dst = 99 is out of range"):
+        from_bytes(to_bytes(p), "p.lpuprog")
+    p = program("add.lpuasm")
+    p.queue[1] = 0  # a C2C queue
+    with pytest.raises(LpuError, match="add is a VXM instruction but queue c2c.w.q0 belongs to a C2C slice"):
+        from_bytes(to_bytes(p), "p.lpuprog")
+
+
+BASE = (ROOT / "tests" / "asm" / "add.lpuasm").read_text()
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("lpuprog 1", "lpuprog 2", "this listing is format '2'; this lpu reads 1"),
+    ("system tiny", "system galaxy", "unknown system 'galaxy'"),
+    ("vxm.q0 ", "vxm.q9 ", "'vxm.q9' is not a queue of a tiny chip"),
+    ("add a=E1", "fadd a=E1", "unknown instruction 'fadd'"),
+    ("dst=E2", "dst=E9", "dst must be a stream E0..E7 or W0..W7, got 'E9'"),
+    ("dt=f16 n=2 <- a:#0 b:#0", "dt=f8 n=2 <- a:#0 b:#0", "dt must be a dtype"),
+    ("dst=E2 dt=f16", "dst=E2 dst=E3 dt=f16", "field 'dst' is given twice"),
+    ("add a=E1 b=E1", "add a=E1", "add needs field b"),
+    ("b:#0\n", "c:#0\n", "expected SLOT:SOURCE with SLOT one of a, b"),
+    ("b:#0\n", "b:#x\n", "a source is #ID, #ID+K, image@WORD or unchecked"),
+    ("     2 main", "     1 main", "instruction id 1 appears twice"),
+    ("     1 main       2", "     1 other       2", "unknown entry 'other'"),
+    ("write addr=0", "write addr=99999", "field addr = 99999 is out of range"),
+    ("read addr=0 dst=E1 dt=f16 n=2", "read addr=0 dst=E1 dt=f16 n=0", "repeat count n = 0"),
+    ("input main x", "input x", "expected 'ROLE GRAPH NAME TYPE @ CHIP SLICE WORD'"),
+    ("entry main", "entry main\nbogus line", "unknown line kind 'bogus'"),
+])
+def test_assembler_errors_are_located(old, new, message):
+    assert old in BASE
+    text = BASE.replace(old, new, 1)
+    with pytest.raises(LpuError) as e:
+        assemble(text, "bad.lpuasm")
+    rendered = e.value.render()
+    assert message in rendered, rendered
+    assert rendered.startswith("bad.lpuasm:")
+
+
+def test_assembler_refuses_an_empty_listing():
+    with pytest.raises(LpuError, match="empty listing"):
+        assemble("", "e.lpuasm")
+    with pytest.raises(LpuError, match="names no system"):
+        assemble("lpuprog 1\nentry main\n", "e.lpuasm")
