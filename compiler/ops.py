@@ -329,7 +329,7 @@ for _n in ("add", "sub", "mul", "max", "min"):
 define("div", 2, 2, elementwise(FLOAT_DTYPES), arg_names=("lhs", "rhs"))
 define("neg", 1, 1, elementwise(SIGNED))
 define("relu", 1, 1, elementwise(SIGNED))
-for _n in ("exp", "log", "tanh", "sigmoid", "silu", "sqrt", "rsqrt", "recip"):
+for _n in ("exp", "log", "tanh", "sigmoid", "silu", "sqrt", "rsqrt", "recip", "erf"):
     define(_n, 1, 1, elementwise(FLOAT_DTYPES))
 define("gelu", 1, 1, elementwise(FLOAT_DTYPES),
        {"approximate": AttrSpec("choice", "tanh", ("tanh", "none"))})

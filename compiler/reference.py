@@ -25,6 +25,8 @@ Semantics per op (numpy semantics and trailing-axis broadcasting unless stated):
 - `gather(table, ids)`: rows of `table` along axis 0; an id outside the table is
   an error. `update_slice(x, v, i) {axis}`: x with v written at offset i along
   axis; an offset that does not fit is an error.
+- `erf` (an extension of DESIGN.md's op list): the error function, computed in f64 and
+  rounded once.
 - `iota {axis}`: the index along `axis`, broadcast over the other axes.
 - `constant {value}`: a scalar (filled) or a nested list of the result's shape.
 - State: graphs read a `state` as its value at the start of the run; `commit`
@@ -73,6 +75,7 @@ def _sigmoid(x):
 
 
 _ERFC = np.vectorize(math.erfc, otypes=[np.float64])
+_ERF = np.vectorize(math.erf, otypes=[np.float64])
 
 
 def _gelu(op: Op, args):
@@ -244,6 +247,7 @@ IMPLS: dict[str, Callable[[Op, list[np.ndarray]], np.ndarray]] = {
     "sqrt": _elementwise(np.sqrt),
     "rsqrt": _elementwise(lambda a: np.float32(1.0) / np.sqrt(a)),
     "recip": _elementwise(lambda a: np.float32(1.0) / a),
+    "erf": lambda op, args: from_f32(_ERF(as_f32(args[0]).astype(np.float64)), op.result.type.dtype),
     "gelu": _gelu,
     "cast": lambda op, args: convert(args[0], op.attr("to")),
     "where": _where,

@@ -20,7 +20,7 @@ from compiler.ir import Commit, Global, Graph, Module, Op, TensorType, Value, fr
 from compiler.ops import OpError, infer
 
 ELEMENTWISE = ("add", "sub", "mul", "div", "max", "min", "neg", "relu", "exp", "log", "tanh",
-               "sigmoid", "silu", "sqrt", "rsqrt", "recip", "gelu")
+               "sigmoid", "silu", "sqrt", "rsqrt", "recip", "gelu", "erf")
 OTHERS = ("cast", "where", "less", "greater", "equal", "reduce_sum", "reduce_max", "reduce_mean",
           "softmax", "layernorm", "rmsnorm", "rope", "matmul", "reshape", "transpose", "concat",
           "slice", "gather", "constant", "iota", "update_slice")

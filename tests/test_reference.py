@@ -90,6 +90,7 @@ UNARY = {
     "rsqrt": lambda x: 1 / np.sqrt(x),
     "recip": lambda x: 1 / x,
     "gelu": lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
+    "erf": lambda x: ERF(x),
 }
 POSITIVE_ONLY = {"log", "sqrt", "rsqrt"}
 

@@ -16,8 +16,11 @@ where less greater equal reduce_sum reduce_max reduce_mean softmax layernorm rms
 reshape transpose concat slice gather constant iota update_slice""".split()
 
 
+EXTENSIONS = {"erf"}  # ops beyond DESIGN.md's list (docs/design-changes.md)
+
+
 def test_every_design_op_is_known():
-    assert set(DESIGN_OPS) == set(OPS)
+    assert set(DESIGN_OPS) | EXTENSIONS == set(OPS)
 
 
 ARGS = ("%a: f16[2, 3, 4], %b: f16[4], %v: f16[3, 4], %m: f16[4, 5], %q: i8[3, 4], %qw: i8[4, 2], "
