@@ -280,7 +280,8 @@ def execute(
         elif act == PERM:
             if a_src >= 0:
                 for lane_i in range(lanes):
-                    out[s, lane_i] = out[a_src, maps[mapi[s], lane_i]]
+                    from_lane = maps[mapi[s], lane_i]
+                    out[s, lane_i] = out[a_src, from_lane] if from_lane >= 0 else 0.0
         elif act == BCAST:
             if a_src >= 0:
                 out[s, :] = out[a_src, lane[s]]

@@ -165,8 +165,8 @@ class Emulator:
             for s in writes[np.argsort(r.emit[writes], kind="stable")]:
                 j = int(r.ins[s])
                 spec = BY_CODE[int(p.opcode[j])]
-                dt = DTYPES[int(p.fields[j, spec.operands.index("dt")])]
-                word = int(p.fields[j, spec.operands.index("addr")]) + int(r.i[s]) * DTYPE_BYTES[dt]
+                stride = int(p.fields[j, spec.operands.index("step")])
+                word = int(p.fields[j, spec.operands.index("addr")]) + int(r.i[s]) * stride
                 sl = mem_index[queues[int(p.queue[j])].slice]
                 final[(int(p.chip[j]), sl, word)] = int(s)
 

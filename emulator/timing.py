@@ -228,18 +228,16 @@ def resolve(p: Program, entry: int, initialised: set[tuple[int, int, int]] | dic
     # -- SRAM -------------------------------------------------------------------------------------
     words = chip_cfg.words_per_slice
     nslices = chip_cfg.mem_slices
-    dt_col = {s.code: s.operands.index("dt") for s in OPS if s.unit is Unit.MEM}
     addr_col = {s.code: s.operands.index("addr") for s in OPS if s.unit is Unit.MEM}
+    step_col = {s.code: s.operands.index("step") for s in OPS if "step" in s.operands}
     is_write = op == CODE["write"]
     is_read = op == CODE["read"]
 
     def word_of(idx):
         codes = op[idx]
-        dtc = np.array([dt_col[int(c)] for c in codes], np.int64) if len(idx) else np.zeros(0, np.int64)
         adc = np.array([addr_col[int(c)] for c in codes], np.int64) if len(idx) else np.zeros(0, np.int64)
-        dts = p.fields[ins[idx], dtc]
-        width = np.array([DTYPE_BYTES[d] for d in DTYPES], np.int64)[dts]
-        return p.fields[ins[idx], adc] + vec[idx] * width
+        stc = np.array([step_col[int(c)] for c in codes], np.int64) if len(idx) else np.zeros(0, np.int64)
+        return p.fields[ins[idx], adc] + vec[idx] * p.fields[ins[idx], stc]
 
     wi = np.nonzero(is_write)[0]
     ri = np.nonzero(is_read)[0]
@@ -429,8 +427,8 @@ def _check_mem(p, ins, vec, idx, slot, mem_src, words, image_word, sample, repor
         if want == IMAGE:
             # the offset of an image source is the word vector 0 should come from
             spec = BY_CODE[int(p.opcode[j])]
-            width = DTYPE_BYTES[DTYPES[int(p.fields[j, spec.operands.index("dt")])]]
-            expected_word = int(p.src_off[j, slot]) + int(vec[step]) * width
+            stride = int(p.fields[j, spec.operands.index("step")])
+            expected_word = int(p.src_off[j, slot]) + int(vec[step]) * stride
             if got >= 0:
                 say("stale SRAM word", f"the initial image word {expected_word}", describe(got))
             elif got == -1:

@@ -183,6 +183,9 @@ def _problems(c: ChipConfig):
         yield "mxm_k_i8", f"{c.mxm_k_i8} rows exceed the {c.lanes}-row matrix array"
     if c.mxm_k_f16 > c.mxm_k_i8:
         yield "mxm_k_f16", f"f16 takes two bytes a row, so it cannot exceed mxm_k_i8 ({c.mxm_k_i8})"
+    if c.lanes % c.mxm_k_i8 or c.lanes % c.mxm_k_f16:
+        yield "mxm_k_f16", (f"a matrix pass takes a lane window of a vector, so lanes ({c.lanes}) must be a "
+                            f"multiple of mxm_k_i8 ({c.mxm_k_i8}) and mxm_k_f16 ({c.mxm_k_f16})")
     if c.c2c_links % 2:
         yield "c2c_links", f"links are split between the two edges, so it must be even, got {c.c2c_links}"
 

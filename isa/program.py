@@ -70,6 +70,8 @@ class Placement:
     a scalar). Vector (r, c) holds columns [c * lanes, (c + 1) * lanes) of row r,
     zero-padded, and lives at word `word + (r * chunks + c) * bytes(dtype)` of the
     MEM slice: a vector spans as many byte-wide words as its dtype has bytes.
+    When cols is 1 the value fills every lane ("splat"), so that it broadcasts
+    against wider rows without moving lanes.
     """
 
     role: str  # "param" | "state" | "input" | "output"
@@ -98,6 +100,8 @@ def to_vectors(x: np.ndarray, p: Placement, lanes: int) -> np.ndarray:
     """A tensor as its vectors (float64 [vectors, lanes]), in placement order."""
     rows, chunks = p.rows_chunks(lanes)
     flat = np.asarray(x, dtype=np.float64).reshape(rows, -1)
+    if flat.shape[1] == 1:
+        return np.repeat(flat, lanes, axis=1)
     padded = np.zeros((rows, chunks * lanes))
     padded[:, : flat.shape[1]] = flat
     return padded.reshape(rows * chunks, lanes)
@@ -338,6 +342,8 @@ def check_image(p: Program) -> None:
             f"SRAM image entry {j} (chip {int(p.image_chip[j])}, slice "
             f"{int(p.image_slice[j])}, word {int(p.image_word[j])}) is outside the chip",
         )
+    if p.maps.size and (p.maps.shape[1] != chip.lanes or p.maps.min() < -1 or p.maps.max() >= chip.lanes):
+        raise ProgramError(-1, f"lane maps must have {chip.lanes} entries, each a lane or -1")
     names = chip.mem_slice_names()
     for pl in p.placements:
         if (

@@ -65,6 +65,7 @@ FIELDS: dict[str, FieldSpec] = {f.name: f for f in (
     FieldSpec("idx",  "stream",       "in",  "address stream: lane 0 of vector i holds a word offset"),
     FieldSpec("dst",  "stream",       "out", "result stream"),
     FieldSpec("addr", "addr",         "arg", "first SRAM word of the slice"),
+    FieldSpec("step", "int",          "arg", "words from one vector to the next (0 repeats a word)"),
     FieldSpec("dt",   "dtype",        "arg", "element type of the operands and result"),
     FieldSpec("to",   "dtype",        "arg", "element type converted to"),
     FieldSpec("imm",  "imm",          "arg", "immediate value (an f32, or an integer for integer dt)"),
@@ -125,8 +126,8 @@ OPS: tuple[OpSpec, ...] = (
     op(0x02, "sync",    I, 0,  0,  (1, 0),  "",               "park this queue until a notify on the same chip"),
     op(0x03, "notify",  I, 0,  1,  (1, 0),  "",               "release every parked queue of this chip on t + 1"),
 
-    op(0x10, "read",    M, 0,  2,  (0, 1),  "addr dst dt",    "dst[i] = vector at word addr + i * w (w = bytes of dt: a vector spans w words)"),
-    op(0x11, "write",   M, 1,  2,  (0, 1),  "addr a dt",      "vector at word addr + i * w = a[i]"),
+    op(0x10, "read",    M, 0,  2,  (0, 1),  "addr step dst dt", "dst[i] = vector at word addr + i * step (a dt vector spans bytes(dt) words)"),
+    op(0x11, "write",   M, 1,  2,  (0, 1),  "addr step a dt", "vector at word addr + i * step = a[i]"),
     op(0x12, "gather",  M, 1,  3,  (0, 1),  "addr idx dst dt", "dst[i] = vector at word addr + idx[i][0] * w"),
     op(0x13, "scatter", M, 1,  2,  (0, 1),  "addr idx a dt",  "vector at word addr + idx[i][0] * w = a[i]"),
 
@@ -163,7 +164,7 @@ OPS: tuple[OpSpec, ...] = (
 
     op(0x50, "shift",   S, 1,  3,  (0, 1),  "a dst k",        "dst[lane] = a[lane - k], zero where out of range"),
     op(0x51, "rot",     S, 1,  3,  (0, 1),  "a dst k",        "dst[lane] = a[(lane - k) mod lanes]"),
-    op(0x52, "perm",    S, 1,  3,  (0, 1),  "a dst map",      "dst[lane] = a[maps[map][lane]]"),
+    op(0x52, "perm",    S, 1,  3,  (0, 1),  "a dst map",      "dst[lane] = a[maps[map][lane]], or 0 where the map holds -1"),
     op(0x53, "bcast",   S, 1,  3,  (0, 1),  "a dst lane",     "dst = a[lane] in every lane"),
     op(0x54, "trans",   S, 1,  18, (0, 1),  "a dst",          "each 16 vectors transposed as 16x16 blocks per superlane (n a multiple of 16)"),
     op(0x55, "lred",    S, 1,  6,  (0, 1),  "a dst red dt",   "dst = reduction of a over all lanes, in every lane"),

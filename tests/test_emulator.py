@@ -64,9 +64,9 @@ def test_empty_stream_and_wrong_vector():
 
 def test_stale_and_wrong_sram_words():
     # state program: the write issued at 5 lands at 7; a read of that word issued at 6 is too early
-    early = STATE.replace("     3 main       5    0 mem.w0  write addr=0 a=W0 dt=f32 n=1 <- a:#2",
-                          "     3 main       5    0 mem.w0  write addr=0 a=W0 dt=f32 n=1 <- a:#2\n"
-                          "     4 main       6    0 mem.w0  read addr=0 dst=E5 dt=f32 n=1 <- mem:#3")
+    early = STATE.replace("     3 main       5    0 mem.w0  write addr=0 step=4 a=W0 dt=f32 n=1 <- a:#2",
+                          "     3 main       5    0 mem.w0  write addr=0 step=4 a=W0 dt=f32 n=1 <- a:#2\n"
+                          "     4 main       6    0 mem.w0  read addr=0 step=4 dst=E5 dt=f32 n=1 <- mem:#3")
     one = {"x": np.ones((1, 4), np.float32)}
     assert sorted({v.kind for v in Emulator(assemble(early)).run("main", one).violations}) == ["stale SRAM word"]
     on_time = early.replace("     4 main       6 ", "     4 main       7 ")
@@ -94,12 +94,12 @@ def test_matrix_unit_not_ready_and_wrong_weights():
 def test_accumulator_path():
     p = edit("matmul.lpuasm",
              "mm a=E1 kof=0 dst=W0 slot=0 mode=emit dt=f16 to=f16 n=2 <- a:#3 w:#2\n"
-             "     5 main      59    0 mem.e0     write addr=0 a=W0 dt=f16 n=2 <- a:#4",
+             "     5 main      59    0 mem.e0     write addr=0 step=2 a=W0 dt=f16 n=2 <- a:#4",
              "mm a=E1 kof=0 dst=W0 slot=4 mode=acc_set dt=f16 to=f16 n=2 <- a:#3 w:#2\n"
              "     6 main      33    0 mxm.e.q2   mm a=E1 kof=0 dst=W0 slot=4 mode=acc_add dt=f16 to=f16 n=2 <- a:#7 w:#2\n"
-             "     7 main      29    0 mem.e2     read addr=0 dst=E1 dt=f16 n=2 <- mem:image@0\n"
+             "     7 main      29    0 mem.e2     read addr=0 step=2 dst=E1 dt=f16 n=2 <- mem:image@0\n"
              "     8 main      58    0 mxm.e.q0   acc dst=W0 slot=4 to=f32 n=2 <- acc:#6\n"
-             "     5 main      64    0 mem.e0     write addr=0 a=W0 dt=f32 n=2 <- a:#8")
+             "     5 main      64    0 mem.e0     write addr=0 step=4 a=W0 dt=f32 n=2 <- a:#8")
     text = disassemble(p).replace("output main out0 f16[2, 16]", "output main out0 f32[2, 16]")
     r = run(assemble(text))
     assert r.violations == [], [v.render() for v in r.violations]
@@ -114,10 +114,10 @@ entry main
 state s f32[1, 4] @ 0 mem.w0 0
 input main x f32[1, 4] @ 0 mem.w1 0
 output main out0 f32[1, 4] @ 0 mem.w0 0
-     0 main       1    0 mem.w0  read addr=0 dst=E0 dt=f32 n=1 <- mem:image@0
-     1 main       0    0 mem.w1  read addr=0 dst=E1 dt=f32 n=1 <- mem:image@0
+     0 main       1    0 mem.w0  read addr=0 step=4 dst=E0 dt=f32 n=1 <- mem:image@0
+     1 main       0    0 mem.w1  read addr=0 step=4 dst=E1 dt=f32 n=1 <- mem:image@0
      2 main       3    0 vxm.q0  add a=E0 b=E1 dst=W0 dt=f32 n=1 <- a:#0 b:#1
-     3 main       5    0 mem.w0  write addr=0 a=W0 dt=f32 n=1 <- a:#2
+     3 main       5    0 mem.w0  write addr=0 step=4 a=W0 dt=f32 n=1 <- a:#2
 """
 
 

@@ -1,0 +1,115 @@
+"""Jobs: small trees of instructions whose timing relative to each other is fixed.
+
+A job reads vectors from SRAM, passes them through units over streams and
+writes results back. Within a job every consumer samples its input exactly when
+the producer's vector arrives (DESIGN.md 4.1, the same rule isa/spec.py states):
+
+    arrival = producer issue + dfunc(producer) + |x(consumer) - x(producer)| + i
+    consumer issue = arrival - dskew(consumer) - i
+
+`align` fixes each instruction's cycle relative to the job's start by walking
+the tree from the leaves, delaying earlier branches so that all inputs of an
+instruction arrive on the same cycle. The scheduler then places whole jobs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from isa.spec import BY_MNEMONIC
+
+
+@dataclass
+class Node:
+    mnemonic: str
+    queue: int  # queue index on the chip
+    x: int  # slice position
+    n: int
+    fields: dict[str, int] = field(default_factory=dict)  # every non-stream field
+    inputs: list[tuple[str, int]] = field(default_factory=list)  # (stream field, producer node)
+    after: list[tuple[int, int]] = field(default_factory=list)  # (node, gap): issue >= node issue + gap
+    mem: tuple[int, int] | None = None  # read / write: (tensor id, first vector)
+    sources: dict[str, int] = field(default_factory=dict)  # implicit sources: "w" -> iw node, "acc" -> mm node
+    rel: int = 0  # issue cycle relative to the job start
+
+    @property
+    def spec(self):
+        return BY_MNEMONIC[self.mnemonic]
+
+
+@dataclass
+class Job:
+    name: str  # for diagnostics and listings: the IR op it comes from
+    nodes: list[Node] = field(default_factory=list)
+    exclusive: list[tuple] = field(default_factory=list)  # resources held for the whole job (an MXM plane)
+    op_index: int = -1  # the IR op it lowers (for the listing's comments)
+
+    def add(self, node: Node) -> int:
+        self.nodes.append(node)
+        return len(self.nodes) - 1
+
+    def reads(self):
+        return [(k, nd) for k, nd in enumerate(self.nodes) if nd.mnemonic == "read"]
+
+    def writes(self):
+        return [(k, nd) for k, nd in enumerate(self.nodes) if nd.mnemonic == "write"]
+
+    def span(self) -> tuple[int, int]:
+        start = min(nd.rel for nd in self.nodes)
+        end = max(nd.rel + nd.spec.busy_cycles(nd.n) for nd in self.nodes)
+        end = max(end, max(nd.rel + nd.spec.dfunc + nd.n for nd in self.nodes))
+        return start, end
+
+
+def arrival(job: Job, producer: int, consumer: int) -> int:
+    """Cycle (relative) at which vector 0 of `producer` reaches `consumer`."""
+    p, c = job.nodes[producer], job.nodes[consumer]
+    return p.rel + p.spec.dfunc + abs(c.x - p.x)
+
+
+def _shift(job: Job, k: int, delta: int) -> None:
+    """Delay node k and everything feeding it by `delta` cycles."""
+    todo = [k]
+    seen = set()
+    while todo:
+        j = todo.pop()
+        if j in seen:
+            continue
+        seen.add(j)
+        job.nodes[j].rel += delta
+        todo.extend(p for _, p in job.nodes[j].inputs)
+
+
+def align(job: Job) -> Job:
+    """Fix relative issue cycles; nodes must be listed producers first (a tree per write)."""
+    for k, nd in enumerate(job.nodes):
+        sample = None
+        for _, p in nd.inputs:
+            assert p < k, "producers are listed before their consumers"
+            assert job.nodes[p].n == nd.n, (job.name, nd.mnemonic, job.nodes[p].mnemonic)
+            a = arrival(job, p, k)
+            sample = a if sample is None else max(sample, a)
+        for other, gap in nd.after:
+            assert other < k
+            need = job.nodes[other].rel + gap + nd.spec.dskew
+            sample = need if sample is None else max(sample, need)
+        if sample is None:
+            continue
+        nd.rel = sample - nd.spec.dskew
+        for _, p in nd.inputs:
+            late = sample - arrival(job, p, k)
+            if late:
+                _shift(job, p, late)
+    lo = min(nd.rel for nd in job.nodes)
+    for nd in job.nodes:
+        nd.rel -= lo
+    _check(job)
+    return job
+
+
+def _check(job: Job) -> None:
+    for k, nd in enumerate(job.nodes):
+        for _, p in nd.inputs:
+            assert arrival(job, p, k) == nd.rel + nd.spec.dskew, (job.name, k, p)
+        for other, gap in nd.after:
+            assert nd.rel >= job.nodes[other].rel + gap, (job.name, k, other)
