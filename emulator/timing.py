@@ -444,7 +444,7 @@ def _check_mem(p, ins, vec, idx, slot, mem_src, words, image_word, sample, repor
                     f"image word {int(image_word[-2 - got])}",
                 )
             continue
-        expected_vec = int(vec[step] + p.src_off[j, slot])
+        expected_vec = int(vec[step] * p.src_step[j, slot] + p.src_off[j, slot])
         if got < 0:
             say(
                 "stale SRAM word",

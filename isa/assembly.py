@@ -13,7 +13,7 @@
 Field syntax follows the ISA table: streams are E<k> / W<k>, dtypes and enumerations
 by name, `imm` as a number, everything else an integer. After `<-` come the intended
 sources: `slot:#ID` (vector i comes from instruction ID's vector i), `slot:#ID+K`
-(its vector i + K), `slot:image@W` (vector 0 from image word W, the next ones
+(its vector i + K), `slot:#ID*S+K` (its vector i * S + K), `slot:image@W` (vector 0 from image word W, the next ones
 following it) or `slot:unchecked`. Lines starting with `#` are
 comments.
 """
@@ -70,12 +70,12 @@ def encode_imm(x: float) -> int:
     return int(np.float64(x).view(np.int64))
 
 
-def format_source(src: int, off: int) -> str:
+def format_source(src: int, off: int, step: int = 1) -> str:
     if src == IMAGE:
         return f"image@{off}"
     if src == UNCHECKED:
         return "unchecked"
-    return f"#{src}" + (f"{off:+d}" if off else "")
+    return f"#{src}" + (f"*{step}" if step != 1 else "") + (f"{off:+d}" if off else "")
 
 
 def instruction_text(p: Program, i: int) -> str:
@@ -88,7 +88,7 @@ def instruction_text(p: Program, i: int) -> str:
     ]
     parts.append(f"n={int(p.n[i])}")
     sources = [
-        f"{slot}:{format_source(int(p.src[i, k]), int(p.src_off[i, k]))}"
+        f"{slot}:{format_source(int(p.src[i, k]), int(p.src_off[i, k]), int(p.src_step[i, k]))}"
         for k, slot in enumerate(source_slots(spec))
         if p.src[i, k] != NONE
     ]
@@ -353,6 +353,7 @@ class _Assembler:
         fields = [values[f] for f in spec.operands] + [0] * (MAX_FIELDS - len(spec.operands))
         src = [NONE] * MAX_SOURCES
         off = [0] * MAX_SOURCES
+        stp = [1] * MAX_SOURCES
         slots = source_slots(spec)
         for tok in sources_text.split():
             col = self.col(raw, tok, raw.find("<-"))
@@ -364,16 +365,17 @@ class _Assembler:
                     col,
                 )
             k = slots.index(slot)
-            m = re.fullmatch(r"#(\d+)([+-]\d+)?", ref)
+            m = re.fullmatch(r"#(\d+)(?:\*(\d+))?([+-]\d+)?", ref)
             image = re.fullmatch(r"image@(\d+)", ref)
             if image:
                 src[k], off[k] = IMAGE, int(image.group(1))
             elif ref == "unchecked":
                 src[k] = UNCHECKED
             elif m:
-                src[k], off[k] = int(m.group(1)), int(m.group(2) or 0)
+                src[k], stp[k], off[k] = int(m.group(1)), int(m.group(2) or 1), int(m.group(3) or 0)
             else:
-                raise self.fail(f"a source is #ID, #ID+K, image@WORD or unchecked, got '{ref}'", number, col)
+                raise self.fail(f"a source is #ID, #ID+K, #ID*S+K, image@WORD or unchecked, got '{ref}'",
+                                number, col)
         row = (
             entries.index(entry),
             int(chip_no),
@@ -385,6 +387,7 @@ class _Assembler:
             src,
             off,
             number,
+            stp,
         )
         return int(ident), row
 
@@ -440,6 +443,7 @@ class _Assembler:
             np.array([r[6] for r in ordered], np.int64).reshape(count, MAX_FIELDS),
             np.array([r[7] for r in ordered], np.int64).reshape(count, MAX_SOURCES),
             np.array([r[8] for r in ordered], np.int64).reshape(count, MAX_SOURCES),
+            np.array([r[10] for r in ordered], np.int64).reshape(count, MAX_SOURCES),
             np.array([im[0] for im in images], np.int32),
             np.array([im[1] for im in images], np.int32),
             np.array([im[2] for im in images], np.int64),

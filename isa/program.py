@@ -7,7 +7,8 @@ A program is plain data (DESIGN.md section 6):
   issue cycle, opcode, repeat count `n`, the operand fields in the order the ISA
   table lists them, and for verification the *intended sources*: for each input
   of the instruction, which instruction produced the vector it should read
-  (vector `i` should be the producer's vector `i + offset`);
+  (vector `i` should be the producer's vector `i * step + offset`; step is 1
+  unless the read repeats or strides over what one instruction wrote);
 - the SRAM image (weights and constants) as vectors at (chip, MEM slice, word);
 - where each param, state, graph input and output lives (`Placement`);
 - lane permutation maps for `perm`.
@@ -128,6 +129,7 @@ class Program:
     fields: np.ndarray  # int64 [N, MAX_FIELDS]: operands in ISA order, 0 where unused
     src: np.ndarray  # int64 [N, MAX_SOURCES]
     src_off: np.ndarray  # int64 [N, MAX_SOURCES]
+    src_step: np.ndarray  # int64 [N, MAX_SOURCES]: producer vector = i * step + offset
     # the SRAM image
     image_chip: np.ndarray  # int32 [W]
     image_slice: np.ndarray  # int32 [W]: MEM slice index (west to east)
@@ -276,7 +278,7 @@ def check(p: Program) -> None:
         for k in range(MAX_SOURCES):
             s = int(p.src[i, k])
             if k >= len(slots):
-                if s != NONE or p.src_off[i, k] != 0:
+                if s != NONE or p.src_off[i, k] != 0 or p.src_step[i, k] != 1:
                     raise ProgramError(
                         i, f"{spec.mnemonic} has {len(slots)} source slots but slot {k} is set"
                     )
@@ -372,6 +374,7 @@ _ARRAYS = (
     "fields",
     "src",
     "src_off",
+    "src_step",
     "image_chip",
     "image_slice",
     "image_word",
@@ -388,6 +391,7 @@ _DTYPES = {
     "fields": np.int64,
     "src": np.int64,
     "src_off": np.int64,
+    "src_step": np.int64,
     "image_chip": np.int32,
     "image_slice": np.int32,
     "image_word": np.int64,

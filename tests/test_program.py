@@ -131,7 +131,7 @@ BASE = (ROOT / "tests" / "asm" / "add.lpuasm").read_text()
     ("dst=E2 dt=f16", "dst=E2 dst=E3 dt=f16", "field 'dst' is given twice"),
     ("add a=E1 b=E1", "add a=E1", "add needs field b"),
     ("b:#0\n", "c:#0\n", "expected SLOT:SOURCE with SLOT one of a, b"),
-    ("b:#0\n", "b:#x\n", "a source is #ID, #ID+K, image@WORD or unchecked"),
+    ("b:#0\n", "b:#x\n", "a source is #ID, #ID+K, #ID*S+K, image@WORD or unchecked"),
     ("     2 main", "     1 main", "instruction id 1 appears twice"),
     ("     1 main       2", "     1 other       2", "unknown entry 'other'"),
     ("write addr=0", "write addr=99999", "field addr = 99999 is out of range"),

@@ -1,0 +1,626 @@
+"""Lowers a decomposed graph to jobs for one chip: tensors become vectors in MEM slices.
+
+Layout (the same as isa.program.Placement): a tensor is [rows, cols] with cols its
+last dimension; vector (r, c) holds columns [c L, (c + 1) L) of row r. Two
+invariants hold for every tensor the compiler produces:
+
+- lanes past the last column are zero (so sums and matrix passes can ignore them);
+- a one-column tensor fills every lane with its value ("splat"), so it broadcasts
+  against wider rows by re-reading the same word (a read with step 0).
+
+How each op runs:
+
+- elementwise ops, casts, comparisons and `where`: MEM reads -> one VXM op -> MEM write,
+  one pipeline for the whole tensor when every operand has the output's shape (or
+  is a scalar), else one per row; a `sel` against a constant mask keeps padding
+  lanes zero where the op would not;
+- reductions: along the last axis, VXM adds (or maxes) over a row's vectors, then an
+  SXM lane reduction; along other axes, a chain of VXM adds over vectors;
+- `matmul`: per output column chunk and block of rows, for each K-tile: weight
+  rows streamed into a plane's shadow buffer (lw), installed (iw), activations
+  streamed through (mm, accumulating), then the accumulator drained (acc) to SRAM;
+- data movement (reshape, transpose, concat, slice, and the relayout after a
+  last-axis reduction): each output vector gathers lanes from its source vectors
+  with SXM permutations (maps that zero unused lanes) summed on the VXM; whole
+  vectors that move unchanged are copied MEM to MEM;
+- `constant` and `iota` become SRAM image data.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from compiler.ir import Global, Graph, Module, Op, Operand, TensorType, Value
+from compiler.jobs import Job, Node, align
+from isa.chip import ChipConfig
+from isa.diagnostics import error
+from isa.numerics import convert
+from isa.spec import DTYPE_BYTES, DTYPES, ENUMS, Unit
+
+VXM_OPS = {
+    "add": "add", "sub": "sub", "mul": "mul", "div": "div", "max": "max", "min": "min", "neg": "neg",
+    "relu": "relu", "exp": "exp", "log": "log", "tanh": "tanh", "sigmoid": "sigmoid", "erf": "erf",
+    "sqrt": "sqrt", "rsqrt": "rsqrt", "recip": "recip", "cast": "cvt", "less": "lt", "greater": "gt",
+    "equal": "eq", "where": "sel",
+}
+# ops that can turn zero padding into something else (or read a splat operand's value into it)
+NONZERO_FROM_ZERO = {"exp", "log", "sigmoid", "rsqrt", "recip", "div", "eq"}
+
+
+@dataclass(eq=False)
+class Tensor:
+    id: int
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    slice: str
+    kind: str  # "input" | "param" | "const" | "temp"
+    lanes: int
+    data: np.ndarray | None = None  # const: float64 [vectors, lanes]
+    landing: np.ndarray | None = field(default=None, repr=False)  # per vector: cycle it lands (scheduler)
+
+    @property
+    def cols(self) -> int:
+        return self.shape[-1] if self.shape else 1
+
+    @property
+    def rows(self) -> int:
+        return math.prod(self.shape[:-1]) if self.shape else 1
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.cols // self.lanes)
+
+    @property
+    def vectors(self) -> int:
+        return self.rows * self.chunks
+
+    @property
+    def width(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+    @property
+    def splat(self) -> bool:
+        return self.cols == 1
+
+    @property
+    def size_one(self) -> bool:
+        return math.prod(self.shape) == 1
+
+    def view(self, shape: tuple[int, ...]) -> Tensor:
+        """The same vectors seen with another shape of the same rows and columns."""
+        v = Tensor(self.id, self.name, self.dtype, shape, self.slice, self.kind, self.lanes, self.data)
+        assert (v.rows, v.cols) == (self.rows, self.cols)
+        return v
+
+
+class Lowering:
+    """Turns the ops of one graph into jobs; tensors are shared across graphs through `symbols`."""
+
+    def __init__(self, chip: ChipConfig, tensors: list[Tensor], symbols: dict[str, Tensor]):
+        self.chip = chip
+        self.L = chip.lanes
+        self.tensors = tensors
+        self.symbols = symbols
+        self.jobs: list[Job] = []
+        queues = chip.queue_table()
+        self.queue_index = {q.name: q.index for q in queues}
+        self.queue_x = {q.index: q.x for q in queues}
+        self.slices = self._slice_order()
+        self._rr = {"slice": 0, "vxm": 0, "sxm": 0, "plane": 0}
+        self.maps: dict[tuple[int, ...], int] = {}
+        self._consts: dict[tuple, Tensor] = {}
+        self.values: dict[int, Tensor] = {}
+        self.op_index = -1
+        self.op_name = ""
+
+    # -- places ------------------------------------------------------------------------------
+    def _slice_order(self) -> list[str]:
+        k = self.chip.mem_slices_per_hemisphere
+        out = []
+        for i in range(k):
+            out += [f"mem.w{i}", f"mem.e{i}"]
+        return out
+
+    def pick_slice(self, avoid: set[str] = frozenset()) -> str:
+        for _ in range(len(self.slices)):
+            s = self.slices[self._rr["slice"] % len(self.slices)]
+            self._rr["slice"] += 1
+            if s not in avoid:
+                return s
+        raise error("the chip has too few MEM slices for this op's operands")
+
+    def x_of_slice(self, name: str) -> int:
+        return self.chip.position(name)
+
+    def vxm_queue(self) -> int:
+        k = self._rr["vxm"] % self.chip.vxm_alu_queues
+        self._rr["vxm"] += 1
+        return self.queue_index[f"vxm.q{k}"]
+
+    def sxm_queue(self, near_x: int) -> int:
+        side = "w" if near_x < self.x_of_slice("mem.e0") else "e"
+        k = self._rr["sxm"] % self.chip.sxm_queues_per_hemisphere
+        self._rr["sxm"] += 1
+        return self.queue_index[f"sxm.{side}.q{k}"]
+
+    def plane(self) -> tuple[str, int]:
+        planes = [(side, p) for p in range(self.chip.mxm_planes_per_hemisphere) for side in ("w", "e")]
+        side, p = planes[self._rr["plane"] % len(planes)]
+        self._rr["plane"] += 1
+        return side, p
+
+    def plane_queue(self, side: str, plane: int, role: int) -> int:
+        per = self.chip.mxm_queues_per_plane
+        return self.queue_index[f"mxm.{side}.q{plane * per + role % per}"]
+
+    def map_id(self, lanes: list[int]) -> int:
+        key = tuple(lanes)
+        if key not in self.maps:
+            self.maps[key] = len(self.maps)
+        return self.maps[key]
+
+    # -- tensors -------------------------------------------------------------------------------
+    def new_tensor(self, name: str, t: TensorType, kind: str = "temp", avoid: set[str] = frozenset(),
+                   data: np.ndarray | None = None) -> Tensor:
+        tensor = Tensor(len(self.tensors), name, t.dtype, t.shape, self.pick_slice(avoid), kind, self.L, data)
+        self.tensors.append(tensor)
+        return tensor
+
+    def const(self, dtype: str, shape: tuple[int, ...], values: np.ndarray) -> Tensor:
+        key = (dtype, shape, np.asarray(values, np.float64).tobytes())
+        if key not in self._consts:
+            t = self.new_tensor(f"const{len(self._consts)}", TensorType(dtype, shape), "const",
+                                data=self.vectors_of(np.asarray(values, np.float64).reshape(shape), dtype))
+            self._consts[key] = t
+        return self._consts[key]
+
+    def vectors_of(self, x: np.ndarray, dtype: str) -> np.ndarray:
+        x = convert(np.asarray(x, np.float64), dtype).astype(np.float64)
+        rows = math.prod(x.shape[:-1]) if x.ndim else 1
+        cols = x.shape[-1] if x.ndim else 1
+        flat = x.reshape(rows, cols)
+        if cols == 1:
+            return np.repeat(flat, self.L, axis=1)
+        chunks = -(-cols // self.L)
+        out = np.zeros((rows, chunks * self.L))
+        out[:, :cols] = flat
+        return out.reshape(rows * chunks, self.L)
+
+    def tensor(self, o: Operand) -> Tensor:
+        if isinstance(o, Global):
+            return self.symbols[o.name]
+        return self.values[id(o)]
+
+    # -- building blocks ---------------------------------------------------------------------------
+    def read(self, job: Job, t: Tensor, first: int, n: int, step_vectors: int) -> int:
+        q = self.queue_index[t.slice]
+        return job.add(Node("read", q, self.queue_x[q], n,
+                            {"step": step_vectors * t.width, "dt": DTYPES.index(t.dtype)},
+                            mem=(t.id, first, step_vectors)))
+
+    def write(self, job: Job, t: Tensor, first: int, n: int, step_vectors: int, producer: int) -> int:
+        q = self.queue_index[t.slice]
+        return job.add(Node("write", q, self.queue_x[q], n,
+                            {"step": step_vectors * t.width, "dt": DTYPES.index(t.dtype)},
+                            inputs=[("a", producer)], mem=(t.id, first, step_vectors)))
+
+    def unit(self, job: Job, mnemonic: str, queue: int, n: int, inputs: list[tuple[str, int]], **fields) -> int:
+        return job.add(Node(mnemonic, queue, self.queue_x[queue], n, dict(fields), inputs=list(inputs)))
+
+    def finish(self, job: Job) -> Job:
+        # nodes on the same queue keep their creation order and never overlap
+        last: dict[int, int] = {}
+        for k, nd in enumerate(job.nodes):
+            if nd.queue in last:
+                p = last[nd.queue]
+                prev = job.nodes[p]
+                nd.after.append((p, prev.spec.busy_cycles(prev.n)))
+            last[nd.queue] = k
+        job.op_index = self.op_index
+        align(job)
+        self.jobs.append(job)
+        return job
+
+    def new_job(self) -> Job:
+        return Job(self.op_name)
+
+    # -- graph -----------------------------------------------------------------------------------
+    def lower_graph(self, g: Graph, inputs: dict[str, Tensor]) -> list[Tensor]:
+        for a in g.args:
+            self.values[id(a)] = inputs[a.name]
+        for k, op in enumerate(g.ops):
+            self.op_index, self.op_name = k, f"%{op.result.name or k} = {op.name}"
+            self.lower_op(op)
+        if g.commits:
+            raise error("graphs that commit state do not compile for the chip yet (KV-cache support "
+                        "comes with the transformer work)", g.commits[0].loc)
+        results = []
+        seen: set[int] = set()
+        for r, t in zip(g.results, g.result_types):
+            src = self.tensor(r)
+            if src.kind != "temp" or src.id in seen:
+                self.op_name = "copy for return"
+                dst = self.new_tensor("out", t, avoid={src.slice})
+                self.copy(src, dst)
+                src = dst
+            seen.add(src.id)
+            results.append(src)
+        return results
+
+    def lower_op(self, op: Op) -> None:
+        name = op.name
+        t = op.result.type
+        if name in VXM_OPS:
+            self.values[id(op.result)] = self.elementwise(op)
+        elif name in ("reduce_sum", "reduce_max"):
+            self.values[id(op.result)] = self.reduce(op)
+        elif name == "matmul":
+            self.values[id(op.result)] = self.matmul(op)
+        elif name == "constant":
+            value = np.broadcast_to(np.array(op.attr("value"), dtype=np.float64), t.shape)
+            self.values[id(op.result)] = self.const(t.dtype, t.shape, value)
+        elif name == "iota":
+            axis = op.attr("axis") % t.rank
+            idx = np.arange(t.shape[axis]).reshape([-1 if a == axis else 1 for a in range(t.rank)])
+            self.values[id(op.result)] = self.const(t.dtype, t.shape, np.broadcast_to(idx, t.shape))
+        elif name == "reshape":
+            src = self.tensor(op.operands[0])
+            rows = math.prod(t.shape[:-1]) if t.shape else 1
+            cols = t.shape[-1] if t.shape else 1
+            if (src.rows, src.cols) == (rows, cols):
+                self.values[id(op.result)] = src.view(t.shape)  # the same vectors: nothing moves
+                return
+            index = np.arange(src.rows * src.cols).reshape(t.shape)
+            self.values[id(op.result)] = self.move([src], t, np.zeros_like(index), index)
+        elif name == "transpose":
+            src = self.tensor(op.operands[0])
+            perm = op.attr("perm")
+            perm = tuple(reversed(range(len(src.shape)))) if perm is None else perm
+            index = np.transpose(np.arange(src.rows * src.cols).reshape(src.shape), perm)
+            self.values[id(op.result)] = self.move([src], t, np.zeros_like(index), index)
+        elif name == "slice":
+            src = self.tensor(op.operands[0])
+            axis = op.attr("axis") % len(src.shape)
+            where = [slice(None)] * len(src.shape)
+            where[axis] = slice(op.attr("start"), op.attr("stop"))
+            index = np.arange(src.rows * src.cols).reshape(src.shape)[tuple(where)]
+            self.values[id(op.result)] = self.move([src], t, np.zeros_like(index), index)
+        elif name == "concat":
+            srcs = [self.tensor(o) for o in op.operands]
+            axis = op.attr("axis") % len(t.shape)
+            which = np.concatenate([np.full(s.shape, k) for k, s in enumerate(srcs)], axis=axis)
+            index = np.concatenate([np.arange(s.rows * s.cols).reshape(s.shape) for s in srcs], axis=axis)
+            self.values[id(op.result)] = self.move(srcs, t, which, index)
+        else:
+            raise error(f"{name} does not compile for the chip yet (the reference interpreter runs it; "
+                        "run-time addressing arrives with the KV-cache work)", op.loc)
+
+    # -- elementwise -----------------------------------------------------------------------------------
+    def elementwise(self, op: Op) -> Tensor:
+        srcs = [self.tensor(o) for o in op.operands]
+        out_t = op.result.type
+        # two different tensors in one slice cannot both be read on the same cycles: move one
+        by_slice: dict[str, Tensor] = {}
+        for k, s in enumerate(srcs):
+            other = by_slice.get(s.slice)
+            if other is not None and other is not s:
+                moved = self.new_tensor(f"{s.name}.copy", TensorType(s.dtype, s.shape),
+                                        avoid={x.slice for x in srcs})
+                self.copy(s, moved)
+                srcs[k] = s = moved
+            by_slice[s.slice] = s
+        out = self.new_tensor(op.result.name or "t", out_t, avoid={s.slice for s in srcs})
+        mnemonic = VXM_OPS[op.name]
+        dt = srcs[-1].dtype if op.name == "where" else srcs[0].dtype
+        fields = {"dt": DTYPES.index(dt)}
+        if op.name == "cast":
+            fields["to"] = DTYPES.index(op.attr("to"))
+        field_names = ["c", "a", "b"] if op.name == "where" else ["a", "b"][: len(srcs)]
+        mask = out.cols > 1 and out.cols % self.L != 0 and (
+            op.name in NONZERO_FROM_ZERO or any(s.splat for s in srcs))
+        mask_t = zero_t = None
+        if mask:
+            # a row of `chunks` vectors: vector c masks the real lanes of chunk c
+            lanes_ok = np.arange(out.chunks * self.L) < out.cols
+            mask_t = self.const("bool", (out.chunks * self.L,), lanes_ok.astype(np.float64))
+            zero_t = self.const(out.dtype, (), np.zeros(()))
+        whole = all(s.shape == out.shape or s.size_one for s in srcs) and not (mask and out.chunks > 1)
+        if whole:
+            plans = [(0, out.vectors, [(s, 0, 1 if s.shape == out.shape else 0) for s in srcs], 0)]
+        else:
+            plans = []
+            for r in range(out.rows):
+                accesses = []
+                for s in srcs:
+                    row = _broadcast_row(r, out.shape, s.shape)
+                    if s.splat:
+                        accesses.append((s, row, 0))
+                    else:
+                        accesses.append((s, row * s.chunks, 1))
+                plans.append((r * out.chunks, out.chunks, accesses, r))
+        for first, n, accesses, _ in plans:
+            job = self.new_job()
+            reads: dict[tuple, int] = {}
+            inputs = []
+            for fname, (s, start, step) in zip(field_names, accesses):
+                key = (s.id, start, step)
+                if key not in reads:
+                    reads[key] = self.read(job, s, start, n, step)
+                inputs.append((fname, reads[key]))
+            q = self.vxm_queue()
+            res = self.unit(job, mnemonic, q, n, inputs, **fields)
+            if mask:
+                m = self.read(job, mask_t, 0, n, 1 if out.chunks > 1 else 0)
+                z = self.read(job, zero_t, 0, n, 0)
+                res = self.unit(job, "sel", self.vxm_queue(), n, [("c", m), ("a", res), ("b", z)],
+                                dt=DTYPES.index(out.dtype))
+            self.write(job, out, first, n, 1, res)
+            self.finish(job)
+        return out
+
+    # -- copies and movement ---------------------------------------------------------------------------
+    def copy(self, src: Tensor, dst: Tensor) -> None:
+        assert src.vectors == dst.vectors and src.dtype == dst.dtype
+        job = self.new_job()
+        r = self.read(job, src, 0, src.vectors, 1)
+        self.write(job, dst, 0, dst.vectors, 1, r)
+        self.finish(job)
+
+    def move(self, srcs: list[Tensor], t: TensorType, which: np.ndarray, index: np.ndarray) -> Tensor:
+        """out element e = srcs[which[e]] element index[e] (flat, row-major)."""
+        L = self.L
+        out = self.new_tensor("moved", t, avoid={s.slice for s in srcs})
+        which = np.asarray(which).reshape(-1)
+        index = np.asarray(index).reshape(-1)
+        plan = []  # per output vector: list of (src tensor, src vector, map)
+        for r in range(out.rows):
+            for c in range(out.chunks):
+                sources: dict[tuple[int, int], list[int]] = {}
+                for lane in range(L):
+                    col = 0 if out.splat else c * L + lane
+                    if col >= out.cols:
+                        continue
+                    e = r * out.cols + col
+                    s = srcs[int(which[e])]
+                    se = int(index[e])
+                    sr, sc = divmod(se, s.cols)
+                    sv = sr * s.chunks + sc // L
+                    s_lane = lane if s.splat else sc % L
+                    sources.setdefault((int(which[e]), sv), [-1] * L)[lane] = s_lane
+                plan.append([(srcs[k], sv, m) for (k, sv), m in sorted(sources.items())])
+        # runs of whole vectors copied unchanged become one copy pipeline
+        v = 0
+        while v < len(plan):
+            if self._is_copy(plan[v], v, out):
+                s, sv, _ = plan[v][0]
+                n = 1
+                while v + n < len(plan) and self._is_copy(plan[v + n], v + n, out) and \
+                        plan[v + n][0][0] is s and plan[v + n][0][1] == sv + n:
+                    n += 1
+                job = self.new_job()
+                rd = self.read(job, s, sv, n, 1)
+                self.write(job, out, v, n, 1, rd)
+                self.finish(job)
+                v += n
+                continue
+            self._gather(out, v, plan[v])
+            v += 1
+        return out
+
+    def _is_copy(self, sources, v: int, out: Tensor) -> bool:
+        if len(sources) != 1:
+            return False
+        s, sv, m = sources[0]
+        if s.dtype != out.dtype:
+            return False
+        for lane, src_lane in enumerate(m):
+            if src_lane == lane:
+                continue
+            if src_lane != -1:
+                return False
+            # the output lane is padding: the source lane must be zero padding too
+            if s.splat:
+                return False
+            c = sv % s.chunks
+            if c * self.L + lane < s.cols:
+                return False
+        return True
+
+    def _gather(self, out: Tensor, v: int, sources) -> None:
+        job = self.new_job()
+        dt = DTYPES.index(out.dtype)
+        acc = None
+        vq = self.vxm_queue()
+        for s, sv, m in sources:
+            rd = self.read(job, s, sv, 1, 1)
+            if list(m) == list(range(self.L)):
+                piece = rd
+            else:
+                piece = self.unit(job, "perm", self.sxm_queue(self.x_of_slice(s.slice)), 1, [("a", rd)],
+                                  map=self.map_id(m))
+            if acc is None:
+                acc = piece
+            else:
+                acc = self.unit(job, "add", vq, 1, [("a", acc), ("b", piece)], dt=dt)
+        if acc is None:  # an all-padding vector: zeros
+            zero = self.const(out.dtype, (), np.zeros(()))
+            acc = self.read(job, zero, 0, 1, 0)
+        self.write(job, out, v, 1, 1, acc)
+        self.finish(job)
+
+    # -- reductions ------------------------------------------------------------------------------------
+    def reduce(self, op: Op) -> Tensor:
+        src = self.tensor(op.operands[0])
+        rank = len(src.shape)
+        axis = op.attr("axis")
+        axes = set(range(rank)) if axis is None else {a % rank for a in ((axis,) if isinstance(axis, int) else axis)}
+        kind = "max" if op.name == "reduce_max" else "sum"
+        out_t = op.result.type
+        keep_shape = tuple(1 if a in axes else d for a, d in enumerate(src.shape))
+        cur = src
+        if rank and (rank - 1) in axes and not src.splat:
+            cur = self.reduce_lanes(cur, kind)  # shape [..., 1], splat
+        others = [a for a in axes if a != rank - 1 and cur.shape[a] > 1]
+        if others:
+            cur = self.reduce_rows(cur, kind, set(others))
+        if cur is src:
+            res = self.new_tensor("r", TensorType(src.dtype, keep_shape), avoid={src.slice})
+            self.copy(src, res)
+            cur = res
+        # cur has the keepdims shape; relayout if the result's layout differs
+        if out_t.shape != cur.shape:
+            if (math.prod(out_t.shape[:-1]) if out_t.shape else 1, out_t.shape[-1] if out_t.shape else 1) == \
+                    (cur.rows, cur.cols):
+                cur = cur.view(out_t.shape)
+            else:
+                index = np.arange(cur.rows * cur.cols).reshape(out_t.shape)
+                cur = self.move([cur], out_t, np.zeros_like(index), index)
+        return cur
+
+    def neutral(self, dtype: str, kind: str) -> float:
+        if kind == "sum":
+            return 0.0
+        if dtype in ("f32", "f16", "bf16"):
+            return -math.inf
+        return {"i8": -128.0, "i32": -(2.0**31), "bool": 0.0}[dtype]
+
+    def reduce_lanes(self, src: Tensor, kind: str) -> Tensor:
+        """Reduce the last axis: [..., C] -> [..., 1] (splat)."""
+        L = self.L
+        out = self.new_tensor("rl", TensorType(src.dtype, src.shape[:-1] + (1,)), avoid={src.slice})
+        dt = DTYPES.index(src.dtype)
+        tail = src.cols % L
+        needs_mask = kind == "max" and tail != 0
+        if needs_mask:
+            lanes_ok = (np.arange(L) < tail).astype(np.float64)
+            mask_t = self.const("bool", (L,), lanes_ok)
+            fill_t = self.const(src.dtype, (), np.array(self.neutral(src.dtype, kind)))
+        for r in range(src.rows):
+            job = self.new_job()
+            vq = self.vxm_queue()
+            acc = None
+            for c in range(src.chunks):
+                rd = self.read(job, src, r * src.chunks + c, 1, 1)
+                if needs_mask and c == src.chunks - 1:
+                    m = self.read(job, mask_t, 0, 1, 0)
+                    f = self.read(job, fill_t, 0, 1, 0)
+                    rd = self.unit(job, "sel", vq, 1, [("c", m), ("a", rd), ("b", f)], dt=dt)
+                acc = rd if acc is None else self.unit(job, "add" if kind == "sum" else "max", vq, 1,
+                                                        [("a", acc), ("b", rd)], dt=dt)
+            red = self.unit(job, "lred", self.sxm_queue(self.x_of_slice(src.slice)), 1, [("a", acc)],
+                            red=ENUMS["reduce"].index(kind), dt=dt)
+            self.write(job, out, r, 1, 1, red)
+            self.finish(job)
+        return out
+
+    def reduce_rows(self, src: Tensor, kind: str, axes: set[int]) -> Tensor:
+        """Reduce leading axes: each output vector sums (or maxes) its input vectors."""
+        shape = tuple(1 if a in axes else d for a, d in enumerate(src.shape))
+        out = self.new_tensor("rr", TensorType(src.dtype, shape), avoid={src.slice})
+        grid = np.arange(src.rows).reshape(src.shape[:-1]) if len(src.shape) > 1 else np.arange(1)
+        groups: dict[int, list[int]] = {}
+        out_rows = np.arange(out.rows).reshape(shape[:-1]) if len(shape) > 1 else np.arange(1)
+        for idx in np.ndindex(*src.shape[:-1]):
+            o = tuple(0 if a in axes else i for a, i in enumerate(idx))
+            groups.setdefault(int(out_rows[o]), []).append(int(grid[idx]))
+        dt = DTYPES.index(src.dtype)
+        for o_row, in_rows in sorted(groups.items()):
+            for c in range(src.chunks):
+                job = self.new_job()
+                vq = self.vxm_queue()
+                acc = None
+                for ir in in_rows:
+                    rd = self.read(job, src, ir * src.chunks + c, 1, 1)
+                    acc = rd if acc is None else self.unit(job, "add" if kind == "sum" else "max", vq, 1,
+                                                            [("a", acc), ("b", rd)], dt=dt)
+                self.write(job, out, o_row * out.chunks + c, 1, 1, acc)
+                self.finish(job)
+        return out
+
+    # -- matmul ------------------------------------------------------------------------------------
+    def matmul(self, op: Op) -> Tensor:
+        a, b = (self.tensor(o) for o in op.operands)
+        if a.slice == b.slice and a is not b:
+            moved = self.new_tensor(f"{b.name}.copy", TensorType(b.dtype, b.shape), avoid={a.slice})
+            self.copy(b, moved)
+            b = moved
+        out_t = op.result.type
+        out = self.new_tensor(op.result.name or "mm", out_t, avoid={a.slice, b.slice})
+        M, K = a.shape[-2], a.shape[-1]
+        N = b.shape[-1]
+        L = self.L
+        kt = self.chip.mxm_k(a.dtype)
+        batch = out_t.shape[:-2]
+        a_batch = np.arange(math.prod(a.shape[:-2])).reshape(a.shape[:-2]) if a.shape[:-2] else np.arange(1)
+        b_batch = np.arange(math.prod(b.shape[:-2])).reshape(b.shape[:-2]) if b.shape[:-2] else np.arange(1)
+        a_b = np.broadcast_to(a_batch.reshape((1,) * (len(batch) - a_batch.ndim) + a_batch.shape)
+                              if a.shape[:-2] else a_batch.reshape(()), batch).reshape(-1)
+        b_b = np.broadcast_to(b_batch.reshape((1,) * (len(batch) - b_batch.ndim) + b_batch.shape)
+                              if b.shape[:-2] else b_batch.reshape(()), batch).reshape(-1)
+        slots = self.chip.mxm_acc_slots
+        for bi in range(len(a_b)):
+            ab, bb = int(a_b[bi]), int(b_b[bi])
+            for nc in range(out.chunks):
+                for m0 in range(0, M, slots):
+                    rows = min(slots, M - m0)
+                    self._matmul_block(a, b, out, ab, bb, bi, nc, m0, rows, M, K, kt)
+        return out
+
+    def _matmul_block(self, a, b, out, ab, bb, bi, nc, m0, rows, M, K, kt):
+        side, plane = self.plane()
+        q_lw, q_iw, q_mm = (self.plane_queue(side, plane, r) for r in range(3))
+        job = self.new_job()
+        job.exclusive.append(("plane", side, plane))
+        prev_mm = prev_iw = None
+        dt_in = DTYPES.index(a.dtype)
+        acc_dt = "i32" if a.dtype == "i8" else "f32"
+        tiles = list(range(0, K, kt))
+        for t_i, k0 in enumerate(tiles):
+            k_rows = min(kt, K - k0)
+            # weight rows k0 .. k0 + k_rows of b's batch bb, column chunk nc
+            w_first = (bb * K + k0) * b.chunks + nc
+            rd_w = self.read(job, b, w_first, k_rows, b.chunks)
+            lw = self.unit(job, "lw", q_lw, k_rows, [("a", rd_w)], row=0)
+            if prev_iw is not None:
+                job.nodes[lw].after.append((prev_iw, 1 - job.nodes[lw].spec.dskew))
+            iw = self.unit(job, "iw", q_iw, 1, [])
+            job.nodes[iw].after.append((lw, job.nodes[lw].spec.dfunc + k_rows - 1))
+            if prev_mm is not None:
+                pm = job.nodes[prev_mm]
+                # the previous pass must not see this install: ready after its last sample
+                job.nodes[iw].after.append((prev_mm, pm.spec.dskew + pm.n - job.nodes[iw].spec.dfunc))
+            chunk, kof = divmod(k0, self.L)
+            a_first = (ab * M + m0) * a.chunks + chunk
+            rd_a = self.read(job, a, a_first, rows, a.chunks)
+            mode = "acc_set" if t_i == 0 else "acc_add"
+            node = self.unit(job, "mm", q_mm, rows, [("a", rd_a)], kof=kof, slot=0,
+                             mode=ENUMS["mm_mode"].index(mode), dt=dt_in, to=DTYPES.index(acc_dt))
+            job.nodes[node].after.append((iw, job.nodes[iw].spec.dfunc))
+            job.nodes[node].sources["w"] = iw
+            if prev_mm is not None:
+                job.nodes[node].after.append((prev_mm, 1))
+            prev_mm, prev_iw = node, iw
+        acc = self.unit(job, "acc", q_mm, rows, [], slot=0, to=DTYPES.index(out.dtype))
+        last = job.nodes[prev_mm]
+        job.nodes[acc].after.append((prev_mm, last.spec.dfunc))
+        job.nodes[acc].sources["acc"] = prev_mm
+        o_first = (bi * M + m0) * out.chunks + nc
+        self.write(job, out, o_first, rows, out.chunks, acc)
+        self.finish(job)
+
+
+def _broadcast_row(r: int, out_shape: tuple[int, ...], src_shape: tuple[int, ...]) -> int:
+    """The row of a broadcast operand that output row r reads."""
+    out_lead = out_shape[:-1]
+    src_lead = src_shape[:-1] if src_shape else ()
+    idx = np.unravel_index(r, out_lead) if out_lead else ()
+    pad = len(out_lead) - len(src_lead)
+    src_idx = [0 if src_lead[k] == 1 else idx[k + pad] for k in range(len(src_lead))]
+    return int(np.ravel_multi_index(src_idx, src_lead)) if src_lead else 0
+
+
+__all__ = ["Lowering", "Tensor", "Unit", "Module", "Value"]
