@@ -170,13 +170,18 @@ class Lowering:
         self.tensors.append(tensor)
         return tensor
 
-    def const(self, dtype: str, shape: tuple[int, ...], values: np.ndarray) -> Tensor:
+    def const(self, dtype: str, shape: tuple[int, ...], values: np.ndarray,
+              avoid: set[str] = frozenset()) -> Tensor:
+        """A constant in SRAM (shared when the same values are asked for again outside `avoid`)."""
         key = (dtype, shape, np.asarray(values, np.float64).tobytes())
-        if key not in self._consts:
-            t = self.new_tensor(f"const{len(self._consts)}", TensorType(dtype, shape), "const",
-                                data=self.vectors_of(np.asarray(values, np.float64).reshape(shape), dtype))
-            self._consts[key] = t
-        return self._consts[key]
+        for t in self._consts.get(key, []):
+            if t.slice not in avoid:
+                return t
+        t = self.new_tensor(f"const{sum(len(v) for v in self._consts.values())}", TensorType(dtype, shape),
+                            "const", avoid=avoid,
+                            data=self.vectors_of(np.asarray(values, np.float64).reshape(shape), dtype))
+        self._consts.setdefault(key, []).append(t)
+        return t
 
     def vectors_of(self, x: np.ndarray, dtype: str) -> np.ndarray:
         x = convert(np.asarray(x, np.float64), dtype).astype(np.float64)
@@ -326,8 +331,9 @@ class Lowering:
         if mask:
             # a row of `chunks` vectors: vector c masks the real lanes of chunk c
             lanes_ok = np.arange(out.chunks * self.L) < out.cols
-            mask_t = self.const("bool", (out.chunks * self.L,), lanes_ok.astype(np.float64))
-            zero_t = self.const(out.dtype, (), np.zeros(()))
+            busy = {s.slice for s in srcs} | {out.slice}
+            mask_t = self.const("bool", (out.chunks * self.L,), lanes_ok.astype(np.float64), avoid=busy)
+            zero_t = self.const(out.dtype, (), np.zeros(()), avoid=busy | {mask_t.slice})
         whole = all(s.shape == out.shape or s.size_one for s in srcs) and not (mask and out.chunks > 1)
         if whole:
             plans = [(0, out.vectors, [(s, 0, 1 if s.shape == out.shape else 0) for s in srcs], 0)]
@@ -430,25 +436,27 @@ class Lowering:
                 return False
         return True
 
+    def chain(self, job: Job, pieces: list[int], op: str, dt: int, head: int | None = None) -> int:
+        """Fold vectors that arrive one cycle apart: a mov (or `head`) starts the chain, each op
+        takes the previous result and the next piece one cycle later, on one VXM queue."""
+        vq = self.vxm_queue()
+        acc = head if head is not None else self.unit(job, "mov", vq, 1, [("a", pieces[0])], dt=dt)
+        for p in pieces[1 if head is None else 0:]:
+            acc = self.unit(job, op, vq, 1, [("a", acc), ("b", p)], dt=dt)
+        return acc
+
     def _gather(self, out: Tensor, v: int, sources) -> None:
         job = self.new_job()
         dt = DTYPES.index(out.dtype)
-        acc = None
-        vq = self.vxm_queue()
+        pieces = []
         for s, sv, m in sources:
             rd = self.read(job, s, sv, 1, 1)
-            if list(m) == list(range(self.L)):
-                piece = rd
-            else:
-                piece = self.unit(job, "perm", self.sxm_queue(self.x_of_slice(s.slice)), 1, [("a", rd)],
-                                  map=self.map_id(m))
-            if acc is None:
-                acc = piece
-            else:
-                acc = self.unit(job, "add", vq, 1, [("a", acc), ("b", piece)], dt=dt)
-        if acc is None:  # an all-padding vector: zeros
-            zero = self.const(out.dtype, (), np.zeros(()))
-            acc = self.read(job, zero, 0, 1, 0)
+            pieces.append(self.unit(job, "perm", self.sxm_queue(self.x_of_slice(s.slice)), 1, [("a", rd)],
+                                    map=self.map_id(m)))
+        if not pieces:  # an all-padding vector: zeros
+            zero = self.const(out.dtype, (), np.zeros(()), avoid={out.slice})
+            pieces = [self.read(job, zero, 0, 1, 0)]
+        acc = pieces[0] if len(pieces) == 1 else self.chain(job, pieces, "add", dt)
         self.write(job, out, v, 1, 1, acc)
         self.finish(job)
 
@@ -489,28 +497,34 @@ class Lowering:
         return {"i8": -128.0, "i32": -(2.0**31), "bool": 0.0}[dtype]
 
     def reduce_lanes(self, src: Tensor, kind: str) -> Tensor:
-        """Reduce the last axis: [..., C] -> [..., 1] (splat)."""
+        """Reduce the last axis: [..., C] -> [..., 1] (splat): fold a row's vectors, then the lanes."""
         L = self.L
         out = self.new_tensor("rl", TensorType(src.dtype, src.shape[:-1] + (1,)), avoid={src.slice})
         dt = DTYPES.index(src.dtype)
+        op = "add" if kind == "sum" else "max"
         tail = src.cols % L
-        needs_mask = kind == "max" and tail != 0
-        if needs_mask:
-            lanes_ok = (np.arange(L) < tail).astype(np.float64)
-            mask_t = self.const("bool", (L,), lanes_ok)
-            fill_t = self.const(src.dtype, (), np.array(self.neutral(src.dtype, kind)))
+        masked = kind == "max" and tail != 0  # padding zeros would win a max of negatives
+        if masked:
+            busy = {src.slice, out.slice}
+            mask_t = self.const("bool", (L,), (np.arange(L) < tail).astype(np.float64), avoid=busy)
+            fill_t = self.const(src.dtype, (), np.array(self.neutral(src.dtype, kind)),
+                                avoid=busy | {mask_t.slice})
         for r in range(src.rows):
             job = self.new_job()
-            vq = self.vxm_queue()
-            acc = None
-            for c in range(src.chunks):
-                rd = self.read(job, src, r * src.chunks + c, 1, 1)
-                if needs_mask and c == src.chunks - 1:
-                    m = self.read(job, mask_t, 0, 1, 0)
-                    f = self.read(job, fill_t, 0, 1, 0)
-                    rd = self.unit(job, "sel", vq, 1, [("c", m), ("a", rd), ("b", f)], dt=dt)
-                acc = rd if acc is None else self.unit(job, "add" if kind == "sum" else "max", vq, 1,
-                                                        [("a", acc), ("b", rd)], dt=dt)
+            order = list(range(src.chunks))
+            head = None
+            if masked:  # the masked chunk goes first, through a sel that starts the chain
+                order = [order[-1]] + order[:-1]
+                rd = self.read(job, src, r * src.chunks + order[0], 1, 1)
+                m = self.read(job, mask_t, 0, 1, 0)
+                f = self.read(job, fill_t, 0, 1, 0)
+                head = self.unit(job, "sel", self.vxm_queue(), 1, [("c", m), ("a", rd), ("b", f)], dt=dt)
+                order = order[1:]
+            pieces = [self.read(job, src, r * src.chunks + c, 1, 1) for c in order]
+            if head is None and len(pieces) == 1:
+                acc = pieces[0]
+            else:
+                acc = self.chain(job, pieces, op, dt, head=head) if pieces else head
             red = self.unit(job, "lred", self.sxm_queue(self.x_of_slice(src.slice)), 1, [("a", acc)],
                             red=ENUMS["reduce"].index(kind), dt=dt)
             self.write(job, out, r, 1, 1, red)
@@ -518,25 +532,21 @@ class Lowering:
         return out
 
     def reduce_rows(self, src: Tensor, kind: str, axes: set[int]) -> Tensor:
-        """Reduce leading axes: each output vector sums (or maxes) its input vectors."""
+        """Reduce leading axes: each output vector folds its input vectors."""
         shape = tuple(1 if a in axes else d for a, d in enumerate(src.shape))
         out = self.new_tensor("rr", TensorType(src.dtype, shape), avoid={src.slice})
-        grid = np.arange(src.rows).reshape(src.shape[:-1]) if len(src.shape) > 1 else np.arange(1)
         groups: dict[int, list[int]] = {}
         out_rows = np.arange(out.rows).reshape(shape[:-1]) if len(shape) > 1 else np.arange(1)
-        for idx in np.ndindex(*src.shape[:-1]):
+        for r, idx in enumerate(np.ndindex(*src.shape[:-1])):
             o = tuple(0 if a in axes else i for a, i in enumerate(idx))
-            groups.setdefault(int(out_rows[o]), []).append(int(grid[idx]))
+            groups.setdefault(int(out_rows[o]), []).append(r)
         dt = DTYPES.index(src.dtype)
+        op = "add" if kind == "sum" else "max"
         for o_row, in_rows in sorted(groups.items()):
             for c in range(src.chunks):
                 job = self.new_job()
-                vq = self.vxm_queue()
-                acc = None
-                for ir in in_rows:
-                    rd = self.read(job, src, ir * src.chunks + c, 1, 1)
-                    acc = rd if acc is None else self.unit(job, "add" if kind == "sum" else "max", vq, 1,
-                                                            [("a", acc), ("b", rd)], dt=dt)
+                pieces = [self.read(job, src, ir * src.chunks + c, 1, 1) for ir in in_rows]
+                acc = pieces[0] if len(pieces) == 1 else self.chain(job, pieces, op, dt)
                 self.write(job, out, o_row * out.chunks + c, 1, 1, acc)
                 self.finish(job)
         return out

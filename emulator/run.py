@@ -18,7 +18,7 @@ from emulator.timing import Violation, resolve
 from isa.diagnostics import error
 from isa.numerics import STORAGE, to_storage
 from isa.program import Placement, Program, from_vectors, to_vectors
-from isa.spec import BY_CODE, DTYPE_BYTES, DTYPES, OPS
+from isa.spec import BY_CODE, DTYPE_BYTES, OPS
 
 _ACTION = np.zeros(256, np.int64)
 _COLS = {

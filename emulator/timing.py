@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from isa.program import IMAGE, NONE, UNCHECKED, Program, source_slots
-from isa.spec import BY_CODE, DTYPE_BYTES, DTYPES, FIELDS, OPS, Unit
+from isa.spec import BY_CODE, FIELDS, OPS, Unit
 
 # Per-opcode lookup tables (indexed by opcode code).
 _DSKEW = np.zeros(256, np.int64)

@@ -1,0 +1,225 @@
+"""From placed jobs to a program: SRAM words, instruction rows and their intended sources.
+
+SRAM: inputs, params, constants and outputs are pinned; every other tensor gets
+words only for its lifetime (from its first write to its last read), packed
+first-fit per MEM slice, so activations reuse words. A model that does not fit
+is an error that says how many bytes are missing.
+
+Intended sources: every instruction records which instruction produced each
+vector it reads. A read that spans vectors written by different instructions is
+split at those boundaries, and so is everything its vectors flow through in the
+job: pieces keep their exact cycles (vector i of an instruction always moves at
+issue + i), so splitting changes no timing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from compiler.jobs import Job
+from compiler.lower import Tensor
+from compiler.schedule import Placed
+from isa.chip import ChipConfig
+from isa.diagnostics import error
+from isa.program import IMAGE, MAX_FIELDS, MAX_SOURCES, NONE, source_slots
+from isa.spec import BY_MNEMONIC, DTYPE_BYTES
+
+
+@dataclass
+class Row:
+    entry: int
+    queue: int
+    cycle: int
+    mnemonic: str
+    n: int
+    fields: dict[str, int]
+    sources: dict[str, tuple[int, int, int]]  # slot -> (source, offset, step)
+
+
+def lifetimes(jobs: list[Job], placed: list[Placed], tensors: list[Tensor]) -> dict[int, tuple[int, int]]:
+    span: dict[int, list[int]] = {}
+    for job, pl in zip(jobs, placed):
+        for nd in job.nodes:
+            if nd.mem is None:
+                continue
+            t_id = nd.mem[0]
+            s = pl.start + nd.rel
+            e = s + nd.spec.dskew + nd.n + nd.spec.dfunc
+            cur = span.setdefault(t_id, [s, e])
+            cur[0], cur[1] = min(cur[0], s), max(cur[1], e)
+    return {k: (v[0], v[1]) for k, v in span.items()}
+
+
+class Allocator:
+    """First-fit word allocation per MEM slice over time intervals."""
+
+    def __init__(self, chip: ChipConfig):
+        self.chip = chip
+        self.used: dict[str, list[tuple[int, int, int, int]]] = {}  # slice -> (word0, word1, t0, t1)
+        self.high: dict[str, int] = {}
+
+    def place(self, slice_name: str, words: int, t0: int, t1: int) -> int:
+        blocks = sorted(self.used.get(slice_name, []))
+        live = [(a, b) for a, b, s, e in blocks if s < t1 and t0 < e]
+        addr = 0
+        for a, b in sorted(live):
+            if addr + words <= a:
+                break
+            addr = max(addr, b)
+        self.used.setdefault(slice_name, []).append((addr, addr + words, t0, t1))
+        self.high[slice_name] = max(self.high.get(slice_name, 0), addr + words)
+        return addr
+
+    def check(self) -> None:
+        limit = self.chip.words_per_slice
+        over = {s: h - limit for s, h in self.high.items() if h > limit}
+        if over:
+            missing = sum(over.values()) * self.chip.word_bytes
+            total = sum(self.high.values()) * self.chip.word_bytes
+            chips = -(-total // self.chip.sram_bytes)
+            raise error(
+                f"the model does not fit in SRAM: {missing} more bytes are needed in "
+                f"{len(over)} MEM slice{'s' if len(over) != 1 else ''} ({', '.join(sorted(over))}); "
+                f"in total it needs {total} bytes, about {chips} chip{'s' if chips != 1 else ''} of "
+                f"{self.chip.sram_bytes} bytes")
+
+
+def _groups(job: Job) -> list[int]:
+    """Union of nodes whose vectors correspond one to one (stream edges, acc -> last mm)."""
+    parent = list(range(len(job.nodes)))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for k, nd in enumerate(job.nodes):
+        for _, p in nd.inputs:
+            parent[find(k)] = find(p)
+        if "acc" in nd.sources:
+            parent[find(k)] = find(nd.sources["acc"])
+    return [find(k) for k in range(len(job.nodes))]
+
+
+class Emitter:
+    def __init__(self, chip: ChipConfig, tensors: list[Tensor], base: dict[int, int]):
+        self.chip = chip
+        self.tensors = tensors
+        self.base = base  # tensor id -> first word
+        self.rows: list[Row] = []
+        # tensor id -> per vector: (instruction row, its vector index), or None for image data
+        self.writer: dict[int, list[tuple[int, int] | None]] = {}
+
+    def word(self, t: Tensor, vector: int) -> int:
+        return self.base[t.id] + vector * DTYPE_BYTES[t.dtype]
+
+    def _source_of(self, t: Tensor, v: int):
+        w = self.writer.get(t.id)
+        if w is None or w[v] is None:
+            return None
+        return w[v]
+
+    def _read_runs(self, nd) -> list[int]:
+        """Split points (vector indices within the read) where its source changes."""
+        t_id, first, step = nd.mem
+        t = self.tensors[t_id]
+        if t.kind != "temp":
+            return []
+        cuts = []
+        prev = self._source_of(t, first)
+        stride = None
+        for i in range(1, nd.n):
+            cur = self._source_of(t, first + step * i)
+            ok = prev is not None and cur is not None and cur[0] == prev[0]
+            if ok:
+                d = cur[1] - prev[1]
+                if stride is None:
+                    stride = d
+                ok = d == stride and stride >= 0
+            if not ok:
+                cuts.append(i)
+                stride = None
+            prev = cur
+        return cuts
+
+    def emit(self, job: Job, placed: Placed, entry: int) -> None:
+        groups = _groups(job)
+        cuts: dict[int, set[int]] = {}
+        for nd in job.nodes:
+            if nd.mnemonic == "read":
+                g = groups[job.nodes.index(nd)]
+                cuts.setdefault(g, set()).update(self._read_runs(nd))
+        # rows of each node's pieces: node -> list of (start, end, row index)
+        pieces: dict[int, list[tuple[int, int, int]]] = {}
+        for k, nd in enumerate(job.nodes):
+            bounds = sorted({0, nd.n} | {c for c in cuts.get(groups[k], ()) if 0 < c < nd.n})
+            pieces[k] = []
+            for s, e in zip(bounds[:-1], bounds[1:]):
+                pieces[k].append((s, e, len(self.rows)))
+                self.rows.append(self._row(job, k, s, e, placed, entry, pieces))
+
+    def _row(self, job: Job, k: int, s: int, e: int, placed: Placed, entry: int, pieces) -> Row:
+        nd = job.nodes[k]
+        spec = BY_MNEMONIC[nd.mnemonic]
+        fields = dict(nd.fields)
+        sources: dict[str, tuple[int, int, int]] = {}
+        for name, p in nd.inputs:
+            fields[name] = placed.streams[p]
+            src_row = next(r for ps, pe, r in pieces[p] if ps == s)
+            sources[name] = (src_row, 0, 1)
+        if spec.output and k in placed.streams:
+            fields[spec.output] = placed.streams[k]
+        elif spec.output:
+            fields[spec.output] = 0  # a result nothing in the job reads (never the case for our jobs)
+        if "row" in fields:
+            fields["row"] += s
+        if "slot" in fields:
+            fields["slot"] += s
+        if nd.mem is not None:
+            t_id, first, step = nd.mem
+            t = self.tensors[t_id]
+            fields["addr"] = self.word(t, first + step * s)
+            if nd.mnemonic == "read":
+                src = self._source_of(t, first + step * s)
+                if src is None:
+                    sources["mem"] = (IMAGE, fields["addr"], 1)
+                else:
+                    nxt = self._source_of(t, first + step * (s + 1)) if e - s > 1 else None
+                    stride = (nxt[1] - src[1]) if nxt is not None else 1
+                    sources["mem"] = (src[0], src[1], stride)
+            else:
+                w = self.writer.setdefault(t_id, [None] * t.vectors)
+                for i in range(s, e):
+                    w[first + step * i] = (len(self.rows), i - s)
+        if "w" in nd.sources:
+            iw = nd.sources["w"]
+            sources["w"] = (pieces[iw][0][2], 0, 1)
+        if "acc" in nd.sources:
+            mm = nd.sources["acc"]
+            src_row = next(r for ps, pe, r in pieces[mm] if ps == s)
+            sources["acc"] = (src_row, 0, 1)
+        return Row(entry, nd.queue, placed.start + nd.rel + s, nd.mnemonic, e - s, fields, sources)
+
+    def tables(self):
+        """The instruction table columns (program order = emission order)."""
+        n = len(self.rows)
+        entry = np.array([r.entry for r in self.rows], np.int32)
+        queue = np.array([r.queue for r in self.rows], np.int32)
+        cycle = np.array([r.cycle for r in self.rows], np.int64)
+        opcode = np.array([BY_MNEMONIC[r.mnemonic].code for r in self.rows], np.int32)
+        count = np.array([r.n for r in self.rows], np.int32)
+        fields = np.zeros((n, MAX_FIELDS), np.int64)
+        src = np.full((n, MAX_SOURCES), NONE, np.int64)
+        off = np.zeros((n, MAX_SOURCES), np.int64)
+        stp = np.ones((n, MAX_SOURCES), np.int64)
+        for i, r in enumerate(self.rows):
+            spec = BY_MNEMONIC[r.mnemonic]
+            for k, name in enumerate(spec.operands):
+                fields[i, k] = r.fields[name]
+            for k, slot in enumerate(source_slots(spec)):
+                if slot in r.sources:
+                    src[i, k], off[i, k], stp[i, k] = r.sources[slot]
+        return entry, queue, cycle, opcode, count, fields, src, off, stp

@@ -1,0 +1,233 @@
+"""Places jobs on the clock: critical-path-priority list scheduling with reservation tables.
+
+A job's instructions keep their relative cycles (compiler/jobs.py); the scheduler
+picks each job's start cycle, the earliest at which
+
+- every vector it reads has landed in SRAM (the writes of earlier jobs),
+- none of its instructions overlaps another on the same queue (queue occupancy
+  from the ISA table; a MEM slice's queue is also its one port),
+- every stream it needs is free along its whole path in space-time, and
+- resources it holds whole (a matrix plane: shadow buffer, array, accumulators)
+  are free for its span.
+
+Streams: a vector written at position p on cycle c heading east is at q >= p on
+cycle c + (q - p). In coordinates (diagonal d = c - u, u = x east or -x west) a
+transfer of n vectors from u0 to u1 occupies the rectangle [d0, d0 + n) x [u0, u1];
+two transfers on one stream conflict exactly when their rectangles overlap.
+Everything is deterministic: ties break by job order, streams are tried lowest first.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from compiler.jobs import Job
+from compiler.lower import Tensor
+from isa.chip import ChipConfig
+
+_BUCKET = 64
+
+
+@dataclass
+class Placed:
+    start: int
+    streams: dict[int, int] = field(default_factory=dict)  # producer node -> stream field value
+
+
+class _Intervals:
+    """Disjoint busy intervals [start, end), sorted."""
+
+    def __init__(self):
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+
+    def conflict_end(self, start: int, end: int) -> int | None:
+        """The end of the latest interval overlapping [start, end), or None."""
+        k = bisect.bisect_left(self.ends, start + 1)  # first interval ending after start
+        worst = None
+        while k < len(self.starts) and self.starts[k] < end:
+            worst = self.ends[k] if worst is None else max(worst, self.ends[k])
+            k += 1
+        return worst
+
+    def add(self, start: int, end: int) -> None:
+        k = bisect.bisect_left(self.starts, start)
+        self.starts.insert(k, start)
+        self.ends.insert(k, end)
+
+
+class _Streams:
+    def __init__(self):
+        self.buckets: dict[tuple[int, int, int], list[tuple[int, int, int, int]]] = {}
+
+    def free(self, key: tuple[int, int], d0: int, d1: int, u0: int, u1: int) -> bool:
+        for b in range(d0 // _BUCKET, d1 // _BUCKET + 1):
+            for e0, e1, v0, v1 in self.buckets.get((key[0], key[1], b), ()):
+                if e0 <= d1 and d0 <= e1 and v0 <= u1 and u0 <= v1:
+                    return False
+        return True
+
+    def add(self, key, d0, d1, u0, u1) -> None:
+        for b in range(d0 // _BUCKET, d1 // _BUCKET + 1):
+            self.buckets.setdefault((key[0], key[1], b), []).append((d0, d1, u0, u1))
+
+
+def transfers(job: Job) -> list[tuple[int, list[int]]]:
+    """(producer node, its consumer nodes) for every node whose output feeds the job."""
+    consumers: dict[int, list[int]] = {}
+    for k, nd in enumerate(job.nodes):
+        for _, p in nd.inputs:
+            if k not in consumers.setdefault(p, []):
+                consumers[p].append(k)
+    return sorted(consumers.items())
+
+
+class Scheduler:
+    def __init__(self, chip: ChipConfig, tensors: list[Tensor]):
+        self.chip = chip
+        self.S = chip.streams_per_direction
+        self.tensors = tensors
+        self.queues: dict[int, _Intervals] = {}
+        self.exclusive: dict[tuple, _Intervals] = {}
+        self.streams = _Streams()
+        for t in tensors:
+            if t.landing is None:
+                t.landing = np.full(t.vectors, 0 if t.kind != "temp" else -1, np.int64)
+
+    def _data_ready(self, job: Job) -> int:
+        start = 0
+        for nd in job.nodes:
+            if nd.mnemonic != "read":
+                continue
+            t_id, first, step = nd.mem
+            land = self.tensors[t_id].landing[first + step * np.arange(nd.n)]
+            assert (land >= 0).all(), f"{job.name}: reads a vector nothing has written"
+            need = land - (nd.rel + nd.spec.dskew + np.arange(nd.n))
+            start = max(start, int(need.max()))
+        return start
+
+    def place(self, job: Job, earliest: int = 0) -> Placed:
+        start = max(earliest, self._data_ready(job))
+        lo, hi = job.span()
+        flows = transfers(job)
+        while True:
+            bump = None
+            for nd in job.nodes:
+                iv = self.queues.get(nd.queue)
+                if iv is None:
+                    continue
+                s = start + nd.rel
+                end = iv.conflict_end(s, s + nd.spec.busy_cycles(nd.n))
+                if end is not None:
+                    bump = max(bump or 0, end - nd.rel)
+            for key in job.exclusive:
+                iv = self.exclusive.get(key)
+                if iv is not None:
+                    end = iv.conflict_end(start + lo, start + hi)
+                    if end is not None:
+                        bump = max(bump or 0, end - lo)
+            if bump is not None:
+                start = max(bump, start + 1)
+                continue
+            streams = self._streams(job, flows, start)
+            if streams is None:
+                start += 1
+                continue
+            break
+        self._commit(job, start, streams, flows, lo, hi)
+        return Placed(start, streams)
+
+    def _rect(self, job: Job, producer: int, consumers: list[int], start: int):
+        p = job.nodes[producer]
+        xs = [job.nodes[c].x for c in consumers]
+        east = all(x >= p.x for x in xs)
+        assert east or all(x <= p.x for x in xs), f"{job.name}: consumers on both sides of a producer"
+        sign = 1 if east else -1
+        u0 = sign * p.x
+        u1 = max(sign * x for x in xs)
+        emit = start + p.rel + p.spec.dfunc
+        d0 = emit - u0
+        return (0 if east else 1), d0, d0 + p.n - 1, u0, u1
+
+    def _streams(self, job: Job, flows, start: int) -> dict[int, int] | None:
+        chosen: dict[int, int] = {}
+        taken: list[tuple[tuple[int, int], int, int, int, int]] = []
+        for producer, consumers in flows:
+            direction, d0, d1, u0, u1 = self._rect(job, producer, consumers, start)
+            for sid in range(self.S):
+                key = (direction, sid)
+                if not self.streams.free(key, d0, d1, u0, u1):
+                    continue
+                if any(k == key and e0 <= d1 and d0 <= e1 and v0 <= u1 and u0 <= v1
+                       for k, e0, e1, v0, v1 in taken):
+                    continue
+                chosen[producer] = direction * self.S + sid
+                taken.append((key, d0, d1, u0, u1))
+                break
+            else:
+                return None
+        return chosen
+
+    def _commit(self, job: Job, start: int, streams, flows, lo: int, hi: int) -> None:
+        for nd in job.nodes:
+            s = start + nd.rel
+            self.queues.setdefault(nd.queue, _Intervals()).add(s, s + nd.spec.busy_cycles(nd.n))
+        for key in job.exclusive:
+            self.exclusive.setdefault(key, _Intervals()).add(start + lo, start + hi)
+        for producer, consumers in flows:
+            direction, d0, d1, u0, u1 = self._rect(job, producer, consumers, start)
+            sid = streams[producer] % self.S
+            self.streams.add((direction, sid), d0, d1, u0, u1)
+        for nd in job.nodes:
+            if nd.mnemonic == "write":
+                t_id, first, step = nd.mem
+                lands = start + nd.rel + nd.spec.dfunc + np.arange(nd.n)
+                self.tensors[t_id].landing[first + step * np.arange(nd.n)] = lands
+
+
+def critical_path_order(jobs: list[Job], tensors: list[Tensor]) -> list[int]:
+    """Jobs in list-scheduling order: among jobs whose inputs are produced, the longest path first."""
+    writers: dict[tuple[int, int], int] = {}
+    for j, job in enumerate(jobs):
+        for nd in job.nodes:
+            if nd.mnemonic == "write":
+                t_id, first, step = nd.mem
+                for i in range(nd.n):
+                    writers[(t_id, first + step * i)] = j
+    deps: list[set[int]] = []
+    for j, job in enumerate(jobs):
+        d = set()
+        for nd in job.nodes:
+            if nd.mnemonic == "read":
+                t_id, first, step = nd.mem
+                for i in range(nd.n):
+                    w = writers.get((t_id, first + step * i))
+                    if w is not None and w != j:
+                        d.add(w)
+        deps.append(d)
+    users: list[list[int]] = [[] for _ in jobs]
+    for j, d in enumerate(deps):
+        for w in d:
+            users[w].append(j)
+    length = [0] * len(jobs)
+    for j in reversed(range(len(jobs))):  # lowering order is topological
+        lo, hi = jobs[j].span()
+        length[j] = (hi - lo) + max((length[u] for u in users[j]), default=0)
+    import heapq
+
+    waiting = [len(d) for d in deps]
+    ready = [(-length[j], j) for j in range(len(jobs)) if waiting[j] == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, j = heapq.heappop(ready)
+        order.append(j)
+        for u in users[j]:
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, (-length[u], u))
+    assert len(order) == len(jobs), "the job graph has a cycle"
+    return order
