@@ -24,10 +24,14 @@ from isa.system import SystemConfig
 PIPELINE = ("verify", "decompose", "lower", "schedule", "allocate", "emit")
 
 
-def compile_module(module: Module, system: SystemConfig, weights: dict[str, np.ndarray] | None = None) -> Program:
+def compile_module(
+    module: Module, system: SystemConfig, weights: dict[str, np.ndarray] | None = None
+) -> Program:
     if system.chips != 1:
-        raise error(f"system {system.name} has {system.chips} chips; compiling for many chips (tensor and "
-                    "pipeline parallelism) is not implemented yet: use a one-chip system such as tiny or tsp")
+        raise error(
+            f"system {system.name} has {system.chips} chips; compiling for many chips (tensor and "
+            "pipeline parallelism) is not implemented yet: use a one-chip system such as tiny or tsp"
+        )
     chip = system.chip
     L = chip.lanes
     m = decompose(module)
@@ -36,8 +40,11 @@ def compile_module(module: Module, system: SystemConfig, weights: dict[str, np.n
     maps: dict[tuple[int, ...], int] = {}
     for g in m.globals:
         if g.kind == "state":
-            raise error(f"state @{g.name}: modules with state do not compile for the chip yet "
-                        "(KV caches arrive with the transformer work)", g.loc)
+            raise error(
+                f"state @{g.name}: modules with state do not compile for the chip yet "
+                "(KV caches arrive with the transformer work)",
+                g.loc,
+            )
     first = Lowering(chip, tensors, symbols)
     for g in m.params:
         data = None
@@ -47,7 +54,7 @@ def compile_module(module: Module, system: SystemConfig, weights: dict[str, np.n
 
     entries = tuple(g.name for g in m.graphs)
     per_entry = []
-    for e, g in enumerate(m.graphs):
+    for g in m.graphs:
         low = Lowering(chip, tensors, symbols)
         low.maps = maps
         low._consts = first._consts
@@ -97,7 +104,9 @@ def compile_module(module: Module, system: SystemConfig, weights: dict[str, np.n
             t = inputs[a.name]
             placements.append(Placement("input", g.name, a.name, t.dtype, t.shape, 0, t.slice, base[t.id]))
         for k, t in enumerate(results):
-            placements.append(Placement("output", g.name, f"out{k}", t.dtype, t.shape, 0, t.slice, base[t.id]))
+            placements.append(
+                Placement("output", g.name, f"out{k}", t.dtype, t.shape, 0, t.slice, base[t.id])
+            )
         for job, pl in zip(jobs, places):
             emitter.emit(job, pl, e)
         del inputs_ids
@@ -113,11 +122,29 @@ def compile_module(module: Module, system: SystemConfig, weights: dict[str, np.n
                 img_word.append(base[t.id] + v * t.width)
                 img_data.append(t.data[v])
     entry, queue, cycle, opcode, count, fields, src, off, stp = emitter.tables()
-    maps_arr = np.array(sorted(maps, key=maps.get), np.int32).reshape(len(maps), L) if maps else \
-        np.zeros((0, L), np.int32)
+    maps_arr = (
+        np.array(sorted(maps, key=maps.get), np.int32).reshape(len(maps), L)
+        if maps
+        else np.zeros((0, L), np.int32)
+    )
     return Program(
-        system, entries, entry, np.zeros(len(entry), np.int32), queue, cycle, opcode, count, fields, src, off,
-        stp, np.zeros(len(img_word), np.int32), np.array(img_slice, np.int32), np.array(img_word, np.int64),
-        np.array(img_data, np.float64).reshape(len(img_word), L), tuple(placements), maps_arr,
+        system,
+        entries,
+        entry,
+        np.zeros(len(entry), np.int32),
+        queue,
+        cycle,
+        opcode,
+        count,
+        fields,
+        src,
+        off,
+        stp,
+        np.zeros(len(img_word), np.int32),
+        np.array(img_slice, np.int32),
+        np.array(img_word, np.int64),
+        np.array(img_data, np.float64).reshape(len(img_word), L),
+        tuple(placements),
+        maps_arr,
         {"module": print_module(module), "weights": weights is not None, "pipeline": list(PIPELINE)},
     )

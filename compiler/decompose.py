@@ -25,8 +25,14 @@ class _Builder:
         self.ops: list[Op] = []
         self.loc = loc
 
-    def op(self, name: str, *operands: Operand, declared: TensorType | None = None, hint: str | None = None,
-           **attrs) -> Value:
+    def op(
+        self,
+        name: str,
+        *operands: Operand,
+        declared: TensorType | None = None,
+        hint: str | None = None,
+        **attrs,
+    ) -> Value:
         attrs = {k: v for k, v in attrs.items() if v is not None}
         t = infer(name, [o.type for o in operands], attrs, declared)
         v = Value(t, hint)
@@ -111,8 +117,15 @@ def _reduce_mean(b: _Builder, op: Op) -> Value:
     return b.back(b.op("mul", total, b.const(1.0 / count)), op.result.type.dtype)
 
 
-RULES = {"softmax": _softmax, "layernorm": _layernorm, "rmsnorm": _rmsnorm, "rope": _rope,
-         "gelu": _gelu, "silu": _silu, "reduce_mean": _reduce_mean}
+RULES = {
+    "softmax": _softmax,
+    "layernorm": _layernorm,
+    "rmsnorm": _rmsnorm,
+    "rope": _rope,
+    "gelu": _gelu,
+    "silu": _silu,
+    "reduce_mean": _reduce_mean,
+}
 
 
 def decompose(m: Module) -> Module:
@@ -138,8 +151,18 @@ def decompose(m: Module) -> Module:
                 replace[id(s.result)] = out
             else:
                 body.append(op)
-        graphs.append(Graph(g.name, g.args, g.result_types, tuple(body), tuple(sub(r) for r in g.results),
-                            g.loc, g.result_locs, g.return_loc))
+        graphs.append(
+            Graph(
+                g.name,
+                g.args,
+                g.result_types,
+                tuple(body),
+                tuple(sub(r) for r in g.results),
+                g.loc,
+                g.result_locs,
+                g.return_loc,
+            )
+        )
     out = Module(m.name, m.globals, tuple(graphs), m.loc)
     return verify(out)
 

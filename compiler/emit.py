@@ -83,7 +83,8 @@ class Allocator:
                 f"the model does not fit in SRAM: {missing} more bytes are needed in "
                 f"{len(over)} MEM slice{'s' if len(over) != 1 else ''} ({', '.join(sorted(over))}); "
                 f"in total it needs {total} bytes, about {chips} chip{'s' if chips != 1 else ''} of "
-                f"{self.chip.sram_bytes} bytes")
+                f"{self.chip.sram_bytes} bytes"
+            )
 
 
 def _groups(job: Job) -> list[int]:

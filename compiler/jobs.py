@@ -29,7 +29,9 @@ class Node:
     inputs: list[tuple[str, int]] = field(default_factory=list)  # (stream field, producer node)
     after: list[tuple[int, int]] = field(default_factory=list)  # (node, gap): issue >= node issue + gap
     mem: tuple[int, int, int] | None = None  # read / write: (tensor id, first vector, step in vectors)
-    sources: dict[str, int] = field(default_factory=dict)  # implicit sources: "w" -> iw node, "acc" -> mm node
+    sources: dict[str, int] = field(
+        default_factory=dict
+    )  # implicit sources: "w" -> iw node, "acc" -> mm node
     rel: int = 0  # issue cycle relative to the job start
 
     @property

@@ -41,10 +41,27 @@ from isa.numerics import convert
 from isa.spec import DTYPE_BYTES, DTYPES, ENUMS, Unit
 
 VXM_OPS = {
-    "add": "add", "sub": "sub", "mul": "mul", "div": "div", "max": "max", "min": "min", "neg": "neg",
-    "relu": "relu", "exp": "exp", "log": "log", "tanh": "tanh", "sigmoid": "sigmoid", "erf": "erf",
-    "sqrt": "sqrt", "rsqrt": "rsqrt", "recip": "recip", "cast": "cvt", "less": "lt", "greater": "gt",
-    "equal": "eq", "where": "sel",
+    "add": "add",
+    "sub": "sub",
+    "mul": "mul",
+    "div": "div",
+    "max": "max",
+    "min": "min",
+    "neg": "neg",
+    "relu": "relu",
+    "exp": "exp",
+    "log": "log",
+    "tanh": "tanh",
+    "sigmoid": "sigmoid",
+    "erf": "erf",
+    "sqrt": "sqrt",
+    "rsqrt": "rsqrt",
+    "recip": "recip",
+    "cast": "cvt",
+    "less": "lt",
+    "greater": "gt",
+    "equal": "eq",
+    "where": "sel",
 }
 # ops that can turn zero padding into something else (or read a splat operand's value into it)
 NONZERO_FROM_ZERO = {"exp", "log", "sigmoid", "rsqrt", "recip", "div", "eq"}
@@ -164,22 +181,33 @@ class Lowering:
         return self.maps[key]
 
     # -- tensors -------------------------------------------------------------------------------
-    def new_tensor(self, name: str, t: TensorType, kind: str = "temp", avoid: set[str] = frozenset(),
-                   data: np.ndarray | None = None) -> Tensor:
+    def new_tensor(
+        self,
+        name: str,
+        t: TensorType,
+        kind: str = "temp",
+        avoid: set[str] = frozenset(),
+        data: np.ndarray | None = None,
+    ) -> Tensor:
         tensor = Tensor(len(self.tensors), name, t.dtype, t.shape, self.pick_slice(avoid), kind, self.L, data)
         self.tensors.append(tensor)
         return tensor
 
-    def const(self, dtype: str, shape: tuple[int, ...], values: np.ndarray,
-              avoid: set[str] = frozenset()) -> Tensor:
+    def const(
+        self, dtype: str, shape: tuple[int, ...], values: np.ndarray, avoid: set[str] = frozenset()
+    ) -> Tensor:
         """A constant in SRAM (shared when the same values are asked for again outside `avoid`)."""
         key = (dtype, shape, np.asarray(values, np.float64).tobytes())
         for t in self._consts.get(key, []):
             if t.slice not in avoid:
                 return t
-        t = self.new_tensor(f"const{sum(len(v) for v in self._consts.values())}", TensorType(dtype, shape),
-                            "const", avoid=avoid,
-                            data=self.vectors_of(np.asarray(values, np.float64).reshape(shape), dtype))
+        t = self.new_tensor(
+            f"const{sum(len(v) for v in self._consts.values())}",
+            TensorType(dtype, shape),
+            "const",
+            avoid=avoid,
+            data=self.vectors_of(np.asarray(values, np.float64).reshape(shape), dtype),
+        )
         self._consts.setdefault(key, []).append(t)
         return t
 
@@ -203,17 +231,34 @@ class Lowering:
     # -- building blocks ---------------------------------------------------------------------------
     def read(self, job: Job, t: Tensor, first: int, n: int, step_vectors: int) -> int:
         q = self.queue_index[t.slice]
-        return job.add(Node("read", q, self.queue_x[q], n,
-                            {"step": step_vectors * t.width, "dt": DTYPES.index(t.dtype)},
-                            mem=(t.id, first, step_vectors)))
+        return job.add(
+            Node(
+                "read",
+                q,
+                self.queue_x[q],
+                n,
+                {"step": step_vectors * t.width, "dt": DTYPES.index(t.dtype)},
+                mem=(t.id, first, step_vectors),
+            )
+        )
 
     def write(self, job: Job, t: Tensor, first: int, n: int, step_vectors: int, producer: int) -> int:
         q = self.queue_index[t.slice]
-        return job.add(Node("write", q, self.queue_x[q], n,
-                            {"step": step_vectors * t.width, "dt": DTYPES.index(t.dtype)},
-                            inputs=[("a", producer)], mem=(t.id, first, step_vectors)))
+        return job.add(
+            Node(
+                "write",
+                q,
+                self.queue_x[q],
+                n,
+                {"step": step_vectors * t.width, "dt": DTYPES.index(t.dtype)},
+                inputs=[("a", producer)],
+                mem=(t.id, first, step_vectors),
+            )
+        )
 
-    def unit(self, job: Job, mnemonic: str, queue: int, n: int, inputs: list[tuple[str, int]], **fields) -> int:
+    def unit(
+        self, job: Job, mnemonic: str, queue: int, n: int, inputs: list[tuple[str, int]], **fields
+    ) -> int:
         return job.add(Node(mnemonic, queue, self.queue_x[queue], n, dict(fields), inputs=list(inputs)))
 
     def finish(self, job: Job) -> Job:
@@ -241,8 +286,11 @@ class Lowering:
             self.op_index, self.op_name = k, f"%{op.result.name or k} = {op.name}"
             self.lower_op(op)
         if g.commits:
-            raise error("graphs that commit state do not compile for the chip yet (KV-cache support "
-                        "comes with the transformer work)", g.commits[0].loc)
+            raise error(
+                "graphs that commit state do not compile for the chip yet (KV-cache support "
+                "comes with the transformer work)",
+                g.commits[0].loc,
+            )
         results = []
         seen: set[int] = set()
         for r, t in zip(g.results, g.result_types):
@@ -301,8 +349,11 @@ class Lowering:
             index = np.concatenate([np.arange(s.rows * s.cols).reshape(s.shape) for s in srcs], axis=axis)
             self.values[id(op.result)] = self.move(srcs, t, which, index)
         else:
-            raise error(f"{name} does not compile for the chip yet (the reference interpreter runs it; "
-                        "run-time addressing arrives with the KV-cache work)", op.loc)
+            raise error(
+                f"{name} does not compile for the chip yet (the reference interpreter runs it; "
+                "run-time addressing arrives with the KV-cache work)",
+                op.loc,
+            )
 
     # -- elementwise -----------------------------------------------------------------------------------
     def elementwise(self, op: Op) -> Tensor:
@@ -313,8 +364,9 @@ class Lowering:
         for k, s in enumerate(srcs):
             other = by_slice.get(s.slice)
             if other is not None and other is not s:
-                moved = self.new_tensor(f"{s.name}.copy", TensorType(s.dtype, s.shape),
-                                        avoid={x.slice for x in srcs})
+                moved = self.new_tensor(
+                    f"{s.name}.copy", TensorType(s.dtype, s.shape), avoid={x.slice for x in srcs}
+                )
                 self.copy(s, moved)
                 srcs[k] = s = moved
             by_slice[s.slice] = s
@@ -325,8 +377,11 @@ class Lowering:
         if op.name == "cast":
             fields["to"] = DTYPES.index(op.attr("to"))
         field_names = ["c", "a", "b"] if op.name == "where" else ["a", "b"][: len(srcs)]
-        mask = out.cols > 1 and out.cols % self.L != 0 and (
-            op.name in NONZERO_FROM_ZERO or any(s.splat for s in srcs))
+        mask = (
+            out.cols > 1
+            and out.cols % self.L != 0
+            and (op.name in NONZERO_FROM_ZERO or any(s.splat for s in srcs))
+        )
         mask_t = zero_t = None
         if mask:
             # a row of `chunks` vectors: vector c masks the real lanes of chunk c
@@ -362,8 +417,14 @@ class Lowering:
             if mask:
                 m = self.read(job, mask_t, 0, n, 1 if out.chunks > 1 else 0)
                 z = self.read(job, zero_t, 0, n, 0)
-                res = self.unit(job, "sel", self.vxm_queue(), n, [("c", m), ("a", res), ("b", z)],
-                                dt=DTYPES.index(out.dtype))
+                res = self.unit(
+                    job,
+                    "sel",
+                    self.vxm_queue(),
+                    n,
+                    [("c", m), ("a", res), ("b", z)],
+                    dt=DTYPES.index(out.dtype),
+                )
             self.write(job, out, first, n, 1, res)
             self.finish(job)
         return out
@@ -404,8 +465,12 @@ class Lowering:
             if self._is_copy(plan[v], v, out):
                 s, sv, _ = plan[v][0]
                 n = 1
-                while v + n < len(plan) and self._is_copy(plan[v + n], v + n, out) and \
-                        plan[v + n][0][0] is s and plan[v + n][0][1] == sv + n:
+                while (
+                    v + n < len(plan)
+                    and self._is_copy(plan[v + n], v + n, out)
+                    and plan[v + n][0][0] is s
+                    and plan[v + n][0][1] == sv + n
+                ):
                     n += 1
                 job = self.new_job()
                 rd = self.read(job, s, sv, n, 1)
@@ -441,7 +506,7 @@ class Lowering:
         takes the previous result and the next piece one cycle later, on one VXM queue."""
         vq = self.vxm_queue()
         acc = head if head is not None else self.unit(job, "mov", vq, 1, [("a", pieces[0])], dt=dt)
-        for p in pieces[1 if head is None else 0:]:
+        for p in pieces[1 if head is None else 0 :]:
             acc = self.unit(job, op, vq, 1, [("a", acc), ("b", p)], dt=dt)
         return acc
 
@@ -451,8 +516,11 @@ class Lowering:
         pieces = []
         for s, sv, m in sources:
             rd = self.read(job, s, sv, 1, 1)
-            pieces.append(self.unit(job, "perm", self.sxm_queue(self.x_of_slice(s.slice)), 1, [("a", rd)],
-                                    map=self.map_id(m)))
+            pieces.append(
+                self.unit(
+                    job, "perm", self.sxm_queue(self.x_of_slice(s.slice)), 1, [("a", rd)], map=self.map_id(m)
+                )
+            )
         if not pieces:  # an all-padding vector: zeros
             zero = self.const(out.dtype, (), np.zeros(()), avoid={out.slice})
             pieces = [self.read(job, zero, 0, 1, 0)]
@@ -465,7 +533,8 @@ class Lowering:
         src = self.tensor(op.operands[0])
         rank = len(src.shape)
         axis = op.attr("axis")
-        axes = set(range(rank)) if axis is None else {a % rank for a in ((axis,) if isinstance(axis, int) else axis)}
+        listed = (axis,) if isinstance(axis, int) else axis
+        axes = set(range(rank)) if axis is None else {a % rank for a in listed}
         kind = "max" if op.name == "reduce_max" else "sum"
         out_t = op.result.type
         keep_shape = tuple(1 if a in axes else d for a, d in enumerate(src.shape))
@@ -481,8 +550,10 @@ class Lowering:
             cur = res
         # cur has the keepdims shape; relayout if the result's layout differs
         if out_t.shape != cur.shape:
-            if (math.prod(out_t.shape[:-1]) if out_t.shape else 1, out_t.shape[-1] if out_t.shape else 1) == \
-                    (cur.rows, cur.cols):
+            if (math.prod(out_t.shape[:-1]) if out_t.shape else 1, out_t.shape[-1] if out_t.shape else 1) == (
+                cur.rows,
+                cur.cols,
+            ):
                 cur = cur.view(out_t.shape)
             else:
                 index = np.arange(cur.rows * cur.cols).reshape(out_t.shape)
@@ -507,8 +578,9 @@ class Lowering:
         if masked:
             busy = {src.slice, out.slice}
             mask_t = self.const("bool", (L,), (np.arange(L) < tail).astype(np.float64), avoid=busy)
-            fill_t = self.const(src.dtype, (), np.array(self.neutral(src.dtype, kind)),
-                                avoid=busy | {mask_t.slice})
+            fill_t = self.const(
+                src.dtype, (), np.array(self.neutral(src.dtype, kind)), avoid=busy | {mask_t.slice}
+            )
         for r in range(src.rows):
             job = self.new_job()
             order = list(range(src.chunks))
@@ -525,8 +597,15 @@ class Lowering:
                 acc = pieces[0]
             else:
                 acc = self.chain(job, pieces, op, dt, head=head) if pieces else head
-            red = self.unit(job, "lred", self.sxm_queue(self.x_of_slice(src.slice)), 1, [("a", acc)],
-                            red=ENUMS["reduce"].index(kind), dt=dt)
+            red = self.unit(
+                job,
+                "lred",
+                self.sxm_queue(self.x_of_slice(src.slice)),
+                1,
+                [("a", acc)],
+                red=ENUMS["reduce"].index(kind),
+                dt=dt,
+            )
             self.write(job, out, r, 1, 1, red)
             self.finish(job)
         return out
@@ -561,16 +640,22 @@ class Lowering:
         out_t = op.result.type
         out = self.new_tensor(op.result.name or "mm", out_t, avoid={a.slice, b.slice})
         M, K = a.shape[-2], a.shape[-1]
-        N = b.shape[-1]
-        L = self.L
         kt = self.chip.mxm_k(a.dtype)
         batch = out_t.shape[:-2]
         a_batch = np.arange(math.prod(a.shape[:-2])).reshape(a.shape[:-2]) if a.shape[:-2] else np.arange(1)
         b_batch = np.arange(math.prod(b.shape[:-2])).reshape(b.shape[:-2]) if b.shape[:-2] else np.arange(1)
-        a_b = np.broadcast_to(a_batch.reshape((1,) * (len(batch) - a_batch.ndim) + a_batch.shape)
-                              if a.shape[:-2] else a_batch.reshape(()), batch).reshape(-1)
-        b_b = np.broadcast_to(b_batch.reshape((1,) * (len(batch) - b_batch.ndim) + b_batch.shape)
-                              if b.shape[:-2] else b_batch.reshape(()), batch).reshape(-1)
+        a_b = np.broadcast_to(
+            a_batch.reshape((1,) * (len(batch) - a_batch.ndim) + a_batch.shape)
+            if a.shape[:-2]
+            else a_batch.reshape(()),
+            batch,
+        ).reshape(-1)
+        b_b = np.broadcast_to(
+            b_batch.reshape((1,) * (len(batch) - b_batch.ndim) + b_batch.shape)
+            if b.shape[:-2]
+            else b_batch.reshape(()),
+            batch,
+        ).reshape(-1)
         slots = self.chip.mxm_acc_slots
         for bi in range(len(a_b)):
             ab, bb = int(a_b[bi]), int(b_b[bi])
@@ -607,8 +692,18 @@ class Lowering:
             a_first = (ab * M + m0) * a.chunks + chunk
             rd_a = self.read(job, a, a_first, rows, a.chunks)
             mode = "acc_set" if t_i == 0 else "acc_add"
-            node = self.unit(job, "mm", q_mm, rows, [("a", rd_a)], kof=kof, slot=0,
-                             mode=ENUMS["mm_mode"].index(mode), dt=dt_in, to=DTYPES.index(acc_dt))
+            node = self.unit(
+                job,
+                "mm",
+                q_mm,
+                rows,
+                [("a", rd_a)],
+                kof=kof,
+                slot=0,
+                mode=ENUMS["mm_mode"].index(mode),
+                dt=dt_in,
+                to=DTYPES.index(acc_dt),
+            )
             job.nodes[node].after.append((iw, job.nodes[iw].spec.dfunc))
             job.nodes[node].sources["w"] = iw
             if prev_mm is not None:

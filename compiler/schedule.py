@@ -161,8 +161,10 @@ class Scheduler:
                 key = (direction, sid)
                 if not self.streams.free(key, d0, d1, u0, u1):
                     continue
-                if any(k == key and e0 <= d1 and d0 <= e1 and v0 <= u1 and u0 <= v1
-                       for k, e0, e1, v0, v1 in taken):
+                if any(
+                    k == key and e0 <= d1 and d0 <= e1 and v0 <= u1 and u0 <= v1
+                    for k, e0, e1, v0, v1 in taken
+                ):
                     continue
                 chosen[producer] = direction * self.S + sid
                 taken.append((key, d0, d1, u0, u1))

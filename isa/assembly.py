@@ -13,9 +13,9 @@
 Field syntax follows the ISA table: streams are E<k> / W<k>, dtypes and enumerations
 by name, `imm` as a number, everything else an integer. After `<-` come the intended
 sources: `slot:#ID` (vector i comes from instruction ID's vector i), `slot:#ID+K`
-(its vector i + K), `slot:#ID*S+K` (its vector i * S + K), `slot:image@W` (vector 0 from image word W, the next ones
-following it) or `slot:unchecked`. Lines starting with `#` are
-comments.
+(its vector i + K), `slot:#ID*S+K` (its vector i * S + K), `slot:image@W` (vector 0
+from image word W, the next ones following it) or `slot:unchecked`. Lines starting
+with `#` are comments.
 """
 
 from __future__ import annotations
