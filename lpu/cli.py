@@ -68,6 +68,16 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("isa", help="print the ISA reference (opcodes, timing, chip presets)")
     i.set_defaults(run=cmd_isa)
 
+    k = sub.add_parser("compile", help="compile a module to a program file (every instruction on a cycle)")
+    k.add_argument("model", metavar="MODEL.lpu")
+    k.add_argument("-w", "--weights", metavar="WEIGHTS.npz", help="weights to put in the SRAM image")
+    k.add_argument("--random-weights", type=int, metavar="SEED",
+                   help="put seeded random weights in the image (as lpu eval makes them)")
+    k.add_argument("-o", "--output", metavar="PROG.lpuprog", required=True)
+    k.add_argument("--system", default="tiny", metavar="PRESET|FILE.toml",
+                   help="system to compile for (default: tiny)")
+    k.set_defaults(run=cmd_compile)
+
     a = sub.add_parser("asm", help="assemble a program listing (as lpu inspect prints it) into a program")
     a.add_argument("listing", metavar="LISTING")
     a.add_argument("-o", "--output", metavar="PROG.lpuprog", required=True)
@@ -87,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--inputs", metavar="X.npz", help="inputs (default: seeded random)")
     r.add_argument("-o", "--output", metavar="OUT.npz", help="write the outputs out0, out1, ...")
     r.add_argument("--seed", type=int, default=0, help="seed for random inputs")
+    r.add_argument("-w", "--weights", metavar="WEIGHTS.npz", help="weights, for a program compiled without them")
+    r.add_argument("--check", action="store_true",
+                   help="compare the outputs with the reference interpreter (exit 1 on any difference)")
     r.set_defaults(run=cmd_run)
 
     s = sub.add_parser("system", help="validate and describe a system (a name or a .toml file)")
@@ -163,6 +176,34 @@ def _fmt(v) -> str:
     return str(int(v))
 
 
+def cmd_compile(args) -> int:
+    from compiler import parse_file
+    from compiler.backend import compile_module
+    from isa.program import save
+    from isa.system import resolve_system
+    from lpu.arrays import check_arrays, load_npz
+
+    module = parse_file(args.model)
+    system = resolve_system(args.system)
+    weights = None
+    if args.weights:
+        weights = check_arrays(load_npz(args.weights), module.params, filename=args.weights, what="param")
+    elif args.random_weights is not None:
+        from lpu.arrays import random_weights
+
+        weights = random_weights(module, args.random_weights)
+    program = compile_module(module, system, weights)
+    save(program, args.output)
+    from lpu.api import schedule_length
+
+    cycles = schedule_length(program)
+    clock = system.chip.clock_mhz
+    print(f"wrote {args.output}: {len(program)} instructions, {cycles} cycles "
+          f"({cycles / clock:.3f} us at {clock:g} MHz) on {system.name}"
+          + ("" if weights is not None else " (no weights: give them to lpu run with -w)"))
+    return 0
+
+
 def cmd_asm(args) -> int:
     from isa.assembly import assemble
     from isa.program import save
@@ -224,19 +265,17 @@ def cmd_run(args) -> int:
     if entry is None:
         raise error(f"the program has several entries ({', '.join(entries)}); choose one with --entry",
                     filename=args.program)
-    emu = Emulator(program)
+    weights = None
+    params = [pl for pl in program.placements if pl.role == "param"]
+    if args.weights:
+        weights = _check_placed(load_npz(args.weights), params, args.weights, "param")
+    elif params and not program.meta.get("weights", True):
+        raise error("the program was compiled without weights; give them with -w WEIGHTS.npz",
+                    filename=args.program)
+    emu = Emulator(program, weights)
     wanted = emu.placements("input", entry)
     if args.inputs:
-        arrays = load_npz(args.inputs)
-        names = {pl.name for pl in wanted}
-        for pl in wanted:
-            if pl.name not in arrays:
-                raise error(f"no array '{pl.name}' for input {pl.name} : {pl.dtype}{list(pl.shape)}",
-                            filename=args.inputs)
-        for key in arrays:
-            if key not in names:
-                raise error(f"array '{key}' is not an input of entry '{entry}'", filename=args.inputs)
-        inputs = arrays
+        inputs = _check_placed(load_npz(args.inputs), wanted, args.inputs, "argument")
     else:
         rng = np.random.default_rng(args.seed)
         inputs = {pl.name: (rng.standard_normal(pl.shape) if pl.dtype in ("f32", "f16", "bf16")
@@ -251,6 +290,14 @@ def cmd_run(args) -> int:
         print(f"out{k} : {_summary(out)}")
     if args.output:
         save_npz(args.output, {f"out{k}": o for k, o in enumerate(result.outputs)})
+    failed = False
+    if args.check:
+        from lpu.api import check_outputs
+
+        report = check_outputs(program, entry, inputs, result.outputs, weights)
+        for line in report.lines:
+            print(line, file=sys.stderr if not report.ok else sys.stdout)
+        failed = not report.ok
     if result.violations:
         for v in result.violations[:50]:
             print(v.render(), file=sys.stderr)
@@ -259,7 +306,15 @@ def cmd_run(args) -> int:
               + (f" ({more} not shown)" if more > 0 else ""), file=sys.stderr)
         return 1
     print("timing: no violations")
-    return 0
+    return 1 if failed else 0
+
+
+def _check_placed(arrays, placements, filename: str, what: str):
+    from compiler.ir import TensorType, Value
+    from lpu.arrays import check_arrays
+
+    wanted = [Value(TensorType(pl.dtype, pl.shape), pl.name) for pl in placements]
+    return check_arrays(arrays, wanted, filename=filename, what=what)
 
 
 def cmd_isa(args) -> int:
