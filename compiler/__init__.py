@@ -8,5 +8,15 @@ from compiler.ir import Commit, Global, Graph, Module, Op, TensorType, Value
 from compiler.parser import parse, parse_file
 from compiler.printer import print_module
 
-__all__ = ["Commit", "Global", "Graph", "Module", "Op", "TensorType", "Value", "parse",
-           "parse_file", "print_module"]
+__all__ = [
+    "Commit",
+    "Global",
+    "Graph",
+    "Module",
+    "Op",
+    "TensorType",
+    "Value",
+    "parse",
+    "parse_file",
+    "print_module",
+]

@@ -186,8 +186,15 @@ def structure(m: Module) -> tuple:
                 number[id(s.result)] = len(number)
             else:
                 body.append(("commit", s.state.name, ref(s.value)))
-        graphs.append((g.name, tuple(a.type for a in g.args), g.result_types, tuple(body),
-                       tuple(ref(r) for r in g.results)))
+        graphs.append(
+            (
+                g.name,
+                tuple(a.type for a in g.args),
+                g.result_types,
+                tuple(body),
+                tuple(ref(r) for r in g.results),
+            )
+        )
     return (m.name, globals_, tuple(graphs))
 
 

@@ -148,14 +148,20 @@ class Lowering:
             self._rr["slice"] += 1
             if s not in avoid:
                 return s
-        raise error("the chip has too few MEM slices for this op's operands")
+        raise error(
+            f"{self.op_name}: this op reads and writes {len(avoid) + 1} tensors at once, which need as "
+            f"many MEM slices; a {self.chip.name} chip has {len(self.slices)}"
+        )
 
     def x_of_slice(self, name: str) -> int:
         return self.chip.position(name)
 
-    def vxm_queue(self) -> int:
-        k = self._rr["vxm"] % self.chip.vxm_alu_queues
-        self._rr["vxm"] += 1
+    def vxm_queue(self, avoid: int | None = None) -> int:
+        for _ in range(self.chip.vxm_alu_queues):
+            k = self._rr["vxm"] % self.chip.vxm_alu_queues
+            self._rr["vxm"] += 1
+            if self.queue_index[f"vxm.q{k}"] != avoid:
+                break
         return self.queue_index[f"vxm.q{k}"]
 
     def sxm_queue(self, near_x: int) -> int:
@@ -382,28 +388,72 @@ class Lowering:
             and out.cols % self.L != 0
             and (op.name in NONZERO_FROM_ZERO or any(s.splat for s in srcs))
         )
-        mask_t = zero_t = None
+        # fused masking needs a second VXM queue and two more slices; otherwise mask in a second job
+        fused = (
+            mask
+            and self.chip.vxm_alu_queues >= 2
+            and len(self.slices) >= len(srcs) + 4
+            and self.chip.streams_per_direction >= len(srcs) + 3
+        )
+        target = out
+        if mask and not fused:
+            target = self.new_tensor("unmasked", out_t, avoid={s.slice for s in srcs} | {out.slice})
+        whole = all(s.shape == out.shape or s.size_one for s in srcs)
+        self._vxm_pipelines(srcs, target, out, field_names, mnemonic, fields, whole, mask and fused)
+        if mask and not fused:
+            self._mask(target, out)
+        return out
+
+    def _mask(self, src: Tensor, out: Tensor) -> None:
+        """out = src with its padding lanes zeroed, one sel per row of vectors."""
+        lanes_ok = np.arange(out.chunks * self.L) < out.cols
+        busy = {src.slice, out.slice}
+        mask_t = self.const("bool", (out.chunks * self.L,), lanes_ok.astype(np.float64), avoid=busy)
+        zero_t = self.const(out.dtype, (), np.zeros(()), avoid=busy | {mask_t.slice})
+        rows = (
+            [(0, out.vectors)] if out.chunks == 1 else [(r * out.chunks, out.chunks) for r in range(out.rows)]
+        )
+        for first, n in rows:
+            job = self.new_job()
+            a = self.read(job, src, first, n, 1)
+            m = self.read(job, mask_t, 0, n, 1 if out.chunks > 1 else 0)
+            z = self.read(job, zero_t, 0, n, 0)
+            res = self.unit(
+                job, "sel", self.vxm_queue(), n, [("c", m), ("a", a), ("b", z)], dt=DTYPES.index(out.dtype)
+            )
+            self.write(job, out, first, n, 1, res)
+            self.finish(job)
+
+    def _vxm_pipelines(
+        self,
+        srcs,
+        target: Tensor,
+        out: Tensor,
+        field_names,
+        mnemonic: str,
+        fields: dict,
+        whole: bool,
+        mask: bool,
+    ) -> None:
+        """target = mnemonic(srcs), optionally followed by a sel that zeroes padding lanes."""
         if mask:
             # a row of `chunks` vectors: vector c masks the real lanes of chunk c
             lanes_ok = np.arange(out.chunks * self.L) < out.cols
-            busy = {s.slice for s in srcs} | {out.slice}
+            busy = {s.slice for s in srcs} | {target.slice}
             mask_t = self.const("bool", (out.chunks * self.L,), lanes_ok.astype(np.float64), avoid=busy)
             zero_t = self.const(out.dtype, (), np.zeros(()), avoid=busy | {mask_t.slice})
-        whole = all(s.shape == out.shape or s.size_one for s in srcs) and not (mask and out.chunks > 1)
+            whole = whole and out.chunks == 1
         if whole:
-            plans = [(0, out.vectors, [(s, 0, 1 if s.shape == out.shape else 0) for s in srcs], 0)]
+            plans = [(0, out.vectors, [(s, 0, 1 if s.shape == out.shape else 0) for s in srcs])]
         else:
             plans = []
             for r in range(out.rows):
                 accesses = []
                 for s in srcs:
                     row = _broadcast_row(r, out.shape, s.shape)
-                    if s.splat:
-                        accesses.append((s, row, 0))
-                    else:
-                        accesses.append((s, row * s.chunks, 1))
-                plans.append((r * out.chunks, out.chunks, accesses, r))
-        for first, n, accesses, _ in plans:
+                    accesses.append((s, row, 0) if s.splat else (s, row * s.chunks, 1))
+                plans.append((r * out.chunks, out.chunks, accesses))
+        for first, n, accesses in plans:
             job = self.new_job()
             reads: dict[tuple, int] = {}
             inputs = []
@@ -417,17 +467,12 @@ class Lowering:
             if mask:
                 m = self.read(job, mask_t, 0, n, 1 if out.chunks > 1 else 0)
                 z = self.read(job, zero_t, 0, n, 0)
+                sel_q = self.vxm_queue(avoid=q)
                 res = self.unit(
-                    job,
-                    "sel",
-                    self.vxm_queue(),
-                    n,
-                    [("c", m), ("a", res), ("b", z)],
-                    dt=DTYPES.index(out.dtype),
+                    job, "sel", sel_q, n, [("c", m), ("a", res), ("b", z)], dt=DTYPES.index(out.dtype)
                 )
-            self.write(job, out, first, n, 1, res)
+            self.write(job, target, first, n, 1, res)
             self.finish(job)
-        return out
 
     # -- copies and movement ---------------------------------------------------------------------------
     def copy(self, src: Tensor, dst: Tensor) -> None:

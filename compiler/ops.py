@@ -68,9 +68,7 @@ def same_dtype(types: list[TensorType], op: str, indices: list[int] | None = Non
     first = types[indices[0]].dtype
     for i in indices[1:]:
         if types[i].dtype != first:
-            raise OpError(
-                f"{op} mixes dtypes {first} and {types[i].dtype}; insert a cast", ("operand", i)
-            )
+            raise OpError(f"{op} mixes dtypes {first} and {types[i].dtype}; insert a cast", ("operand", i))
     return first
 
 
@@ -175,8 +173,10 @@ def rope_rule(ts, attrs, declared, op):
         except OpError:
             fits = False
         if not fits:
-            raise OpError(f"rope {'cos' if i == 1 else 'sin'} {t} must broadcast to {x} with the "
-                          f"same last axis", ("operand", i))
+            raise OpError(
+                f"rope {'cos' if i == 1 else 'sin'} {t} must broadcast to {x} with the same last axis",
+                ("operand", i),
+            )
     return with_declared(x, declared, op)
 
 
@@ -187,8 +187,10 @@ def matmul_rule(ts, attrs, declared, op):
             raise OpError(f"matmul operands need rank 2 or more, got {t}", ("operand", i))
     dtype = same_dtype(ts, op)
     if dtype not in ("i8", "f16", "bf16"):
-        raise OpError(f"matmul takes i8, f16 or bf16 operands (what the matrix unit multiplies), "
-                      f"got {a}; cast first", ("operand", 0))
+        raise OpError(
+            f"matmul takes i8, f16 or bf16 operands (what the matrix unit multiplies), got {a}; cast first",
+            ("operand", 0),
+        )
     if a.shape[-1] != b.shape[-2]:
         raise OpError(f"matmul inner dimensions differ: {a} x {b}")
     batch = broadcast([TensorType(dtype, a.shape[:-2]), TensorType(dtype, b.shape[:-2])], op)
@@ -206,8 +208,9 @@ def reshape_rule(ts, attrs, declared, op):
     if declared.dtype != x.dtype:
         raise OpError(f"reshape keeps the dtype: {x} cannot become {declared}", "type")
     if declared.size != x.size:
-        raise OpError(f"reshape keeps the element count: {x} has {x.size}, {declared} has "
-                      f"{declared.size}", "type")
+        raise OpError(
+            f"reshape keeps the element count: {x} has {x.size}, {declared} has {declared.size}", "type"
+        )
     return declared
 
 
@@ -216,8 +219,11 @@ def transpose_rule(ts, attrs, declared, op):
     perm = attrs.get("perm")
     perm = tuple(reversed(range(x.rank))) if perm is None else perm
     if isinstance(perm, int) or sorted(perm) != list(range(x.rank)):
-        raise OpError(f"transpose perm {list(perm) if not isinstance(perm, int) else perm} is not a "
-                      f"permutation of the {x.rank} axes of {x}", ("attr", "perm"))
+        raise OpError(
+            f"transpose perm {list(perm) if not isinstance(perm, int) else perm} is not a "
+            f"permutation of the {x.rank} axes of {x}",
+            ("attr", "perm"),
+        )
     return with_declared(TensorType(x.dtype, tuple(x.shape[p] for p in perm)), declared, op)
 
 
@@ -228,10 +234,10 @@ def concat_rule(ts, attrs, declared, op):
     if rank == 0:
         raise OpError("concat needs operands of rank 1 or more", ("operand", 0))
     for i, t in enumerate(ts):
-        if t.rank != rank or any(d != e for k, (d, e) in enumerate(zip(t.shape, ts[0].shape))
-                                 if k != axis):
-            raise OpError(f"concat operands must agree except on axis {axis}: {ts[0]} and {t}",
-                          ("operand", i))
+        if t.rank != rank or any(d != e for k, (d, e) in enumerate(zip(t.shape, ts[0].shape)) if k != axis):
+            raise OpError(
+                f"concat operands must agree except on axis {axis}: {ts[0]} and {t}", ("operand", i)
+            )
     shape = list(ts[0].shape)
     shape[axis] = sum(t.shape[axis] for t in ts)
     return with_declared(TensorType(dtype, tuple(shape)), declared, op)
@@ -244,8 +250,11 @@ def slice_rule(ts, attrs, declared, op):
     axis = norm_axis(attrs["axis"], x.rank, op)
     start, stop = attrs["start"], attrs["stop"]
     if not 0 <= start < stop <= x.shape[axis]:
-        raise OpError(f"slice needs 0 <= start < stop <= {x.shape[axis]} on axis {axis} of {x}, "
-                      f"got start = {start}, stop = {stop}", ("attr", "start"))
+        raise OpError(
+            f"slice needs 0 <= start < stop <= {x.shape[axis]} on axis {axis} of {x}, "
+            f"got start = {start}, stop = {stop}",
+            ("attr", "start"),
+        )
     shape = list(x.shape)
     shape[axis] = stop - start
     return with_declared(TensorType(x.dtype, tuple(shape)), declared, op)
@@ -284,8 +293,11 @@ def check_literal(value, t: TensorType, op: str) -> None:
 
     shape = shape_of(value, 0)
     if shape is None or shape not in ((), t.shape):
-        raise OpError(f"{op} value must be one {t.dtype} or a nested list of shape "
-                      f"[{', '.join(map(str, t.shape))}] of {t.dtype}", ("attr", "value"))
+        raise OpError(
+            f"{op} value must be one {t.dtype} or a nested list of shape "
+            f"[{', '.join(map(str, t.shape))}] of {t.dtype}",
+            ("attr", "value"),
+        )
 
 
 def iota_rule(ts, attrs, declared, op):
@@ -304,10 +316,13 @@ def update_slice_rule(ts, attrs, declared, op):
     if x.rank == 0:
         raise OpError(f"update_slice needs a target of rank 1 or more, got {x}", ("operand", 0))
     axis = norm_axis(attrs["axis"], x.rank, op)
-    if v.rank != x.rank or any((d != e) if k != axis else (d > e)
-                               for k, (d, e) in enumerate(zip(v.shape, x.shape))):
-        raise OpError(f"update_slice value {v} must match {x} except on axis {axis}, where it may "
-                      "be shorter", ("operand", 1))
+    if v.rank != x.rank or any(
+        (d != e) if k != axis else (d > e) for k, (d, e) in enumerate(zip(v.shape, x.shape))
+    ):
+        raise OpError(
+            f"update_slice value {v} must match {x} except on axis {axis}, where it may be shorter",
+            ("operand", 1),
+        )
     return with_declared(x, declared, op)
 
 
@@ -331,8 +346,7 @@ define("neg", 1, 1, elementwise(SIGNED))
 define("relu", 1, 1, elementwise(SIGNED))
 for _n in ("exp", "log", "tanh", "sigmoid", "silu", "sqrt", "rsqrt", "recip", "erf"):
     define(_n, 1, 1, elementwise(FLOAT_DTYPES))
-define("gelu", 1, 1, elementwise(FLOAT_DTYPES),
-       {"approximate": AttrSpec("choice", "tanh", ("tanh", "none"))})
+define("gelu", 1, 1, elementwise(FLOAT_DTYPES), {"approximate": AttrSpec("choice", "tanh", ("tanh", "none"))})
 define("cast", 1, 1, cast_rule, {"to": AttrSpec("dtype")})
 define("where", 3, 3, where_rule, arg_names=("cond", "a", "b"))
 for _n in ("less", "greater"):
@@ -350,13 +364,15 @@ define("matmul", 2, 2, matmul_rule, arg_names=("a", "b"))
 define("reshape", 1, 1, reshape_rule, needs_type=True)
 define("transpose", 1, 1, transpose_rule, {"perm": AttrSpec("ints", None)})
 define("concat", 1, None, concat_rule, {"axis": AttrSpec("int")})
-define("slice", 1, 1, slice_rule,
-       {"axis": AttrSpec("int"), "start": AttrSpec("int"), "stop": AttrSpec("int")})
+define(
+    "slice", 1, 1, slice_rule, {"axis": AttrSpec("int"), "start": AttrSpec("int"), "stop": AttrSpec("int")}
+)
 define("gather", 2, 2, gather_rule, arg_names=("table", "ids"))
 define("constant", 0, 0, constant_rule, {"value": AttrSpec("literal")}, needs_type=True)
 define("iota", 0, 0, iota_rule, {"axis": AttrSpec("int")}, needs_type=True)
-define("update_slice", 3, 3, update_slice_rule, {"axis": AttrSpec("int")},
-       arg_names=("target", "value", "index"))
+define(
+    "update_slice", 3, 3, update_slice_rule, {"axis": AttrSpec("int")}, arg_names=("target", "value", "index")
+)
 
 
 def check_attrs(opdef: OpDef, attrs: dict) -> dict:
@@ -374,8 +390,10 @@ def check_attrs(opdef: OpDef, attrs: dict) -> dict:
             continue
         v = attrs[key]
         if not _attr_ok(spec, v):
-            raise OpError(f"{opdef.name} attribute '{key}' must be {_attr_kind(spec)}, got "
-                          f"{format_attr(v)}", ("attr", key))
+            raise OpError(
+                f"{opdef.name} attribute '{key}' must be {_attr_kind(spec)}, got {format_attr(v)}",
+                ("attr", key),
+            )
         full[key] = v
     return full
 
@@ -438,8 +456,11 @@ def infer(name: str, types: list[TensorType], attrs: dict, declared: TensorType 
         raise OpError(f"{name} needs a result type (write ': TYPE' after it)")
     result = opdef.rule(types, full, declared)
     if result.size > MAX_ELEMENTS:
-        raise OpError(f"{name} result {result} has {result.size} elements, more than the "
-                      f"{MAX_ELEMENTS} a tensor may have", "type" if declared else "op")
+        raise OpError(
+            f"{name} result {result} has {result.size} elements, more than the "
+            f"{MAX_ELEMENTS} a tensor may have",
+            "type" if declared else "op",
+        )
     return result
 
 

@@ -31,9 +31,7 @@ _TERMINAL_WORDS = {
     "STRING": "a string",
     "$END": "end of file",
 }
-_LITERALS = {
-    t.name: f"'{t.pattern.value}'" for t in _PARSER.terminals if t.pattern.type == "str"
-}
+_LITERALS = {t.name: f"'{t.pattern.value}'" for t in _PARSER.terminals if t.pattern.type == "str"}
 
 
 def parse(text: str | bytes, filename: str = "<input>") -> Module:
@@ -178,8 +176,11 @@ class _Builder:
         for gt in graphs_trees:
             g = self.graph(gt)
             if g.name in seen:
-                raise self.fail(f"graph '{g.name}' is defined twice", g.loc,
-                                (Diagnostic("first defined here", seen[g.name], "note"),))
+                raise self.fail(
+                    f"graph '{g.name}' is defined twice",
+                    g.loc,
+                    (Diagnostic("first defined here", seen[g.name], "note"),),
+                )
             seen[g.name] = g.loc
             graphs.append(g)
         return Module(str(name_tok), tuple(self.globals.values()), tuple(graphs), self.loc(name_tok))
@@ -190,8 +191,11 @@ class _Builder:
         kind = "param" if item.data == "param_decl" else "state"
         if name in self.globals:
             first = self.globals[name]
-            raise self.fail(f"redefinition of @{name}", name_tok,
-                            (Diagnostic(f"first defined here as a {first.kind}", first.loc, "note"),))
+            raise self.fail(
+                f"redefinition of @{name}",
+                name_tok,
+                (Diagnostic(f"first defined here as a {first.kind}", first.loc, "note"),),
+            )
         self.globals[name] = Global(kind, name, self.type(type_tree), self.loc(name_tok))
 
     def type(self, tree: Tree) -> TensorType:
@@ -206,13 +210,15 @@ class _Builder:
             if value < 1:
                 raise self.fail(f"dimension must be at least 1, got {value}", d)
             if value > MAX_ELEMENTS:
-                raise self.fail(f"dimension {value} is larger than the {MAX_ELEMENTS} elements a "
-                                "tensor may have", d)
+                raise self.fail(
+                    f"dimension {value} is larger than the {MAX_ELEMENTS} elements a tensor may have", d
+                )
             shape.append(value)
         t = TensorType(str(dtype_tok), tuple(shape))
         if t.size > MAX_ELEMENTS:
-            raise self.fail(f"type {t} has {t.size} elements, more than the {MAX_ELEMENTS} a tensor "
-                            "may have", dtype_tok)
+            raise self.fail(
+                f"type {t} has {t.size} elements, more than the {MAX_ELEMENTS} a tensor may have", dtype_tok
+            )
         return t
 
     # -- graphs ------------------------------------------------------------------
@@ -247,28 +253,39 @@ class _Builder:
         graph_loc = self.loc(name_tok)
         if len(results) != len(result_types):
             where = result_locs[0] if result_locs else graph_loc
-            raise self.fail(f"graph '{name_tok}' returns {len(result_types)} value"
-                            f"{'s' if len(result_types) != 1 else ''} but return lists "
-                            f"{len(results)}", where)
+            raise self.fail(
+                f"graph '{name_tok}' returns {len(result_types)} value"
+                f"{'s' if len(result_types) != 1 else ''} but return lists "
+                f"{len(results)}",
+                where,
+            )
         for r, t, loc in zip(results, result_types, result_locs):
             if r.type != t:
-                raise self.fail(f"return value {_name(r)} is {r.type} but graph '{name_tok}' "
-                                f"declares {t}", loc)
-        return Graph(str(name_tok), tuple(args), result_types, tuple(body), tuple(results),
-                     graph_loc, tuple(result_locs))
+                raise self.fail(
+                    f"return value {_name(r)} is {r.type} but graph '{name_tok}' declares {t}", loc
+                )
+        return Graph(
+            str(name_tok),
+            tuple(args),
+            result_types,
+            tuple(body),
+            tuple(results),
+            graph_loc,
+            tuple(result_locs),
+        )
 
     def define(self, scope: dict[str, Value], tok: Token) -> None:
         name = str(tok)[1:]
         if name in scope:
-            raise self.fail(f"redefinition of %{name}", tok,
-                            (Diagnostic("first defined here", scope[name].loc, "note"),))
+            raise self.fail(
+                f"redefinition of %{name}", tok, (Diagnostic("first defined here", scope[name].loc, "note"),)
+            )
 
     def use(self, scope: dict[str, Value], tok: Token) -> Operand:
         text = str(tok)
         if tok.type == "GLOBAL":
             if text[1:] not in self.globals:
-                raise self.fail(f"use of undefined symbol {text}{_suggest(text[1:], self.globals, '@')}",
-                                tok)
+                raise self.fail(f"use of undefined symbol {text}{_suggest(text[1:], self.globals, '@')}", tok)
             return self.globals[text[1:]]
         if text[1:] not in scope:
             raise self.fail(f"use of undefined value {text}{_suggest(text[1:], scope, '%')}", tok)
@@ -306,9 +323,16 @@ class _Builder:
         except OpError as e:
             raise self.fail(e.message, _where(e.where, op_loc, operand_locs, attr_locs, type_loc)) from None
         keys = sorted(attrs)
-        return Op(name, tuple(operands), Value(result_type, str(result_tok)[1:], self.loc(result_tok)),
-                  tuple((k, attrs[k]) for k in keys), op_loc, tuple(operand_locs),
-                  tuple(attr_locs[k] for k in keys), type_loc)
+        return Op(
+            name,
+            tuple(operands),
+            Value(result_type, str(result_tok)[1:], self.loc(result_tok)),
+            tuple((k, attrs[k]) for k in keys),
+            op_loc,
+            tuple(operand_locs),
+            tuple(attr_locs[k] for k in keys),
+            type_loc,
+        )
 
     def commit(self, st: Tree, scope: dict[str, Value], committed: dict[str, Loc]) -> Commit:
         state_tok, value_tok = st.children
@@ -317,12 +341,17 @@ class _Builder:
         if state.kind != "state":
             raise self.fail(f"commit needs a state, but @{state.name} is a param", state_tok)
         if state.name in committed:
-            raise self.fail(f"@{state.name} is committed twice in one graph", state_tok,
-                            (Diagnostic("first committed here", committed[state.name], "note"),))
+            raise self.fail(
+                f"@{state.name} is committed twice in one graph",
+                state_tok,
+                (Diagnostic("first committed here", committed[state.name], "note"),),
+            )
         value = self.use(scope, value_tok)
         if value.type != state.type:
-            raise self.fail(f"commit of {_name(value)} ({value.type}) to @{state.name} "
-                            f"({state.type}): the types differ", value_tok)
+            raise self.fail(
+                f"commit of {_name(value)} ({value.type}) to @{state.name} ({state.type}): the types differ",
+                value_tok,
+            )
         committed[state.name] = self.loc(state_tok)
         return Commit(state, value, self.loc(state_tok), self.loc(value_tok))
 
@@ -344,8 +373,9 @@ class _Builder:
         raise AssertionError(kind)
 
 
-def _where(where: object, op_loc: Loc, operand_locs: list[Loc], attr_locs: dict[str, Loc],
-           type_loc: Loc | None) -> Loc:
+def _where(
+    where: object, op_loc: Loc, operand_locs: list[Loc], attr_locs: dict[str, Loc], type_loc: Loc | None
+) -> Loc:
     if where == "type" and type_loc is not None:
         return type_loc
     if isinstance(where, tuple) and where[0] == "operand" and where[1] < len(operand_locs):

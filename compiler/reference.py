@@ -186,8 +186,11 @@ def _update_slice(op: Op, args):
     axis = op.attr("axis") % x.ndim
     start = int(index)
     if not 0 <= start <= x.shape[axis] - v.shape[axis]:
-        raise error(f"update_slice offset {start} does not fit: {v.shape[axis]} entries at that "
-                    f"offset exceed the {x.shape[axis]} of axis {axis}", op.loc)
+        raise error(
+            f"update_slice offset {start} does not fit: {v.shape[axis]} entries at that "
+            f"offset exceed the {x.shape[axis]} of axis {axis}",
+            op.loc,
+        )
     out = x.copy()
     where = [slice(None)] * x.ndim
     where[axis] = slice(start, start + v.shape[axis])
@@ -298,7 +301,11 @@ class Reference:
                 with np.errstate(all="ignore"):  # inf and NaN are values here, not accidents
                     out = IMPLS[s.name](s, [value(o) for o in s.operands])
                 assert out.shape == s.result.type.shape and out.dtype == STORAGE[s.result.type.dtype], (
-                    s.name, out.shape, out.dtype, s.result.type)
+                    s.name,
+                    out.shape,
+                    out.dtype,
+                    s.result.type,
+                )
                 env[id(s.result)] = out
             else:
                 assert isinstance(s, Commit)
@@ -316,8 +323,12 @@ def _checked(arrays: Mapping[str, np.ndarray] | None, holder) -> np.ndarray:
     return to_storage(x, t.dtype)
 
 
-def evaluate(module: Module, graph: str, inputs: Mapping[str, np.ndarray],
-             weights: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
+def evaluate(
+    module: Module,
+    graph: str,
+    inputs: Mapping[str, np.ndarray],
+    weights: Mapping[str, np.ndarray] | None = None,
+) -> list[np.ndarray]:
     """Run one graph once from zero state."""
     return Reference(module, weights).run(graph, inputs)
 

@@ -27,6 +27,7 @@ import numpy as np
 from compiler.jobs import Job
 from compiler.lower import Tensor
 from isa.chip import ChipConfig
+from isa.diagnostics import error
 
 _BUCKET = 64
 
@@ -113,6 +114,11 @@ class Scheduler:
         start = max(earliest, self._data_ready(job))
         lo, hi = job.span()
         flows = transfers(job)
+        if self._streams(job, flows, start, _Streams()) is None:
+            raise error(
+                f"{job.name}: one step of this op needs more streams flowing the same way at once "
+                f"than a {self.chip.name} chip has ({self.S} per direction)"
+            )
         while True:
             bump = None
             for nd in job.nodes:
@@ -140,37 +146,48 @@ class Scheduler:
         self._commit(job, start, streams, flows, lo, hi)
         return Placed(start, streams)
 
-    def _rect(self, job: Job, producer: int, consumers: list[int], start: int):
+    def _rects(self, job: Job, producer: int, consumers: list[int], start: int):
+        """The (direction, d0, d1, u0, u1) a transfer may use: east or west towards its consumers,
+        either one when producer and consumers share a position."""
         p = job.nodes[producer]
         xs = [job.nodes[c].x for c in consumers]
-        east = all(x >= p.x for x in xs)
-        assert east or all(x <= p.x for x in xs), f"{job.name}: consumers on both sides of a producer"
-        sign = 1 if east else -1
-        u0 = sign * p.x
-        u1 = max(sign * x for x in xs)
+        east_ok = all(x >= p.x for x in xs)
+        west_ok = all(x <= p.x for x in xs)
+        assert east_ok or west_ok, f"{job.name}: consumers on both sides of a producer"
         emit = start + p.rel + p.spec.dfunc
-        d0 = emit - u0
-        return (0 if east else 1), d0, d0 + p.n - 1, u0, u1
+        out = []
+        for direction, ok in ((0, east_ok), (1, west_ok)):
+            if ok:
+                sign = 1 if direction == 0 else -1
+                u0 = sign * p.x
+                u1 = max(sign * x for x in xs)
+                out.append((direction, emit - u0, emit - u0 + p.n - 1, u0, u1))
+        return out
 
-    def _streams(self, job: Job, flows, start: int) -> dict[int, int] | None:
+    def _streams(self, job: Job, flows, start: int, table: _Streams | None = None) -> dict[int, int] | None:
+        table = self.streams if table is None else table
         chosen: dict[int, int] = {}
         taken: list[tuple[tuple[int, int], int, int, int, int]] = []
         for producer, consumers in flows:
-            direction, d0, d1, u0, u1 = self._rect(job, producer, consumers, start)
-            for sid in range(self.S):
-                key = (direction, sid)
-                if not self.streams.free(key, d0, d1, u0, u1):
-                    continue
-                if any(
-                    k == key and e0 <= d1 and d0 <= e1 and v0 <= u1 and u0 <= v1
-                    for k, e0, e1, v0, v1 in taken
-                ):
-                    continue
-                chosen[producer] = direction * self.S + sid
-                taken.append((key, d0, d1, u0, u1))
-                break
-            else:
+            found = None
+            for direction, d0, d1, u0, u1 in self._rects(job, producer, consumers, start):
+                for sid in range(self.S):
+                    key = (direction, sid)
+                    if not table.free(key, d0, d1, u0, u1):
+                        continue
+                    if any(
+                        k == key and e0 <= d1 and d0 <= e1 and v0 <= u1 and u0 <= v1
+                        for k, e0, e1, v0, v1 in taken
+                    ):
+                        continue
+                    found = (key, d0, d1, u0, u1)
+                    break
+                if found:
+                    break
+            if found is None:
                 return None
+            chosen[producer] = found[0][0] * self.S + found[0][1]
+            taken.append(found)
         return chosen
 
     def _commit(self, job: Job, start: int, streams, flows, lo: int, hi: int) -> None:
@@ -180,9 +197,10 @@ class Scheduler:
         for key in job.exclusive:
             self.exclusive.setdefault(key, _Intervals()).add(start + lo, start + hi)
         for producer, consumers in flows:
-            direction, d0, d1, u0, u1 = self._rect(job, producer, consumers, start)
-            sid = streams[producer] % self.S
-            self.streams.add((direction, sid), d0, d1, u0, u1)
+            direction, sid = divmod(streams[producer], self.S)
+            for rect in self._rects(job, producer, consumers, start):
+                if rect[0] == direction:
+                    self.streams.add((direction, sid), *rect[1:])
         for nd in job.nodes:
             if nd.mnemonic == "write":
                 t_id, first, step = nd.mem

@@ -45,8 +45,11 @@ def verify(m: Module) -> Module:
                 raise error(f"graph '{graph.name}' lists argument %{a.name} twice", graph.loc)
             # argument names key the graph's inputs (X.npz, the Python API), so they must exist
             if not a.name or not _NAME.match(a.name) or a.name in arg_names:
-                raise error(f"graph '{graph.name}' arguments need distinct names (they key the "
-                            f"inputs); got %{a.name or '?'}", a.loc or graph.loc)
+                raise error(
+                    f"graph '{graph.name}' arguments need distinct names (they key the "
+                    f"inputs); got %{a.name or '?'}",
+                    a.loc or graph.loc,
+                )
             arg_names.add(a.name)
             defined.add(id(a))
         committed: set[str] = set()
@@ -62,8 +65,10 @@ def verify(m: Module) -> Module:
                 except OpError as e:
                     raise error(e.message, s.loc) from None
                 if inferred != s.result.type:
-                    raise error(f"{s.name} result type {s.result.type} does not match the inferred "
-                                f"type {inferred}", s.loc)
+                    raise error(
+                        f"{s.name} result type {s.result.type} does not match the inferred type {inferred}",
+                        s.loc,
+                    )
                 if id(s.result) in defined:
                     raise error(f"%{s.result.name} is defined twice", s.loc)
                 defined.add(id(s.result))
@@ -77,16 +82,21 @@ def verify(m: Module) -> Module:
                     raise error(f"@{s.state.name} is committed twice in one graph", s.loc)
                 committed.add(s.state.name)
                 if s.value.type != s.state.type:
-                    raise error(f"commit to @{s.state.name} ({s.state.type}) of a "
-                                f"{s.value.type} value: the types differ", s.loc)
+                    raise error(
+                        f"commit to @{s.state.name} ({s.state.type}) of a "
+                        f"{s.value.type} value: the types differ",
+                        s.loc,
+                    )
         if len(graph.results) != len(graph.result_types):
-            raise error(f"graph '{graph.name}' returns {len(graph.result_types)} values but return "
-                        f"lists {len(graph.results)}", graph.loc)
+            raise error(
+                f"graph '{graph.name}' returns {len(graph.result_types)} values but return "
+                f"lists {len(graph.results)}",
+                graph.loc,
+            )
         for r, t in zip(graph.results, graph.result_types):
             check_use(r, graph.loc, "return")
             if r.type != t:
-                raise error(f"graph '{graph.name}' declares a {t} result but returns {r.type}",
-                            graph.loc)
+                raise error(f"graph '{graph.name}' declares a {t} result but returns {r.type}", graph.loc)
     return m
 
 

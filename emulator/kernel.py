@@ -139,10 +139,14 @@ def _binary(action: int, a: float, b: float) -> float:
         return a * b
     if action == DIV:
         return a / b
-    if action == MAX:
-        return a if a >= b or b != b else b
+    if action == MAX:  # NaN wins, as in numpy.maximum
+        if a != a or b != b:
+            return math.nan
+        return a if a >= b else b
     if action == MIN:
-        return a if a <= b or b != b else b
+        if a != a or b != b:
+            return math.nan
+        return a if a <= b else b
     if action == LT:
         return 1.0 if a < b else 0.0
     if action == GT:

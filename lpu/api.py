@@ -88,9 +88,8 @@ def check_outputs(p: Program, entry: str, inputs, outputs, weights=None) -> Chec
             same_special = (np.isnan(g64) == np.isnan(r64)) & (np.isinf(r64) <= (g64 == r64))
             close = np.isnan(r64) | np.isinf(r64) | (np.abs(g64 - r64) <= atol + rtol * np.abs(r64))
             bad = ~(same_special & close)
-            worst = float(
-                np.nanmax(np.where(np.isfinite(r64) & np.isfinite(g64), np.abs(g64 - r64), 0), initial=0.0)
-            )
+            both = np.isfinite(r64) & np.isfinite(g64)
+            worst = float(np.abs(g64 - r64)[both].max(initial=0.0))
             rule = f"within {rtol:g} relative + {atol:g}"
         else:
             bad = got != ref

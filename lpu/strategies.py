@@ -19,20 +19,60 @@ from hypothesis import strategies as st
 from compiler.ir import Commit, Global, Graph, Module, Op, TensorType, Value, freeze_attr
 from compiler.ops import OpError, infer
 
-ELEMENTWISE = ("add", "sub", "mul", "div", "max", "min", "neg", "relu", "exp", "log", "tanh",
-               "sigmoid", "silu", "sqrt", "rsqrt", "recip", "gelu", "erf")
-OTHERS = ("cast", "where", "less", "greater", "equal", "reduce_sum", "reduce_max", "reduce_mean",
-          "softmax", "layernorm", "rmsnorm", "rope", "matmul", "reshape", "transpose", "concat",
-          "slice", "gather", "constant", "iota", "update_slice")
+ELEMENTWISE = (
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "max",
+    "min",
+    "neg",
+    "relu",
+    "exp",
+    "log",
+    "tanh",
+    "sigmoid",
+    "silu",
+    "sqrt",
+    "rsqrt",
+    "recip",
+    "gelu",
+    "erf",
+)
+OTHERS = (
+    "cast",
+    "where",
+    "less",
+    "greater",
+    "equal",
+    "reduce_sum",
+    "reduce_max",
+    "reduce_mean",
+    "softmax",
+    "layernorm",
+    "rmsnorm",
+    "rope",
+    "matmul",
+    "reshape",
+    "transpose",
+    "concat",
+    "slice",
+    "gather",
+    "constant",
+    "iota",
+    "update_slice",
+)
 ALL_OPS = ELEMENTWISE + OTHERS
 
 _names = st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=6)
 
 
-def tensor_types(dtypes=("f32", "f16", "bf16", "i8", "i32", "bool"), max_rank: int = 3,
-                 max_dim: int = 6) -> st.SearchStrategy[TensorType]:
-    return st.builds(TensorType, st.sampled_from(dtypes),
-                     st.lists(st.integers(1, max_dim), max_size=max_rank).map(tuple))
+def tensor_types(
+    dtypes=("f32", "f16", "bf16", "i8", "i32", "bool"), max_rank: int = 3, max_dim: int = 6
+) -> st.SearchStrategy[TensorType]:
+    return st.builds(
+        TensorType, st.sampled_from(dtypes), st.lists(st.integers(1, max_dim), max_size=max_rank).map(tuple)
+    )
 
 
 @st.composite
@@ -94,15 +134,18 @@ def _op(draw, name: str, pool: list, fresh) -> Op | None:
         t = first.type
         if name in binary:
             if t.rank and draw(st.booleans()):
-                other = TensorType(t.dtype, t.shape[draw(st.integers(0, t.rank)):])
+                other = TensorType(t.dtype, t.shape[draw(st.integers(0, t.rank)) :])
             else:
                 other = t
             operands = [first, pick(lambda u: u == other, other)]
             if draw(st.booleans()):
                 operands.reverse()
         elif name == "where":
-            operands = [pick(lambda u: u.dtype == "bool" and u.shape == t.shape,
-                             TensorType("bool", t.shape)), first, pick(lambda u: u == t, t)]
+            operands = [
+                pick(lambda u: u.dtype == "bool" and u.shape == t.shape, TensorType("bool", t.shape)),
+                first,
+                pick(lambda u: u == t, t),
+            ]
         elif name in ("layernorm", "rmsnorm"):
             if t.dtype not in floats or t.rank == 0:
                 return None
@@ -140,13 +183,22 @@ def _op(draw, name: str, pool: list, fresh) -> Op | None:
     types = [o.type for o in operands]
     attrs = draw(_attrs_for(name, types))
     if name == "update_slice":
-        attrs = {"axis": next(a for a in range(types[0].rank)
-                              if types[1].shape[a] <= types[0].shape[a]
-                              and all(types[1].shape[b] == types[0].shape[b]
-                                      for b in range(types[0].rank) if b != a))}
+        attrs = {
+            "axis": next(
+                a
+                for a in range(types[0].rank)
+                if types[1].shape[a] <= types[0].shape[a]
+                and all(types[1].shape[b] == types[0].shape[b] for b in range(types[0].rank) if b != a)
+            )
+        }
     if name in ("constant", "iota"):
-        declared = draw(tensor_types(("f32", "f16", "i32") if name == "iota" else
-                                     ("f32", "f16", "bf16", "i32", "bool"), max_rank=2, max_dim=4))
+        declared = draw(
+            tensor_types(
+                ("f32", "f16", "i32") if name == "iota" else ("f32", "f16", "bf16", "i32", "bool"),
+                max_rank=2,
+                max_dim=4,
+            )
+        )
         if name == "iota":
             if declared.rank == 0:
                 return None
@@ -182,10 +234,17 @@ def _factorisations(n: int) -> list[tuple[int, ...]]:
 
 
 @st.composite
-def graphs(draw, name: str, symbols: list[Global], max_ops: int = 8, ops=ALL_OPS,
-           dtypes=("f32", "f16", "bf16", "i8", "i32")) -> Graph:
-    args = [Value(t, f"in{k}") for k, t in enumerate(draw(st.lists(tensor_types(dtypes), min_size=1,
-                                                                       max_size=3)))]
+def graphs(
+    draw,
+    name: str,
+    symbols: list[Global],
+    max_ops: int = 8,
+    ops=ALL_OPS,
+    dtypes=("f32", "f16", "bf16", "i8", "i32"),
+) -> Graph:
+    args = [
+        Value(t, f"in{k}") for k, t in enumerate(draw(st.lists(tensor_types(dtypes), min_size=1, max_size=3)))
+    ]
     pool: list = list(args) + list(symbols)
 
     def fresh(t: TensorType) -> Value:
@@ -211,11 +270,43 @@ def graphs(draw, name: str, symbols: list[Global], max_ops: int = 8, ops=ALL_OPS
 
 
 @st.composite
-def modules(draw, max_ops: int = 8, max_graphs: int = 2, ops=ALL_OPS) -> Module:
-    """A verified module with a few params and states and one or more graphs."""
+def modules(draw, max_ops: int = 8, max_graphs: int = 2, ops=ALL_OPS, states: bool = True) -> Module:
+    """A verified module with a few params (and states, unless `states=False`) and one or more graphs."""
     names = draw(st.lists(_names, max_size=4, unique=True))
-    symbols = [Global(draw(st.sampled_from(["param", "param", "state"])), n, draw(tensor_types()))
-               for n in names]
+    kinds = ["param", "param", "state"] if states else ["param"]
+    symbols = [Global(draw(st.sampled_from(kinds)), n, draw(tensor_types())) for n in names]
     graph_names = draw(st.lists(_names, min_size=1, max_size=max_graphs, unique=True))
     gs = [draw(graphs(g, symbols, max_ops=max_ops, ops=ops)) for g in graph_names]
     return Module(draw(_names), tuple(symbols), tuple(gs))
+
+
+# Ops the one-chip compiler runs today (gather and update_slice need run-time addressing).
+CHIP_OPS = tuple(o for o in ALL_OPS if o not in ("gather", "update_slice"))
+
+
+@st.composite
+def chips(draw):
+    """A small, valid chip: few lanes, streams, slices and queues (shrinks towards the smallest)."""
+    from isa.chip import TINY
+
+    lanes = draw(st.sampled_from([16, 32]))
+    k_f16 = draw(st.sampled_from([lanes // 2, lanes // 4]))
+    return TINY.replace(
+        name="random",
+        lanes=lanes,
+        streams_per_direction=draw(st.integers(4, 8)),
+        mem_slices_per_hemisphere=draw(st.integers(3, 6)),
+        mem_slice_bytes=lanes * draw(st.sampled_from([1024, 2048, 4096])),
+        mxm_planes_per_hemisphere=draw(st.integers(1, 2)),
+        mxm_k_i8=lanes,
+        mxm_k_f16=k_f16,
+        mxm_acc_slots=draw(st.sampled_from([4, 16, 64])),
+        vxm_alu_queues=draw(st.integers(1, 4)),
+        sxm_queues_per_hemisphere=draw(st.integers(1, 2)),
+    )
+
+
+def systems_of(chip):
+    from isa.system import SystemConfig
+
+    return SystemConfig(name=chip.name, chip=chip)

@@ -116,3 +116,27 @@ def test_compilation_is_deterministic_across_processes(tmp_path):
     assert outs[0] and outs[0] == outs[1]
     m = parse(open(path).read())
     assert to_bytes(compile_module(m, named_system("tiny"), random_weights(m, 0))) == outs[0]
+
+
+# -- the differential property: random graphs on random small chips --------------------------------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from lpu.strategies import CHIP_OPS, chips, modules, systems_of  # noqa: E402
+
+
+@given(modules(max_ops=6, ops=CHIP_OPS, states=False, max_graphs=1), chips(), st.integers(0, 3))
+def test_property_random_graphs_on_random_chips(m, chip, seed):
+    w = random_weights(m, seed)
+    try:
+        program = compile_module(m, systems_of(chip), w)
+    except LpuError as e:
+        assert "does not fit in SRAM" in str(e), str(e)
+        return
+    g = m.graphs[0]
+    inputs = random_inputs(m, g, seed)
+    run = Emulator(program).run(g.name, inputs)
+    assert run.violations == [], [v.render() for v in run.violations[:3]]
+    report = check_outputs(program, g.name, inputs, run.outputs)
+    assert report.ok, report.lines
