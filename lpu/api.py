@@ -100,8 +100,8 @@ def check_outputs(p: Program, entry: str, inputs, outputs, weights=None) -> Chec
             idx = np.argwhere(bad)[0]
             report.lines.append(
                 f"check: out{k} : {t} differs from the reference at {list(map(int, idx))}: emulated "
-                f"{got[tuple(idx)]!r}, reference {ref[tuple(idx)]!r} ({int(bad.sum())} of {bad.size} elements "
-                f"outside the tolerance: {rule})"
+                f"{got[tuple(idx)]!r}, reference {ref[tuple(idx)]!r} ({int(bad.sum())} of {bad.size} "
+                f"elements outside the tolerance: {rule})"
             )
         else:
             report.lines.append(

@@ -97,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--inputs", metavar="X.npz", help="inputs (default: seeded random)")
     r.add_argument("-o", "--output", metavar="OUT.npz", help="write the outputs out0, out1, ...")
     r.add_argument("--seed", type=int, default=0, help="seed for random inputs")
-    r.add_argument("-w", "--weights", metavar="WEIGHTS.npz", help="weights, for a program compiled without them")
+    r.add_argument("-w", "--weights", metavar="WEIGHTS.npz",
+                   help="weights, for a program compiled without them")
     r.add_argument("--check", action="store_true",
                    help="compare the outputs with the reference interpreter (exit 1 on any difference)")
     r.set_defaults(run=cmd_run)
