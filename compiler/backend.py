@@ -45,6 +45,7 @@ def compile_module(
                 "(KV caches arrive with the transformer work)",
                 g.loc,
             )
+    _check_capacity(m, chip)
     first = Lowering(chip, tensors, symbols)
     for g in m.params:
         data = None
@@ -148,3 +149,31 @@ def compile_module(
         maps_arr,
         {"module": print_module(module), "weights": weights is not None, "pipeline": list(PIPELINE)},
     )
+
+
+def _check_capacity(m: Module, chip) -> None:
+    """Refuse early what cannot fit: params beyond the chip's SRAM, or a tensor beyond one MEM slice
+    (each tensor lives in one slice in this layout)."""
+    from compiler.lower import Tensor as T
+
+    def size(t) -> int:
+        return T(0, "", t.dtype, t.shape, "", "temp", chip.lanes).vectors * chip.lanes * _bytes(t.dtype)
+
+    need = sum(size(g.type) for g in m.params)
+    if need > chip.sram_bytes:
+        chips = -(-need // chip.sram_bytes)
+        raise error(f"the model does not fit in SRAM: its params need {need} bytes, {need - chip.sram_bytes} "
+                    f"more than a {chip.name} chip's {chip.sram_bytes}; about {chips} chips would hold them")
+    values = [(f"@{g.name}", g.type, g.loc) for g in m.globals]
+    values += [(f"%{v.name}", v.type, v.loc) for g in m.graphs for v in g.args]
+    values += [(f"%{op.result.name}", op.result.type, op.loc) for g in m.graphs for op in g.ops]
+    for name, t, loc in values:
+        if size(t) > chip.mem_slice_bytes:
+            raise error(f"{name} : {t} needs {size(t)} bytes but one MEM slice holds {chip.mem_slice_bytes}; "
+                        "tensors are not split across slices yet", loc)
+
+
+def _bytes(dtype: str) -> int:
+    from isa.spec import DTYPE_BYTES
+
+    return DTYPE_BYTES[dtype]

@@ -86,9 +86,28 @@ def test_examples(system):
 
 def test_model_too_big_says_how_much_is_missing():
     m = parse((ROOT / "examples" / "mlp.lpu").read_text(), "mlp.lpu")
-    with pytest.raises(LpuError, match=r"the model does not fit in SRAM: \d+ more bytes are needed in .* "
-                                        r"about \d+ chips"):
+    with pytest.raises(LpuError, match=r"the model does not fit in SRAM: its params need 1051648 bytes, 527360 "
+                                        r"more than a tiny chip's 524288; about 3 chips would hold them"):
         compile_module(m, named_system("tiny"), random_weights(m, 0))
+    # activations that outgrow the slices are found when SRAM is allocated, after scheduling
+    # activations that outgrow the slices are found when SRAM is allocated, after scheduling:
+    # eight 48 KiB values alive at once, on six 64 KiB slices
+    lines = ["  %a1 = exp(%x)"] + [f"  %a{k} = exp(%a{k - 1})" for k in range(2, 9)]
+    lines += ["  %s2 = add(%a1, %a2)"] + [f"  %s{k} = add(%s{k - 1}, %a{k})" for k in range(3, 9)]
+    big = parse("module m\ngraph main(%x: f32[64, 192]) -> (f32[64, 192]) {\n" + "\n".join(lines)
+                + "\n  return %s8\n}\n")
+    small = named_system("tiny").chip.replace(mem_slices_per_hemisphere=3, mem_slice_bytes=65536)
+    from isa.system import SystemConfig
+
+    with pytest.raises(LpuError, match=r"does not fit in SRAM: \d+ more bytes are needed in"):
+        compile_module(big, SystemConfig("small", small))
+
+
+def test_tensor_larger_than_a_slice_is_refused_with_its_location():
+    text = "module m\nparam @w : f16[512, 512]\ngraph main(%x: f16[2, 512]) -> (f16[2, 512]) {\n" \
+           "  %y = matmul(%x, @w)\n  return %y\n}\n"
+    with pytest.raises(LpuError, match=r"@w : f16\[512, 512\] needs 524288 bytes but one MEM slice holds 65536"):
+        compile_module(parse(text, "big.lpu"), named_system("tiny"))
 
 
 @pytest.mark.parametrize("stmt", ["gather(%t, %ids)", "update_slice(%t, %u, %p) {axis = 0}"])

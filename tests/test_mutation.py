@@ -1,0 +1,144 @@
+"""The checker bites: single mutations of compiled programs (an issue cycle moved, a stream or an
+address changed) are caught by a timing violation or by different outputs, unless provably
+equivalent: every read still sees the same producer's vector and every matrix pass the same
+weights, so no value can change."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from compiler import parse
+from compiler.backend import compile_module
+from emulator.run import Emulator
+from emulator.timing import resolve
+from isa.spec import FIELDS
+from isa.system import named_system
+from lpu.arrays import random_inputs, random_weights
+
+MLP = """module mlp
+param @w1 : f16[32, 48]
+param @b1 : f16[48]
+param @w2 : f16[48, 32]
+param @ln_g : f16[32]
+param @ln_b : f16[32]
+graph main(%x: f16[4, 32]) -> (f16[4, 32]) {
+  %n = layernorm(%x, @ln_g, @ln_b)
+  %h = matmul(%n, @w1)
+  %hb = add(%h, @b1)
+  %a = gelu(%hb)
+  %y = matmul(%a, @w2)
+  %r = add(%x, %y)
+  return %r
+}
+"""
+
+
+def mutants(p, count: int, seed: int):
+    rng = np.random.default_rng(seed)
+    S = p.system.chip.streams_per_direction
+    made = 0
+    while made < count:
+        j = int(rng.integers(len(p)))
+        spec = p.spec(j)
+        q = copy.copy(p)
+        q.cycle, q.fields = p.cycle.copy(), p.fields.copy()
+        kind = int(rng.integers(3))
+        if kind == 0:
+            d = int(rng.choice([-3, -2, -1, 1, 2, 3]))
+            if q.cycle[j] + d < 0:
+                continue
+            q.cycle[j] += d
+            what = f"#{j} {spec.mnemonic} cycle {d:+d}"
+        elif kind == 1:
+            cols = [k for k, f in enumerate(spec.operands) if FIELDS[f].kind == "stream"]
+            if not cols:
+                continue
+            k = int(rng.choice(cols))
+            q.fields[j, k] = (q.fields[j, k] + int(rng.integers(1, 2 * S))) % (2 * S)
+            what = f"#{j} {spec.mnemonic} {spec.operands[k]} -> {int(q.fields[j, k])}"
+        else:
+            if "addr" not in spec.operands:
+                continue
+            k = spec.operands.index("addr")
+            step = max(int(q.fields[j, spec.operands.index("step")]), 1)
+            d = int(rng.choice([-1, 1])) * step
+            if q.fields[j, k] + d < 0 or q.fields[j, k] + d >= p.system.chip.words_per_slice - step * int(p.n[j]):
+                continue
+            q.fields[j, k] += d
+            what = f"#{j} {spec.mnemonic} addr {d:+d}"
+        made += 1
+        yield what, q
+
+
+def dataflow(p, inputs_where) -> dict:
+    """Which producer (instruction, vector) every input of every vector step sees."""
+    r = resolve(p, 0, inputs_where)
+
+    def who(step):
+        return (int(r.ins[step]), int(r.i[step])) if step >= 0 else int(step)
+
+    flow = {}
+    for s in range(len(r.ins)):
+        key = (int(r.ins[s]), int(r.i[s]))
+        flow[key] = (tuple(who(int(x)) for x in r.stream_src[s]), who(int(r.mem_src[s])) if r.mem_src[s] >= 0
+                     else int(r.mem_src[s]), who(int(r.weights[s])), who(int(r.acc_src[s])))
+    iw_rows = {}
+    for s in range(len(r.ins)):
+        if r.iw_index[s] >= 0:
+            iw_rows[int(r.ins[s])] = tuple(who(int(x)) for x in r.iw_rows[r.iw_index[s]])
+    return {"flow": flow, "iw": iw_rows}
+
+
+def campaign(p, inputs, count: int, seed: int):
+    emu_clean = Emulator(p).run("main", inputs)
+    assert emu_clean.violations == []
+    where = _image_map(p, inputs)
+    base_flow = dataflow(p, where)
+    caught_timing = caught_values = equivalent = 0
+    survivors = []
+    for what, q in mutants(p, count, seed):
+        r = Emulator(q).run("main", inputs)
+        if r.violations:
+            caught_timing += 1
+        elif not all(np.array_equal(a, b) for a, b in zip(r.outputs, emu_clean.outputs)):
+            caught_values += 1
+        elif dataflow(q, where) == base_flow:
+            equivalent += 1
+        else:
+            survivors.append(what)
+    return caught_timing, caught_values, equivalent, survivors
+
+
+def _image_map(p, inputs):
+    """The (chip, slice, word) -> row map the emulator builds, for resolving a mutant's timing."""
+    from isa.numerics import to_storage
+    from isa.program import to_vectors
+    from isa.spec import DTYPE_BYTES
+
+    where = {(int(c), int(s), int(w)): j for j, (c, s, w) in
+             enumerate(zip(p.image_chip, p.image_slice, p.image_word))}
+    count = len(p.image_word)
+    mem_index = {n: k for k, n in enumerate(p.system.chip.mem_slice_names())}
+    for pl in p.placements:
+        if pl.role == "input":
+            v = to_vectors(to_storage(inputs[pl.name], pl.dtype), pl, p.system.chip.lanes)
+            for k in range(len(v)):
+                where[(pl.chip, mem_index[pl.slice], pl.word + k * DTYPE_BYTES[pl.dtype])] = count + k
+            count += len(v)
+    return where
+
+
+@pytest.mark.parametrize("system, source", [("tiny", "mlp"), ("tsp", "gpt_block")])
+def test_every_non_equivalent_mutation_is_caught(system, source):
+    text = MLP if source == "mlp" else (ROOT / "examples" / "gpt_block.lpu").read_text()
+    m = parse(text)
+    p = compile_module(m, named_system(system), random_weights(m, 0))
+    inputs = random_inputs(m, m.graphs[0], 0)
+    timing, values, equivalent, survivors = campaign(p, inputs, count=120, seed=7)
+    assert survivors == [], survivors
+    assert timing + values + equivalent == 120
+    assert timing >= 100  # nearly every mutation is a timing violation, not only a wrong value
