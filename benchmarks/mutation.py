@@ -31,9 +31,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=400)
     args = ap.parse_args()
-    cases = [("small MLP", MLP, "tiny"), ("GPT block", (ROOT / "examples" / "gpt_block.lpu").read_text(), "tsp")]
-    print(f"{'program':<12} {'system':<6} {'instr':>6} {'mutants':>8} {'timing':>7} {'values':>7} "
-          f"{'equiv':>6} {'survive':>8} {'kill rate':>10} {'s':>6}")
+    cases = [
+        ("small MLP", MLP, "tiny"),
+        ("GPT block", (ROOT / "examples" / "gpt_block.lpu").read_text(), "tsp"),
+    ]
+    print(
+        f"{'program':<12} {'system':<6} {'instr':>6} {'mutants':>8} {'timing':>7} {'values':>7} "
+        f"{'equiv':>6} {'survive':>8} {'kill rate':>10} {'s':>6}"
+    )
     for name, text, system in cases:
         m = parse(text)
         p = compile_module(m, named_system(system), random_weights(m, 0))
@@ -43,8 +48,10 @@ def main() -> None:
         dt = time.perf_counter() - t0
         killable = args.count - equivalent
         rate = (timing + values) / killable if killable else 1.0
-        print(f"{name:<12} {system:<6} {len(p):>6} {args.count:>8} {timing:>7} {values:>7} {equivalent:>6} "
-              f"{len(survivors):>8} {rate:>10.4f} {dt:>6.1f}")
+        print(
+            f"{name:<12} {system:<6} {len(p):>6} {args.count:>8} {timing:>7} {values:>7} {equivalent:>6} "
+            f"{len(survivors):>8} {rate:>10.4f} {dt:>6.1f}"
+        )
         for s in survivors:
             print(f"  survivor: {s}")
 

@@ -57,8 +57,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
-    print(f"{'case':<22} {'instr':>6} {'cycles':>7} {'compile s':>10} {'emulate s':>10} {'numpy s':>9} "
-          f"{'emu/numpy':>10} {'cycles/s':>10} {'violations':>10}")
+    print(
+        f"{'case':<22} {'instr':>6} {'cycles':>7} {'compile s':>10} {'emulate s':>10} {'numpy s':>9} "
+        f"{'emu/numpy':>10} {'cycles/s':>10} {'violations':>10}"
+    )
     for name, text, system in (("512x512x512 GEMM f16", GEMM, "tsp"), ("MLP 8x256x1024 f16", MLP, "tsp")):
         m = parse(text)
         w = random_weights(m, 0)
@@ -69,10 +71,14 @@ def main() -> None:
         t_emu, result = median_time(lambda: emu.run("main", x), args.runs)
         ref = Reference(m, w)
         t_ref, _ = median_time(lambda: ref.run("main", x), args.runs)
-        print(f"{name:<22} {len(program):>6} {result.cycles:>7} {t_compile:>10.3f} {t_emu:>10.3f} {t_ref:>9.4f} "
-              f"{t_emu / t_ref:>10.1f} {result.cycles / t_emu:>10.0f} {len(result.violations):>10}")
-    print("For scale (issue 4): SCALE-Sim v3 takes 10-20 s for a 512^3 GEMM without values; the C++ "
-          "FTLPU model runs about 2,500-20,000 cycles/s on an FFN block.")
+        print(
+            f"{name:<22} {len(program):>6} {result.cycles:>7} {t_compile:>10.3f} {t_emu:>10.3f} {t_ref:>9.4f} "
+            f"{t_emu / t_ref:>10.1f} {result.cycles / t_emu:>10.0f} {len(result.violations):>10}"
+        )
+    print(
+        "For scale (issue 4): SCALE-Sim v3 takes 10-20 s for a 512^3 GEMM without values; the C++ "
+        "FTLPU model runs about 2,500-20,000 cycles/s on an FFN block."
+    )
 
 
 if __name__ == "__main__":
