@@ -72,7 +72,8 @@ def main() -> None:
         ref = Reference(m, w)
         t_ref, _ = median_time(lambda: ref.run("main", x), args.runs)
         print(
-            f"{name:<22} {len(program):>6} {result.cycles:>7} {t_compile:>10.3f} {t_emu:>10.3f} {t_ref:>9.4f} "
+            f"{name:<22} {len(program):>6} {result.cycles:>7} {t_compile:>10.3f} {t_emu:>10.3f} "
+            f"{t_ref:>9.4f} "
             f"{t_emu / t_ref:>10.1f} {result.cycles / t_emu:>10.0f} {len(result.violations):>10}"
         )
     print(
