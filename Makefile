@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint docs clean
+.PHONY: demo test lint docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/lpu check examples/gpt_block.lpu
-	$(BIN)/lpu eval examples/gpt_block.lpu --seed 0
+	@mkdir -p out
+	$(BIN)/lpu check examples/gpt_block.lpu > out/gpt_block.canonical.lpu
+	$(BIN)/lpu compile examples/gpt_block.lpu --system tsp --random-weights 0 -o out/gpt_block.lpuprog
+	$(BIN)/lpu run out/gpt_block.lpuprog --check
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -24,8 +26,12 @@ lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet ruff
 	$(BIN)/ruff check .
 
+bench: $(STAMP)
+	$(BIN)/python benchmarks/one_chip.py
+	$(BIN)/python benchmarks/mutation.py
+
 docs: $(STAMP)
 	$(BIN)/python -m isa.docs > docs/isa.md
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info out

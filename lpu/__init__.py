@@ -8,14 +8,20 @@ The Python API mirrors the command line::
     outs = lpu.evaluate(m, "main", inputs, weights)     # the numpy reference
 """
 
+from compiler.backend import compile_module as compile
 from compiler.ir import Module, TensorType
 from compiler.parser import parse, parse_file
 from compiler.printer import print_module
 from compiler.reference import Reference, evaluate
 from compiler.verify import verify
+from emulator.run import Emulator, RunResult
 from isa.diagnostics import Diagnostic, LpuError
+from isa.program import Program
+from isa.program import load as load_program
+from isa.program import save as save_program
 from isa.system import SystemConfig, resolve_system
 
-__all__ = ["Diagnostic", "LpuError", "Module", "Reference", "SystemConfig", "TensorType",
-           "evaluate", "parse", "parse_file", "print_module", "resolve_system", "verify"]
+__all__ = ["Diagnostic", "Emulator", "LpuError", "Module", "Program", "Reference", "RunResult", "SystemConfig",
+           "TensorType", "compile", "evaluate", "load_program", "parse", "parse_file", "print_module",
+           "resolve_system", "save_program", "verify"]
 __version__ = "0.1.0"
