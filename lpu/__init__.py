@@ -21,7 +21,24 @@ from isa.program import load as load_program
 from isa.program import save as save_program
 from isa.system import SystemConfig, resolve_system
 
-__all__ = ["Diagnostic", "Emulator", "LpuError", "Module", "Program", "Reference", "RunResult", "SystemConfig",
-           "TensorType", "compile", "evaluate", "load_program", "parse", "parse_file", "print_module",
-           "resolve_system", "save_program", "verify"]
+__all__ = [
+    "Diagnostic",
+    "Emulator",
+    "LpuError",
+    "Module",
+    "Program",
+    "Reference",
+    "RunResult",
+    "SystemConfig",
+    "TensorType",
+    "compile",
+    "evaluate",
+    "load_program",
+    "parse",
+    "parse_file",
+    "print_module",
+    "resolve_system",
+    "save_program",
+    "verify",
+]
 __version__ = "0.1.0"
