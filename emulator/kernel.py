@@ -56,7 +56,9 @@ from emulator.numerics import F32, I8, I32, convert, to_dtype
     BCAST,
     TRANS,
     LRED,
-) = range(38)
+    GATHER,
+    SCATTER,
+) = range(40)
 
 ACTIONS = {
     "nop": NOTHING,
@@ -99,6 +101,8 @@ ACTIONS = {
     "bcast": BCAST,
     "trans": TRANS,
     "lred": LRED,
+    "gather": GATHER,
+    "scatter": SCATTER,
 }
 
 
@@ -165,48 +169,58 @@ def _store(x: float, dt: int) -> float:
 
 
 @numba.njit(cache=True, error_model="numpy")
-def execute(
-    action,
-    dt,
-    to,
-    imm,
-    k,
-    lane,
-    mapi,
-    red,
-    kof,
-    mode,  # per step
-    stream_src,
-    mem_src,
-    weights,
-    iw_index,
-    iw_rows,
-    acc_src,  # resolved sources
-    trans_block,
-    block_out,
-    block_src,  # trans: a block's output steps and their inputs
-    image,
-    maps,
-    lanes,
-    k_i8,
-    k_f16,
-):
+def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
+            stream_src, weights, iw_index, iw_rows, acc_src,  # resolved sources
+            trans_block, block_out, block_src,  # trans: a block's output steps and their inputs
+            vec, sample, emit, mem_kind, slice_base, mem_addr, mem_step, mem_width, words,  # SRAM access
+            prov, image, maps, lanes, k_i8, k_f16):  # fmt: skip
+    """`prov[word]` (flat over chips and slices) starts as -1 (never written) or -2 - image row and
+    becomes the step whose write landed last; a write lands at its emit cycle, so each word keeps
+    one pending write that a later access commits once it has landed."""
     steps = action.shape[0]
     out = np.zeros((steps, lanes))
     rows = iw_rows.shape[1]
     installed = np.zeros((iw_rows.shape[0], rows, lanes))
+    found = np.full(steps, -1, np.int64)  # what each read or gather saw
+    bad_address = np.zeros(steps, np.bool_)
+    pend_prov = np.full(prov.shape[0], -1, np.int64)
+    pend_land = np.full(prov.shape[0], -1, np.int64)
     for s in range(steps):
         act = action[s]
         a_src = stream_src[s, 0]
         if act == NOTHING:
             continue
-        if act == READ:
-            m = mem_src[s]
-            if m >= 0:
-                out[s] = out[m]
-            elif m <= -2:
-                out[s] = image[-2 - m]
-        elif act == WRITE or act == LW:
+        if mem_kind[s] != 0:
+            kind = mem_kind[s]
+            if kind <= 2:  # read, write: a static address
+                word = mem_addr[s] + vec[s] * mem_step[s]
+            else:  # gather, scatter: lane 0 of the idx vector picks the row
+                idx = out[a_src, 0] if a_src >= 0 else 0.0
+                word = mem_addr[s] + np.int64(idx) * mem_step[s] + vec[s] * mem_width[s]
+            if word < 0 or word + mem_width[s] > words:
+                bad_address[s] = True
+                continue
+            flat = slice_base[s] + word
+            if pend_land[flat] >= 0 and pend_land[flat] <= sample[s]:
+                prov[flat] = pend_prov[flat]
+                pend_land[flat] = -1
+            if kind == 1 or kind == 3:
+                m = prov[flat]
+                found[s] = m
+                if m >= 0:
+                    out[s] = out[m]
+                elif m <= -2:
+                    out[s] = image[-2 - m]
+            else:
+                data = a_src if kind == 2 else stream_src[s, 1]
+                if data >= 0:
+                    out[s] = out[data]
+                if pend_land[flat] >= 0:  # an earlier write still in flight lands first
+                    prov[flat] = pend_prov[flat]
+                pend_prov[flat] = s
+                pend_land[flat] = emit[s]
+            continue
+        if act == LW:
             if a_src >= 0:
                 out[s] = out[a_src]
         elif act == SPLAT:
@@ -315,4 +329,7 @@ def execute(
                         for c in range(16):
                             src = block_src[b, c]
                             out[dst, 16 * g + c] = out[src, 16 * g + r] if src >= 0 else 0.0
-    return out, installed
+    for w in range(prov.shape[0]):  # everything in flight has landed when the program ends
+        if pend_land[w] >= 0:
+            prov[w] = pend_prov[w]
+    return out, installed, found, bad_address, prov

@@ -17,8 +17,8 @@ from emulator.kernel import ACTIONS, execute
 from emulator.timing import Violation, resolve
 from isa.diagnostics import error
 from isa.numerics import STORAGE, to_storage
-from isa.program import Placement, Program, from_vectors, to_vectors
-from isa.spec import BY_CODE, DTYPE_BYTES, OPS
+from isa.program import IMAGE, NONE, UNCHECKED, Placement, Program, from_vectors, to_vectors
+from isa.spec import DTYPE_BYTES, OPS
 
 _ACTION = np.zeros(256, np.int64)
 _COLS = {
@@ -60,7 +60,9 @@ class Emulator:
             out.sort(key=lambda pl: int(pl.name[3:]) if pl.name[3:].isdigit() else 1 << 30)
         return out
 
-    def run(self, entry: str, inputs: dict[str, np.ndarray]) -> RunResult:
+    def run(self, entry: str, inputs: dict[str, np.ndarray], trace: bool = False) -> RunResult:
+        """Run one entry. With `trace`, `extra` holds the resolved timing ("resolved") and what every
+        read saw in SRAM ("mem_seen", per step in execution order)."""
         p = self.program
         if entry not in p.entries:
             raise error(f"the program has no entry '{entry}' (it has {', '.join(p.entries)})")
@@ -99,8 +101,10 @@ class Emulator:
             if pl.name in self.weights:
                 value = np.asarray(self.weights[pl.name])
                 if value.shape != pl.shape:
-                    raise error(f"weights '{pl.name}' have shape {list(value.shape)} but the program "
-                                f"expects {pl.dtype}{list(pl.shape)}")
+                    raise error(
+                        f"weights '{pl.name}' have shape {list(value.shape)} but the program "
+                        f"expects {pl.dtype}{list(pl.shape)}"
+                    )
                 place(pl, value)
         image = np.concatenate(rows) if count else np.zeros((0, lanes))
 
@@ -130,60 +134,113 @@ class Emulator:
             for s in s_list:
                 trans_block[s] = b
         maps = p.maps if p.maps.size else np.zeros((1, lanes), np.int32)
-        out, _ = execute(
-            _ACTION[op],
-            col("dt"),
-            col("to"),
-            imm,
-            col("k"),
-            col("lane"),
-            col("map"),
-            col("red"),
-            col("kof"),
-            col("mode"),
-            r.stream_src,
-            r.mem_src,
-            r.weights,
-            r.iw_index,
-            r.iw_rows,
-            r.acc_src,
-            trans_block,
-            block_out,
-            block_src,
-            image,
-            maps.astype(np.int64),
-            lanes,
-            chip.mxm_k_i8,
-            chip.mxm_k_f16,
-        )
-
-        # the final content of every written word: the write that landed last
-        writes = np.nonzero(_ACTION[op] == ACTIONS["write"])[0]
-        final: dict[tuple[int, int, int], int] = {}
-        if len(writes):
-            queues = chip.queue_table()
-            for s in writes[np.argsort(r.emit[writes], kind="stable")]:
-                j = int(r.ins[s])
-                spec = BY_CODE[int(p.opcode[j])]
-                stride = int(p.fields[j, spec.operands.index("step")])
-                word = int(p.fields[j, spec.operands.index("addr")]) + int(r.i[s]) * stride
-                sl = mem_index[queues[int(p.queue[j])].slice]
-                final[(int(p.chip[j]), sl, word)] = int(s)
+        words = chip.words_per_slice
+        prov = np.full(p.system.chips * chip.mem_slices * words, -1, np.int64)
+        for (c, sl, w), row in where.items():
+            prov[(c * chip.mem_slices + sl) * words + w] = -2 - row
+        out, _, found, bad_address, final = execute(
+            _ACTION[op], col("dt"), col("to"), imm, col("k"), col("lane"), col("map"), col("red"),
+            col("kof"), col("mode"), r.stream_src, r.weights, r.iw_index, r.iw_rows, r.acc_src,
+            trans_block, block_out, block_src, r.i, r.sample, r.emit, r.mem_kind, r.slice_base,
+            r.mem_addr, r.mem_step, r.mem_width, words, prov, image, maps.astype(np.int64), lanes,
+            chip.mxm_k_i8, chip.mxm_k_f16,
+        )  # fmt: skip
+        row_word = {row: key[2] for key, row in where.items()}
+        violations = r.violations + _sram_violations(p, r, found, bad_address, row_word)
+        violations.sort(key=lambda v: (v.cycle, v.chip, v.instruction, v.kind))
 
         def read_back(pl: Placement) -> np.ndarray:
             n = pl.vectors(lanes)
             width = DTYPE_BYTES[pl.dtype]
-            sl = mem_index[pl.slice]
+            base = (pl.chip * chip.mem_slices + mem_index[pl.slice]) * words + pl.word
             vectors = np.zeros((n, lanes))
             for v in range(n):
-                key = (pl.chip, sl, pl.word + v * width)
-                if key in final:
-                    vectors[v] = out[final[key]]
-                elif key in where:
-                    vectors[v] = image[where[key]]
+                m = final[base + v * width]
+                if m >= 0:
+                    vectors[v] = out[m]
+                elif m <= -2:
+                    vectors[v] = image[-2 - m]
             return to_storage(from_vectors(vectors, pl, lanes), pl.dtype)
 
         outputs = [read_back(pl) for pl in self.placements("output", entry)]
         for pl in self.placements("state"):
             self.state[pl.name] = read_back(pl)
-        return RunResult(outputs, r.violations, r.cycles, r.busy, steps=len(op))
+        extra = {"resolved": r, "mem_seen": found} if trace else {}
+        return RunResult(outputs, violations, r.cycles, r.busy, steps=len(op), extra=extra)
+
+
+def _sram_violations(
+    p: Program, r, found: np.ndarray, bad_address: np.ndarray, row_word: dict
+) -> list[Violation]:
+    """Compare what each read saw with its intended source (the checks of emulator/timing.py, for SRAM)."""
+    from isa.assembly import instruction_text
+
+    queues = p.system.chip.queue_table()
+    out: list[Violation] = []
+
+    def say(s: int, kind: str, expected: str, seen: str) -> None:
+        j = int(r.ins[s])
+        out.append(
+            Violation(
+                kind,
+                int(p.chip[j]),
+                queues[int(p.queue[j])].name,
+                int(r.sample[s]),
+                j,
+                instruction_text(p, j),
+                expected,
+                seen,
+                "mem",
+            )
+        )
+
+    def describe(m: int) -> str:
+        if m >= 0:
+            return f"vector {int(r.i[m])} of #{int(r.ins[m])}"
+        if m <= -2:
+            return f"image word {row_word.get(-2 - m, '?')}"
+        return "a word nothing wrote"
+
+    for s in np.nonzero(bad_address)[0]:
+        say(int(s), "address out of range", "a word of the slice", "an address past its end")
+    for s in np.nonzero((r.mem_kind == 1) | (r.mem_kind == 3))[0]:
+        if bad_address[s]:
+            continue
+        j = int(r.ins[s])
+        want, off, stride = int(p.src[j, 0]), int(p.src_off[j, 0]), int(p.src_step[j, 0])
+        if r.mem_kind[s] == 3:
+            want = int(p.src[j, 1])  # gather: its idx stream is slot 0, the SRAM slot 1
+        m = int(found[s])
+        if want in (NONE, UNCHECKED):
+            if m == -1:
+                say(
+                    int(s),
+                    "read of an unwritten word",
+                    "a written or initialised word",
+                    "a word nothing wrote",
+                )
+            continue
+        if want == IMAGE:
+            expected = off + int(r.i[s]) * int(r.mem_step[s])
+            if m >= 0:
+                say(int(s), "stale SRAM word", f"the initial image word {expected}", describe(m))
+            elif m == -1:
+                word = int(r.mem_addr[s]) + int(r.i[s]) * int(r.mem_step[s])
+                say(
+                    int(s),
+                    "read of an unwritten word",
+                    f"the initial image word {expected}",
+                    f"word {word}, which nothing wrote",
+                )
+            elif row_word[-2 - m] != expected:
+                say(
+                    int(s),
+                    "wrong SRAM word",
+                    f"the initial image word {expected}",
+                    f"image word {row_word[-2 - m]}",
+                )
+            continue
+        expected_vec = int(r.i[s]) * stride + off
+        if m < 0 or int(r.ins[m]) != want or int(r.i[m]) != expected_vec:
+            say(int(s), "stale SRAM word", f"vector {expected_vec} of #{want}", describe(m))
+    return out

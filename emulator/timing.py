@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from isa.program import IMAGE, NONE, UNCHECKED, Program, source_slots
-from isa.spec import BY_CODE, FIELDS, OPS, Unit
+from isa.program import Program, source_slots
+from isa.spec import BY_CODE, DTYPE_BYTES, DTYPES, FIELDS, OPS, Unit
 
 # Per-opcode lookup tables (indexed by opcode code).
 _DSKEW = np.zeros(256, np.int64)
@@ -44,7 +44,7 @@ for _s in OPS:
         _IN_COLS[_s.code, _k] = _s.operands.index(_f)
 
 CODE = {s.mnemonic: s.code for s in OPS}
-UNSUPPORTED = {"gather", "scatter", "send", "recv"}
+UNSUPPORTED = {"send", "recv"}
 
 
 @dataclass
@@ -81,6 +81,11 @@ class Resolved:
     iw_rows: np.ndarray  # [iw steps, rows]: lw step that loaded each row, or -1
     iw_index: np.ndarray  # per step: its index among iw steps, or -1
     acc_src: np.ndarray  # for acc steps: the mm step that last wrote the slot; for acc_add mm: previous
+    mem_kind: np.ndarray  # 0, or 1 read, 2 write, 3 gather, 4 scatter
+    slice_base: np.ndarray  # flat index of word 0 of the step's MEM slice
+    mem_addr: np.ndarray  # the addr field
+    mem_step: np.ndarray  # the step field
+    mem_width: np.ndarray  # words per vector of the dtype
     violations: list[Violation]
     cycles: int  # the cycle after the last activity
     busy: dict[str, int]  # busy cycles per unit kind
@@ -225,36 +230,32 @@ def resolve(p: Program, entry: int, initialised: set[tuple[int, int, int]] | dic
         stream_src[r_idx, k] = found_step
         _check_sources(p, ins, vec, r_idx, k, found_step, sample, report, describe, "stream")
 
-    # -- SRAM -------------------------------------------------------------------------------------
+    # -- SRAM: addresses only; which write each access sees is decided as values flow (kernel) ----
+    # (gather and scatter take their addresses from vectors, so SRAM cannot be resolved statically)
     words = chip_cfg.words_per_slice
     nslices = chip_cfg.mem_slices
+    mem_kind = np.zeros(nsteps, np.int64)
+    for k, name in enumerate(("read", "write", "gather", "scatter"), start=1):
+        mem_kind[op == CODE[name]] = k
+    mem_steps = np.nonzero(mem_kind)[0]
     addr_col = {s.code: s.operands.index("addr") for s in OPS if s.unit is Unit.MEM}
-    step_col = {s.code: s.operands.index("step") for s in OPS if "step" in s.operands}
-    is_write = op == CODE["write"]
-    is_read = op == CODE["read"]
-
-    def word_of(idx):
-        codes = op[idx]
-        adc = np.array([addr_col[int(c)] for c in codes], np.int64) if len(idx) else np.zeros(0, np.int64)
-        stc = np.array([step_col[int(c)] for c in codes], np.int64) if len(idx) else np.zeros(0, np.int64)
-        return p.fields[ins[idx], adc] + vec[idx] * p.fields[ins[idx], stc]
-
-    wi = np.nonzero(is_write)[0]
-    ri = np.nonzero(is_read)[0]
-    mw_key = (chip[wi] * nslices + q_slice[queue[wi]]) * words + word_of(wi)
-    mr_word = word_of(ri)
-    mr_key = (chip[ri] * nslices + q_slice[queue[ri]]) * words + mr_word
-    found = _latest(mw_key, emit[wi], mr_key, sample[ri])
+    step_col = {s.code: s.operands.index("step") for s in OPS if s.unit is Unit.MEM}
+    dt_col = {s.code: s.operands.index("dt") for s in OPS if s.unit is Unit.MEM}
+    slice_base = np.zeros(nsteps, np.int64)
+    mem_addr = np.zeros(nsteps, np.int64)
+    mem_step = np.zeros(nsteps, np.int64)
+    mem_width = np.ones(nsteps, np.int64)
+    if len(mem_steps):
+        codes = op[mem_steps]
+        adc = np.array([addr_col[int(c)] for c in codes], np.int64)
+        stc = np.array([step_col[int(c)] for c in codes], np.int64)
+        dtc = np.array([dt_col[int(c)] for c in codes], np.int64)
+        slice_base[mem_steps] = (chip[mem_steps] * nslices + q_slice[queue[mem_steps]]) * words
+        mem_addr[mem_steps] = p.fields[ins[mem_steps], adc]
+        mem_step[mem_steps] = p.fields[ins[mem_steps], stc]
+        widths = np.array([DTYPE_BYTES[d] for d in DTYPES], np.int64)
+        mem_width[mem_steps] = widths[p.fields[ins[mem_steps], dtc]]
     mem_src = np.full(nsteps, -1, np.int64)
-    mem_src[ri] = np.where(found >= 0, wi[np.maximum(found, 0)], -1)
-    for k, r in enumerate(ri):
-        if mem_src[r] < 0:
-            row = initialised.get((int(chip[r]), int(q_slice[queue[r]]), int(mr_word[k])))
-            if row is not None:
-                mem_src[r] = -2 - row
-    slot_mem = 0  # read has no stream inputs: its SRAM source is slot 0
-    image_word = {row: key[2] for key, row in initialised.items()}
-    _check_mem(p, ins, vec, ri, slot_mem, mem_src, mr_word, image_word, sample, report, describe)
 
     # -- matrix units -----------------------------------------------------------------------------
     plane = q_plane[queue]
@@ -383,6 +384,11 @@ def resolve(p: Program, entry: int, initialised: set[tuple[int, int, int]] | dic
         iw_rows=re(iw_rows),
         iw_index=iw_index[order],
         acc_src=re(acc_src[order]),
+        mem_kind=mem_kind[order],
+        slice_base=slice_base[order],
+        mem_addr=mem_addr[order],
+        mem_step=mem_step[order],
+        mem_width=mem_width[order],
         violations=sorted(violations, key=lambda v: (v.cycle, v.chip, v.instruction, v.kind)),
         cycles=last,
         busy=busy_by_unit,
@@ -409,50 +415,6 @@ def _check_sources(p, ins, vec, idx, slot_k, found_step, sample, report, describ
             kind = "wrong vector" if what == "stream" else f"wrong {what} value"
         slot = source_slots(BY_CODE[int(p.opcode[int(ins[step])])])[slot_k]
         report(kind, step, sample[step], expected, describe(int(found_step[k])), slot)
-
-
-def _check_mem(p, ins, vec, idx, slot, mem_src, words, image_word, sample, report, describe):
-    for k, step in enumerate(idx):
-        j = int(ins[step])
-        want = int(p.src[j, slot])
-        got = int(mem_src[step])
-
-        def say(kind, expected, found):
-            report(kind, step, sample[step], expected, found, "mem")
-
-        if want in (NONE, UNCHECKED):
-            if got == -1:
-                say("read of an unwritten word", "a written or initialised word", "a word nothing wrote")
-            continue
-        if want == IMAGE:
-            # the offset of an image source is the word vector 0 should come from
-            spec = BY_CODE[int(p.opcode[j])]
-            stride = int(p.fields[j, spec.operands.index("step")])
-            expected_word = int(p.src_off[j, slot]) + int(vec[step]) * stride
-            if got >= 0:
-                say("stale SRAM word", f"the initial image word {expected_word}", describe(got))
-            elif got == -1:
-                say(
-                    "read of an unwritten word",
-                    f"the initial image word {expected_word}",
-                    f"word {int(words[k])}, which nothing wrote",
-                )
-            elif image_word[-2 - got] != expected_word:
-                say(
-                    "wrong SRAM word",
-                    f"the initial image word {expected_word}",
-                    f"image word {int(image_word[-2 - got])}",
-                )
-            continue
-        expected_vec = int(vec[step] * p.src_step[j, slot] + p.src_off[j, slot])
-        if got < 0:
-            say(
-                "stale SRAM word",
-                f"vector {expected_vec} of #{want}",
-                "the initial image word" if got <= -2 else "a word nothing wrote",
-            )
-        elif int(ins[got]) != want or int(vec[got]) != expected_vec:
-            say("stale SRAM word", f"vector {expected_vec} of #{want}", describe(got))
 
 
 __all__ = ["FIELDS", "Resolved", "Violation", "resolve", "source_slots"]

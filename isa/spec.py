@@ -128,8 +128,8 @@ OPS: tuple[OpSpec, ...] = (
 
     op(0x10, "read",    M, 0,  2,  (0, 1),  "addr step dst dt", "dst[i] = vector at word addr + i * step (a dt vector spans bytes(dt) words)"),
     op(0x11, "write",   M, 1,  2,  (0, 1),  "addr step a dt", "vector at word addr + i * step = a[i]"),
-    op(0x12, "gather",  M, 1,  3,  (0, 1),  "addr idx dst dt", "dst[i] = vector at word addr + idx[i][0] * w"),
-    op(0x13, "scatter", M, 1,  2,  (0, 1),  "addr idx a dt",  "vector at word addr + idx[i][0] * w = a[i]"),
+    op(0x12, "gather",  M, 1,  3,  (0, 1),  "addr step idx dst dt", "dst[i] = vector at word addr + idx[i][0] * step + i * bytes(dt)"),
+    op(0x13, "scatter", M, 1,  2,  (0, 1),  "addr step idx a dt", "vector at word addr + idx[i][0] * step + i * bytes(dt) = a[i]"),
 
     op(0x20, "mov",     V, 1,  2,  (0, 1),  "a dst dt",       "dst = a"),
     op(0x21, "splat",   V, 0,  1,  (0, 1),  "imm dst dt",     "dst = imm in every lane"),

@@ -14,7 +14,6 @@ from conftest import ROOT
 from compiler import parse
 from compiler.backend import compile_module
 from emulator.run import Emulator
-from emulator.timing import resolve
 from isa.spec import FIELDS
 from isa.system import named_system
 from lpu.arrays import random_inputs, random_weights
@@ -74,18 +73,18 @@ def mutants(p, count: int, seed: int):
         yield what, q
 
 
-def dataflow(p, inputs_where) -> dict:
-    """Which producer (instruction, vector) every input of every vector step sees."""
-    r = resolve(p, 0, inputs_where)
+def dataflow(p, inputs) -> dict:
+    """Which producer (instruction, vector) every input of every vector step saw, SRAM included."""
+    run = Emulator(p).run("main", inputs, trace=True)
+    r, seen = run.extra["resolved"], run.extra["mem_seen"]
 
     def who(step):
         return (int(r.ins[step]), int(r.i[step])) if step >= 0 else int(step)
 
     flow = {}
     for s in range(len(r.ins)):
-        key = (int(r.ins[s]), int(r.i[s]))
-        flow[key] = (tuple(who(int(x)) for x in r.stream_src[s]), who(int(r.mem_src[s])) if r.mem_src[s] >= 0
-                     else int(r.mem_src[s]), who(int(r.weights[s])), who(int(r.acc_src[s])))
+        flow[(int(r.ins[s]), int(r.i[s]))] = (tuple(who(int(x)) for x in r.stream_src[s]), who(int(seen[s])),
+                                              who(int(r.weights[s])), who(int(r.acc_src[s])))
     iw_rows = {}
     for s in range(len(r.ins)):
         if r.iw_index[s] >= 0:
@@ -96,8 +95,7 @@ def dataflow(p, inputs_where) -> dict:
 def campaign(p, inputs, count: int, seed: int):
     emu_clean = Emulator(p).run("main", inputs)
     assert emu_clean.violations == []
-    where = _image_map(p, inputs)
-    base_flow = dataflow(p, where)
+    base_flow = dataflow(p, inputs)
     caught_timing = caught_values = equivalent = 0
     survivors = []
     for what, q in mutants(p, count, seed):
@@ -106,30 +104,11 @@ def campaign(p, inputs, count: int, seed: int):
             caught_timing += 1
         elif not all(np.array_equal(a, b) for a, b in zip(r.outputs, emu_clean.outputs)):
             caught_values += 1
-        elif dataflow(q, where) == base_flow:
+        elif dataflow(q, inputs) == base_flow:
             equivalent += 1
         else:
             survivors.append(what)
     return caught_timing, caught_values, equivalent, survivors
-
-
-def _image_map(p, inputs):
-    """The (chip, slice, word) -> row map the emulator builds, for resolving a mutant's timing."""
-    from isa.numerics import to_storage
-    from isa.program import to_vectors
-    from isa.spec import DTYPE_BYTES
-
-    where = {(int(c), int(s), int(w)): j for j, (c, s, w) in
-             enumerate(zip(p.image_chip, p.image_slice, p.image_word))}
-    count = len(p.image_word)
-    mem_index = {n: k for k, n in enumerate(p.system.chip.mem_slice_names())}
-    for pl in p.placements:
-        if pl.role == "input":
-            v = to_vectors(to_storage(inputs[pl.name], pl.dtype), pl, p.system.chip.lanes)
-            for k in range(len(v)):
-                where[(pl.chip, mem_index[pl.slice], pl.word + k * DTYPE_BYTES[pl.dtype])] = count + k
-            count += len(v)
-    return where
 
 
 @pytest.mark.parametrize("system, source", [("tiny", "mlp"), ("tsp", "gpt_block")])
