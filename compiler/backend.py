@@ -38,13 +38,6 @@ def compile_module(
     tensors: list[Tensor] = []
     symbols: dict[str, Tensor] = {}
     maps: dict[tuple[int, ...], int] = {}
-    for g in m.globals:
-        if g.kind == "state":
-            raise error(
-                f"state @{g.name}: modules with state do not compile for the chip yet "
-                "(KV caches arrive with the transformer work)",
-                g.loc,
-            )
     _check_capacity(m, chip)
     first = Lowering(chip, tensors, symbols)
     for g in m.params:
@@ -52,6 +45,8 @@ def compile_module(
         if weights is not None:
             data = first.vectors_of(to_storage(np.asarray(weights[g.name]), g.type.dtype), g.type.dtype)
         symbols[g.name] = first.new_tensor(g.name, g.type, "param", data=data)
+    for g in m.states:  # pinned for good; the emulator places their values before each run
+        symbols[g.name] = first.new_tensor(g.name, g.type, "state")
 
     entries = tuple(g.name for g in m.graphs)
     per_entry = []
@@ -63,9 +58,10 @@ def compile_module(
         inputs = {a.name: low.new_tensor(a.name, a.type, "input") for a in g.args}
         results = low.lower_graph(g, inputs)
         first._rr = dict(low._rr)
-        for t in tensors:
-            if t.kind in ("temp", "input"):
+        for t in tensors:  # every entry starts at cycle 0 with its inputs and the state in place
+            if t.kind in ("temp", "input", "state"):
                 t.landing = None
+                t.last_read = None
         sched = Scheduler(chip, tensors)
         order = critical_path_order(low.jobs, tensors)
         placed: dict[int, object] = {}
@@ -78,10 +74,10 @@ def compile_module(
     base: dict[int, int] = {}
     forever = (0, 1 << 62)
     for t in tensors:
-        if t.kind in ("param", "const"):
+        if t.kind in ("param", "const", "state"):
             base[t.id] = alloc.place(t.slice, t.vectors * t.width, *forever)
     placements: list[Placement] = [
-        Placement("param", "", name, t.dtype, t.shape, 0, t.slice, base[t.id]) for name, t in symbols.items()
+        Placement(t.kind, "", name, t.dtype, t.shape, 0, t.slice, base[t.id]) for name, t in symbols.items()
     ]
     emitter = Emitter(chip, tensors, base)
     for e, (g, low, inputs, results, order, placed) in enumerate(per_entry):
@@ -162,15 +158,20 @@ def _check_capacity(m: Module, chip) -> None:
     need = sum(size(g.type) for g in m.params)
     if need > chip.sram_bytes:
         chips = -(-need // chip.sram_bytes)
-        raise error(f"the model does not fit in SRAM: its params need {need} bytes, {need - chip.sram_bytes} "
-                    f"more than a {chip.name} chip's {chip.sram_bytes}; about {chips} chips would hold them")
+        raise error(
+            f"the model does not fit in SRAM: its params need {need} bytes, {need - chip.sram_bytes} "
+            f"more than a {chip.name} chip's {chip.sram_bytes}; about {chips} chips would hold them"
+        )
     values = [(f"@{g.name}", g.type, g.loc) for g in m.globals]
     values += [(f"%{v.name}", v.type, v.loc) for g in m.graphs for v in g.args]
     values += [(f"%{op.result.name}", op.result.type, op.loc) for g in m.graphs for op in g.ops]
     for name, t, loc in values:
         if size(t) > chip.mem_slice_bytes:
-            raise error(f"{name} : {t} needs {size(t)} bytes but one MEM slice holds {chip.mem_slice_bytes}; "
-                        "tensors are not split across slices yet", loc)
+            raise error(
+                f"{name} : {t} needs {size(t)} bytes but one MEM slice holds {chip.mem_slice_bytes}; "
+                "tensors are not split across slices yet",
+                loc,
+            )
 
 
 def _bytes(dtype: str) -> int:

@@ -23,7 +23,7 @@ from compiler.lower import Tensor
 from compiler.schedule import Placed
 from isa.chip import ChipConfig
 from isa.diagnostics import error
-from isa.program import IMAGE, MAX_FIELDS, MAX_SOURCES, NONE, source_slots
+from isa.program import IMAGE, MAX_FIELDS, MAX_SOURCES, NONE, UNCHECKED, source_slots
 from isa.spec import BY_MNEMONIC, DTYPE_BYTES
 
 
@@ -123,11 +123,16 @@ class Emitter:
             return None
         return w[v]
 
+    def _dynamic(self, t: Tensor) -> bool:
+        """Whether a scatter may have written the tensor: its reads then have no single source."""
+        w = self.writer.get(t.id)
+        return w is not None and any(x == "dynamic" for x in w)
+
     def _read_runs(self, nd) -> list[int]:
         """Split points (vector indices within the read) where its source changes."""
         t_id, first, step = nd.mem
         t = self.tensors[t_id]
-        if t.kind != "temp":
+        if t.kind != "temp" or self._dynamic(t):
             return []
         cuts = []
         prev = self._source_of(t, first)
@@ -179,11 +184,22 @@ class Emitter:
             fields["row"] += s
         if "slot" in fields:
             fields["slot"] += s
-        if nd.mem is not None:
+        if nd.mem is not None and nd.dynamic:
+            t_id, first, step = nd.mem
+            t = self.tensors[t_id]
+            # the gather / scatter adds the run-time row; a piece starting at vector s starts s vectors on
+            fields["addr"] = self.word(t, first) + s * t.width
+            if nd.mnemonic == "gather":
+                sources["mem"] = (UNCHECKED, 0, 1)
+            else:
+                self.writer.setdefault(t_id, [None] * t.vectors)[:] = ["dynamic"] * t.vectors
+        elif nd.mem is not None:
             t_id, first, step = nd.mem
             t = self.tensors[t_id]
             fields["addr"] = self.word(t, first + step * s)
-            if nd.mnemonic == "read":
+            if nd.mnemonic == "read" and self._dynamic(t):
+                sources["mem"] = (UNCHECKED, 0, 1)
+            elif nd.mnemonic == "read":
                 src = self._source_of(t, first + step * s)
                 if src is None:
                     sources["mem"] = (IMAGE, fields["addr"], 1)

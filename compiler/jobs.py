@@ -33,6 +33,7 @@ class Node:
         default_factory=dict
     )  # implicit sources: "w" -> iw node, "acc" -> mm node
     rel: int = 0  # issue cycle relative to the job start
+    dynamic: bool = False  # gather / scatter: the address comes from a vector, any word of `mem` may move
 
     @property
     def spec(self):

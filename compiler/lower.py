@@ -78,6 +78,7 @@ class Tensor:
     lanes: int
     data: np.ndarray | None = None  # const: float64 [vectors, lanes]
     landing: np.ndarray | None = field(default=None, repr=False)  # per vector: cycle it lands (scheduler)
+    last_read: np.ndarray | None = field(default=None, repr=False)  # state: per vector, its last read
 
     @property
     def cols(self) -> int:
@@ -291,12 +292,11 @@ class Lowering:
         for k, op in enumerate(g.ops):
             self.op_index, self.op_name = k, f"%{op.result.name or k} = {op.name}"
             self.lower_op(op)
-        if g.commits:
-            raise error(
-                "graphs that commit state do not compile for the chip yet (KV-cache support "
-                "comes with the transformer work)",
-                g.commits[0].loc,
-            )
+        for c in g.commits:
+            # the new value is copied into the state's own words after every read of the old value
+            # (the scheduler orders writes of a state after its reads)
+            self.op_name = f"commit @{c.state.name}"
+            self.copy(self.tensor(c.value), self.symbols[c.state.name])
         results = []
         seen: set[int] = set()
         for r, t in zip(g.results, g.result_types):
@@ -354,12 +354,12 @@ class Lowering:
             which = np.concatenate([np.full(s.shape, k) for k, s in enumerate(srcs)], axis=axis)
             index = np.concatenate([np.arange(s.rows * s.cols).reshape(s.shape) for s in srcs], axis=axis)
             self.values[id(op.result)] = self.move(srcs, t, which, index)
+        elif name == "gather":
+            self.values[id(op.result)] = self.gather(op)
+        elif name == "update_slice":
+            self.values[id(op.result)] = self.update_slice(op)
         else:
-            raise error(
-                f"{name} does not compile for the chip yet (the reference interpreter runs it; "
-                "run-time addressing arrives with the KV-cache work)",
-                op.loc,
-            )
+            raise AssertionError(f"no lowering for {name}")
 
     # -- elementwise -----------------------------------------------------------------------------------
     def elementwise(self, op: Op) -> Tensor:
@@ -477,6 +477,10 @@ class Lowering:
     # -- copies and movement ---------------------------------------------------------------------------
     def copy(self, src: Tensor, dst: Tensor) -> None:
         assert src.vectors == dst.vectors and src.dtype == dst.dtype
+        if src.slice == dst.slice:  # one port cannot read and write a stream of vectors: go around
+            via = self.new_tensor(f"{src.name}.via", TensorType(src.dtype, src.shape), avoid={src.slice})
+            self.copy(src, via)
+            src = via
         job = self.new_job()
         r = self.read(job, src, 0, src.vectors, 1)
         self.write(job, dst, 0, dst.vectors, 1, r)
@@ -673,6 +677,101 @@ class Lowering:
                 acc = pieces[0] if len(pieces) == 1 else self.chain(job, pieces, op, dt)
                 self.write(job, out, o_row * out.chunks + c, 1, 1, acc)
                 self.finish(job)
+        return out
+
+    # -- run-time addressing ------------------------------------------------------------------------
+    def gather(self, op: Op) -> Tensor:
+        """Rows of a table at run-time ids: per id, its lane moved to lane 0 of a vector that
+        addresses a MEM gather of the id's whole block of vectors."""
+        table, ids = (self.tensor(o) for o in op.operands)
+        out_t = op.result.type
+        if len(table.shape) < 2:
+            # one element per id: give every element its own (splat) vector, gather those, move back
+            v = table.shape[0]
+            column = self.move(
+                [table],
+                TensorType(table.dtype, (v, 1)),
+                np.zeros((v, 1), np.int64),
+                np.arange(v).reshape(v, 1),
+            )
+            rows = self._gather_rows(column, ids, TensorType(out_t.dtype, out_t.shape + (1,)), None)
+            index = np.arange(rows.vectors).reshape(out_t.shape)
+            return self.move([rows], out_t, np.zeros_like(index), index)
+        return self._gather_rows(table, ids, out_t, op.result.name)
+
+    def _gather_rows(self, table: Tensor, ids: Tensor, out_t: TensorType, name: str | None) -> Tensor:
+        if table.slice == ids.slice:
+            moved = self.new_tensor(f"{ids.name}.copy", TensorType(ids.dtype, ids.shape), avoid={table.slice})
+            self.copy(ids, moved)
+            ids = moved
+        out = self.new_tensor(name or "g", out_t, avoid={table.slice, ids.slice})
+        block = table.vectors // table.shape[0]  # vectors per table row (of axis 0)
+        for e in range(max(1, int(np.prod(ids.shape)))):
+            r, col = divmod(e, ids.cols)
+            lane = 0 if ids.splat else col % self.L
+            job = self.new_job()
+            rd = self.read(job, ids, r * ids.chunks + (0 if ids.splat else col // self.L), block, 0)
+            idx = self.unit(
+                job, "bcast", self.sxm_queue(self.x_of_slice(ids.slice)), block, [("a", rd)], lane=lane
+            )
+            q = self.queue_index[table.slice]
+            g = job.add(
+                Node(
+                    "gather",
+                    q,
+                    self.queue_x[q],
+                    block,
+                    {"step": block * table.width, "dt": DTYPES.index(table.dtype)},
+                    inputs=[("idx", idx)],
+                    mem=(table.id, 0, 1),
+                    dynamic=True,
+                )
+            )
+            self.write(job, out, e * block, block, 1, g)
+            self.finish(job)
+        return out
+
+    def update_slice(self, op: Op) -> Tensor:
+        """A copy of the target, then the value scattered in at a run-time offset along `axis`."""
+        x, v, index = (self.tensor(o) for o in op.operands)
+        axis = op.attr("axis") % len(x.shape)
+        if axis == len(x.shape) - 1:
+            raise error(
+                "update_slice along the last axis (moving lanes at run time) does not compile for the "
+                "chip yet; put the updated axis before the last",
+                op.loc,
+            )
+        out = self.new_tensor(op.result.name or "u", op.result.type, avoid={x.slice, v.slice, index.slice})
+        self.copy(x, out)
+        if v.slice == index.slice:
+            moved = self.new_tensor(
+                f"{v.name}.copy", TensorType(v.dtype, v.shape), avoid={index.slice, out.slice}
+            )
+            self.copy(v, moved)
+            v = moved
+        outer = int(np.prod(x.shape[:axis]))
+        inner = int(np.prod(x.shape[axis + 1 : -1]))
+        rows_x, rows_v = x.shape[axis], v.shape[axis]
+        per_row = inner * out.chunks  # vectors from one index of `axis` to the next
+        for o in range(outer):
+            n = rows_v * per_row
+            job = self.new_job()
+            data = self.read(job, v, o * n, n, 1)
+            at = self.read(job, index, 0, n, 0)
+            q = self.queue_index[out.slice]
+            job.add(
+                Node(
+                    "scatter",
+                    q,
+                    self.queue_x[q],
+                    n,
+                    {"step": per_row * out.width, "dt": DTYPES.index(out.dtype)},
+                    inputs=[("idx", at), ("a", data)],
+                    mem=(out.id, o * rows_x * per_row, 1),
+                    dynamic=True,
+                )
+            )
+            self.finish(job)
         return out
 
     # -- matmul ------------------------------------------------------------------------------------

@@ -97,17 +97,32 @@ class Scheduler:
         for t in tensors:
             if t.landing is None:
                 t.landing = np.full(t.vectors, 0 if t.kind != "temp" else -1, np.int64)
+            if t.kind == "state":
+                t.last_read = np.full(t.vectors, -1, np.int64)
 
     def _data_ready(self, job: Job) -> int:
         start = 0
         for nd in job.nodes:
-            if nd.mnemonic != "read":
+            if nd.mem is None:
                 continue
             t_id, first, step = nd.mem
-            land = self.tensors[t_id].landing[first + step * np.arange(nd.n)]
-            assert (land >= 0).all(), f"{job.name}: reads a vector nothing has written"
-            need = land - (nd.rel + nd.spec.dskew + np.arange(nd.n))
-            start = max(start, int(need.max()))
+            t = self.tensors[t_id]
+            if nd.dynamic:  # any word of the tensor: all of it must have landed before the first access
+                assert (t.landing >= 0).all(), f"{job.name}: addresses a tensor nothing has written"
+                start = max(start, int(t.landing.max()) - (nd.rel + nd.spec.dskew))
+                if nd.mnemonic == "scatter" and t.last_read is not None:
+                    start = max(start, int(t.last_read.max()) + 1 - (nd.rel + nd.spec.dfunc))
+                continue
+            vectors = first + step * np.arange(nd.n)
+            if nd.mnemonic == "read":
+                land = t.landing[vectors]
+                assert (land >= 0).all(), f"{job.name}: reads a vector nothing has written"
+                need = land - (nd.rel + nd.spec.dskew + np.arange(nd.n))
+                start = max(start, int(need.max()))
+            elif nd.mnemonic == "write" and t.last_read is not None:
+                # a state's new value lands only after every read of its old value
+                need = t.last_read[vectors] + 1 - (nd.rel + nd.spec.dfunc + np.arange(nd.n))
+                start = max(start, int(need.max()))
         return start
 
     def place(self, job: Job, earliest: int = 0) -> Placed:
@@ -168,6 +183,8 @@ class Scheduler:
         table = self.streams if table is None else table
         chosen: dict[int, int] = {}
         taken: list[tuple[tuple[int, int], int, int, int, int]] = []
+        # transfers that may flow either way (same position) go last, into whatever is left
+        flows = sorted(flows, key=lambda f: len(self._rects(job, f[0], f[1], start)))
         for producer, consumers in flows:
             found = None
             for direction, d0, d1, u0, u1 in self._rects(job, producer, consumers, start):
@@ -202,31 +219,58 @@ class Scheduler:
                 if rect[0] == direction:
                     self.streams.add((direction, sid), *rect[1:])
         for nd in job.nodes:
+            if nd.mem is None:
+                continue
+            t_id, first, step = nd.mem
+            t = self.tensors[t_id]
             if nd.mnemonic == "write":
-                t_id, first, step = nd.mem
                 lands = start + nd.rel + nd.spec.dfunc + np.arange(nd.n)
-                self.tensors[t_id].landing[first + step * np.arange(nd.n)] = lands
+                t.landing[first + step * np.arange(nd.n)] = lands
+            elif nd.mnemonic == "scatter":
+                t.landing[:] = np.maximum(t.landing, start + nd.rel + nd.spec.dfunc + nd.n - 1)
+            elif t.last_read is not None:  # reads of a state: remember the last one per vector
+                samples = start + nd.rel + nd.spec.dskew + np.arange(nd.n)
+                if nd.dynamic:
+                    t.last_read[:] = np.maximum(t.last_read, samples.max())
+                else:
+                    idx = first + step * np.arange(nd.n)
+                    t.last_read[idx] = np.maximum(t.last_read[idx], samples)
 
 
 def critical_path_order(jobs: list[Job], tensors: list[Tensor]) -> list[int]:
-    """Jobs in list-scheduling order: among jobs whose inputs are produced, the longest path first."""
-    writers: dict[tuple[int, int], int] = {}
+    """Jobs in list-scheduling order: among jobs whose inputs are produced, the longest path first.
+
+    A job waits for the jobs that write what it reads (a scatter may write any vector of its
+    tensor); a write into a state waits for every job that reads the state's old value.
+    """
+    writers: dict[tuple[int, int], list[int]] = {}
+    readers: dict[tuple[int, int], list[int]] = {}
+
+    def vectors(nd):
+        t_id, first, step = nd.mem
+        if nd.dynamic:
+            return [(t_id, v) for v in range(tensors[t_id].vectors)]
+        return [(t_id, first + step * i) for i in range(nd.n)]
+
     for j, job in enumerate(jobs):
         for nd in job.nodes:
-            if nd.mnemonic == "write":
-                t_id, first, step = nd.mem
-                for i in range(nd.n):
-                    writers[(t_id, first + step * i)] = j
+            if nd.mem is None:
+                continue
+            table = writers if nd.mnemonic in ("write", "scatter") else readers
+            for key in vectors(nd):
+                table.setdefault(key, []).append(j)
     deps: list[set[int]] = []
     for j, job in enumerate(jobs):
         d = set()
         for nd in job.nodes:
-            if nd.mnemonic == "read":
-                t_id, first, step = nd.mem
-                for i in range(nd.n):
-                    w = writers.get((t_id, first + step * i))
-                    if w is not None and w != j:
-                        d.add(w)
+            if nd.mem is None:
+                continue
+            for key in vectors(nd):
+                if nd.mnemonic in ("read", "gather") or nd.mnemonic == "scatter":
+                    d.update(w for w in writers.get(key, ()) if w < j)
+                if nd.mnemonic == "write" and tensors[key[0]].kind == "state":
+                    d.update(r for r in readers.get(key, ()) if r < j)
+        d.discard(j)
         deps.append(d)
     users: list[list[int]] = [[] for _ in jobs]
     for j, d in enumerate(deps):

@@ -89,7 +89,7 @@ def check_outputs(p: Program, entry: str, inputs, outputs, weights=None) -> Chec
             close = np.isnan(r64) | np.isinf(r64) | (np.abs(g64 - r64) <= atol + rtol * np.abs(r64))
             bad = ~(same_special & close)
             both = np.isfinite(r64) & np.isfinite(g64)
-            worst = float(np.abs(g64 - r64)[both].max(initial=0.0))
+            worst = float(np.abs(g64[both] - r64[both]).max(initial=0.0))
             rule = f"within {rtol:g} relative + {atol:g}"
         else:
             bad = got != ref

@@ -44,8 +44,9 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
         raise error(f"not a readable .npz file ({e})", filename=path) from None
     except ValueError as e:
         if "pickle" in str(e):
-            raise error("holds Python objects, which lpu does not load (only plain arrays)",
-                        filename=path) from None
+            raise error(
+                "holds Python objects, which lpu does not load (only plain arrays)", filename=path
+            ) from None
         raise error(f"not a readable .npz file ({e})", filename=path) from None
 
 
@@ -70,8 +71,9 @@ def _exportable(x: np.ndarray) -> np.ndarray:
     return np.asarray(x)
 
 
-def check_arrays(arrays: Mapping[str, np.ndarray], expected: Iterable[Global | Value], *,
-                 filename: str, what: str) -> dict[str, np.ndarray]:
+def check_arrays(
+    arrays: Mapping[str, np.ndarray], expected: Iterable[Global | Value], *, filename: str, what: str
+) -> dict[str, np.ndarray]:
     """Match arrays to the params (or graph arguments) they are for; refuse anything off."""
     expected = list(expected)
     names = {e.name for e in expected}
@@ -85,8 +87,7 @@ def check_arrays(arrays: Mapping[str, np.ndarray], expected: Iterable[Global | V
             raise error(f"array '{key}' is not a {what} (the {what}s are: {known})", filename=filename)
     out = {}
     for e in expected:
-        out[e.name] = _check_one(arrays[e.name], e.type, f"array '{e.name}'", f"{sigil}{e.name}",
-                                 filename)
+        out[e.name] = _check_one(arrays[e.name], e.type, f"array '{e.name}'", f"{sigil}{e.name}", filename)
     return out
 
 
@@ -103,8 +104,9 @@ def _check_one(x: np.ndarray, t: TensorType, label: str, target: str, filename: 
             raise error(f"{label} has dtype {x.dtype} but {target} is bool", filename=filename)
         return x
     if kind not in "iu":
-        raise error(f"{label} has dtype {x.dtype} but {target} is {t.dtype} (an integer type)",
-                    filename=filename)
+        raise error(
+            f"{label} has dtype {x.dtype} but {target} is {t.dtype} (an integer type)", filename=filename
+        )
     lo, hi = INT_RANGE[t.dtype]
     if x.size and (int(x.min()) < lo or int(x.max()) > hi):
         raise error(f"{label} has values outside the {t.dtype} range [{lo}, {hi}]", filename=filename)

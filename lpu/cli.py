@@ -36,9 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # an internal bug: one clear line, never a traceback by default
         if os.environ.get("LPU_DEBUG"):
             traceback.print_exc()
-        print(f"lpu: internal error: {type(e).__name__}: {e}\n"
-              "This is a bug in lpu, not in your input; set LPU_DEBUG=1 to see where it happened.",
-              file=sys.stderr)
+        print(
+            f"lpu: internal error: {type(e).__name__}: {e}\n"
+            "This is a bug in lpu, not in your input; set LPU_DEBUG=1 to see where it happened.",
+            file=sys.stderr,
+        )
         return 3
 
 
@@ -71,11 +73,16 @@ def _parser() -> argparse.ArgumentParser:
     k = sub.add_parser("compile", help="compile a module to a program file (every instruction on a cycle)")
     k.add_argument("model", metavar="MODEL.lpu")
     k.add_argument("-w", "--weights", metavar="WEIGHTS.npz", help="weights to put in the SRAM image")
-    k.add_argument("--random-weights", type=int, metavar="SEED",
-                   help="put seeded random weights in the image (as lpu eval makes them)")
+    k.add_argument(
+        "--random-weights",
+        type=int,
+        metavar="SEED",
+        help="put seeded random weights in the image (as lpu eval makes them)",
+    )
     k.add_argument("-o", "--output", metavar="PROG.lpuprog", required=True)
-    k.add_argument("--system", default="tiny", metavar="PRESET|FILE.toml",
-                   help="system to compile for (default: tiny)")
+    k.add_argument(
+        "--system", default="tiny", metavar="PRESET|FILE.toml", help="system to compile for (default: tiny)"
+    )
     k.set_defaults(run=cmd_compile)
 
     a = sub.add_parser("asm", help="assemble a program listing (as lpu inspect prints it) into a program")
@@ -97,10 +104,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--inputs", metavar="X.npz", help="inputs (default: seeded random)")
     r.add_argument("-o", "--output", metavar="OUT.npz", help="write the outputs out0, out1, ...")
     r.add_argument("--seed", type=int, default=0, help="seed for random inputs")
-    r.add_argument("-w", "--weights", metavar="WEIGHTS.npz",
-                   help="weights, for a program compiled without them")
-    r.add_argument("--check", action="store_true",
-                   help="compare the outputs with the reference interpreter (exit 1 on any difference)")
+    r.add_argument(
+        "-w", "--weights", metavar="WEIGHTS.npz", help="weights, for a program compiled without them"
+    )
+    r.add_argument(
+        "--check",
+        action="store_true",
+        help="compare the outputs with the reference interpreter (exit 1 on any difference)",
+    )
     r.set_defaults(run=cmd_run)
 
     s = sub.add_parser("system", help="validate and describe a system (a name or a .toml file)")
@@ -124,13 +135,11 @@ def cmd_eval(args) -> int:
     module = parse_file(args.model)
     graph = _entry(module, args.entry, args.model)
     if args.weights:
-        weights = check_arrays(load_npz(args.weights), module.params, filename=args.weights,
-                               what="param")
+        weights = check_arrays(load_npz(args.weights), module.params, filename=args.weights, what="param")
     else:
         weights = random_weights(module, args.seed)
     if args.inputs:
-        inputs = check_arrays(load_npz(args.inputs), graph.args, filename=args.inputs,
-                              what="argument")
+        inputs = check_arrays(load_npz(args.inputs), graph.args, filename=args.inputs, what="argument")
     else:
         inputs = random_inputs(module, graph, args.seed)
     outputs = Reference(module, weights).run(graph.name, inputs)
@@ -149,11 +158,14 @@ def _entry(module, name: str | None, filename: str):
             return module.graphs[0]
         if "main" in names:
             return module.graph("main")
-        raise error(f"module {module.name} has several graphs ({', '.join(names)}); choose one "
-                    "with --entry", filename=filename)
+        raise error(
+            f"module {module.name} has several graphs ({', '.join(names)}); choose one with --entry",
+            filename=filename,
+        )
     if name not in names:
-        raise error(f"module {module.name} has no graph '{name}' (it has {', '.join(names)})",
-                    filename=filename)
+        raise error(
+            f"module {module.name} has no graph '{name}' (it has {', '.join(names)})", filename=filename
+        )
     return module.graph(name)
 
 
@@ -163,8 +175,11 @@ def _summary(x: np.ndarray) -> str:
     if x.dtype.kind == "f":
         f = flat.astype(np.float64)
         finite = f[np.isfinite(f)]
-        stats = (f"mean {finite.mean():.6g}  min {finite.min():.6g}  max {finite.max():.6g}"
-                 if finite.size else "no finite values")
+        stats = (
+            f"mean {finite.mean():.6g}  min {finite.min():.6g}  max {finite.max():.6g}"
+            if finite.size
+            else "no finite values"
+        )
         return f"[{head}]  {stats}"
     return f"[{head}]  sum {int(flat.astype(np.int64).sum())}"
 
@@ -199,9 +214,11 @@ def cmd_compile(args) -> int:
 
     cycles = schedule_length(program)
     clock = system.chip.clock_mhz
-    print(f"wrote {args.output}: {len(program)} instructions, {cycles} cycles "
-          f"({cycles / clock:.3f} us at {clock:g} MHz) on {system.name}"
-          + ("" if weights is not None else " (no weights: give them to lpu run with -w)"))
+    print(
+        f"wrote {args.output}: {len(program)} instructions, {cycles} cycles "
+        f"({cycles / clock:.3f} us at {clock:g} MHz) on {system.name}"
+        + ("" if weights is not None else " (no weights: give them to lpu run with -w)")
+    )
     return 0
 
 
@@ -264,27 +281,38 @@ def cmd_run(args) -> int:
     entries = list(program.entries)
     entry = args.entry or (entries[0] if len(entries) == 1 else "main" if "main" in entries else None)
     if entry is None:
-        raise error(f"the program has several entries ({', '.join(entries)}); choose one with --entry",
-                    filename=args.program)
+        raise error(
+            f"the program has several entries ({', '.join(entries)}); choose one with --entry",
+            filename=args.program,
+        )
     weights = None
     params = [pl for pl in program.placements if pl.role == "param"]
     if args.weights:
         weights = _check_placed(load_npz(args.weights), params, args.weights, "param")
     elif params and not program.meta.get("weights", True):
-        raise error("the program was compiled without weights; give them with -w WEIGHTS.npz",
-                    filename=args.program)
+        raise error(
+            "the program was compiled without weights; give them with -w WEIGHTS.npz", filename=args.program
+        )
     emu = Emulator(program, weights)
     wanted = emu.placements("input", entry)
     if args.inputs:
         inputs = _check_placed(load_npz(args.inputs), wanted, args.inputs, "argument")
     else:
         rng = np.random.default_rng(args.seed)
-        inputs = {pl.name: (rng.standard_normal(pl.shape) if pl.dtype in ("f32", "f16", "bf16")
-                            else rng.integers(-8, 8, pl.shape)).astype(STORAGE[pl.dtype]) for pl in wanted}
+        inputs = {
+            pl.name: (
+                rng.standard_normal(pl.shape)
+                if pl.dtype in ("f32", "f16", "bf16")
+                else rng.integers(-8, 8, pl.shape)
+            ).astype(STORAGE[pl.dtype])
+            for pl in wanted
+        }
     result = emu.run(entry, inputs)
     clock = program.system.chip.clock_mhz
-    print(f"{entry}: {result.cycles} cycles ({result.cycles / clock:.3f} us at {clock:g} MHz), "
-          f"{len(program)} instructions, {result.steps} vector steps")
+    print(
+        f"{entry}: {result.cycles} cycles ({result.cycles / clock:.3f} us at {clock:g} MHz), "
+        f"{len(program)} instructions, {result.steps} vector steps"
+    )
     busy = ", ".join(f"{k} {v}" for k, v in result.busy.items() if v)
     print(f"busy cycles: {busy or 'none'}")
     for k, out in enumerate(result.outputs):
@@ -303,8 +331,11 @@ def cmd_run(args) -> int:
         for v in result.violations[:50]:
             print(v.render(), file=sys.stderr)
         more = len(result.violations) - 50
-        print(f"{len(result.violations)} timing violation{'s' if len(result.violations) != 1 else ''}"
-              + (f" ({more} not shown)" if more > 0 else ""), file=sys.stderr)
+        print(
+            f"{len(result.violations)} timing violation{'s' if len(result.violations) != 1 else ''}"
+            + (f" ({more} not shown)" if more > 0 else ""),
+            file=sys.stderr,
+        )
         return 1
     print("timing: no violations")
     return 1 if failed else 0
@@ -330,15 +361,21 @@ def cmd_system(args) -> int:
 
     s = resolve_system(args.system)
     c = s.chip
-    print(f"system {s.name}: {s.chips} chip{'s' if s.chips != 1 else ''} of {c.name}, "
-          f"{len(s.links)} link{'s' if len(s.links) != 1 else ''}")
-    print(f"  chip: {c.lanes} lanes, {c.streams_per_direction}+{c.streams_per_direction} streams, "
-          f"{c.mem_slices} MEM slices x {c.mem_slice_bytes} bytes = {c.sram_bytes} bytes SRAM, "
-          f"{2 * c.mxm_planes_per_hemisphere} MXM planes, {c.clock_mhz:g} MHz")
+    print(
+        f"system {s.name}: {s.chips} chip{'s' if s.chips != 1 else ''} of {c.name}, "
+        f"{len(s.links)} link{'s' if len(s.links) != 1 else ''}"
+    )
+    print(
+        f"  chip: {c.lanes} lanes, {c.streams_per_direction}+{c.streams_per_direction} streams, "
+        f"{c.mem_slices} MEM slices x {c.mem_slice_bytes} bytes = {c.sram_bytes} bytes SRAM, "
+        f"{2 * c.mxm_planes_per_hemisphere} MXM planes, {c.clock_mhz:g} MHz"
+    )
     if s.chips > 1:
-        print(f"  links: {s.link_latency_cycles} cycles latency, {s.link_gbps:g} Gb/s, "
-              f"{s.link_cycles_per_vector} cycles per {s.vector_wire_bytes}-byte vector, "
-              f"receive buffer {s.rx_buffer_depth}")
+        print(
+            f"  links: {s.link_latency_cycles} cycles latency, {s.link_gbps:g} Gb/s, "
+            f"{s.link_cycles_per_vector} cycles per {s.vector_wire_bytes}-byte vector, "
+            f"receive buffer {s.rx_buffer_depth}"
+        )
     return 0
 
 

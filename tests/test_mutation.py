@@ -65,7 +65,9 @@ def mutants(p, count: int, seed: int):
             k = spec.operands.index("addr")
             step = max(int(q.fields[j, spec.operands.index("step")]), 1)
             d = int(rng.choice([-1, 1])) * step
-            if q.fields[j, k] + d < 0 or q.fields[j, k] + d >= p.system.chip.words_per_slice - step * int(p.n[j]):
+            if q.fields[j, k] + d < 0 or q.fields[j, k] + d >= p.system.chip.words_per_slice - step * int(
+                p.n[j]
+            ):
                 continue
             q.fields[j, k] += d
             what = f"#{j} {spec.mnemonic} addr {d:+d}"
@@ -83,8 +85,12 @@ def dataflow(p, inputs) -> dict:
 
     flow = {}
     for s in range(len(r.ins)):
-        flow[(int(r.ins[s]), int(r.i[s]))] = (tuple(who(int(x)) for x in r.stream_src[s]), who(int(seen[s])),
-                                              who(int(r.weights[s])), who(int(r.acc_src[s])))
+        flow[(int(r.ins[s]), int(r.i[s]))] = (
+            tuple(who(int(x)) for x in r.stream_src[s]),
+            who(int(seen[s])),
+            who(int(r.weights[s])),
+            who(int(r.acc_src[s])),
+        )
     iw_rows = {}
     for s in range(len(r.ins)):
         if r.iw_index[s] >= 0:
