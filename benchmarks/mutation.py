@@ -17,12 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from test_mutation import MLP, campaign  # noqa: E402
-
-from compiler import parse  # noqa: E402
-from compiler.backend import compile_module  # noqa: E402
-from isa.system import named_system  # noqa: E402
-from lpu.arrays import random_inputs, random_weights  # noqa: E402
+from test_mutation import campaign, program_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,19 +27,18 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=400)
     args = ap.parse_args()
     cases = [
-        ("small MLP", MLP, "tiny"),
-        ("GPT block", (ROOT / "examples" / "gpt_block.lpu").read_text(), "tsp"),
+        ("small MLP", "mlp", "tiny"),
+        ("GPT block", "gpt_block", "tsp"),
+        ("KV decode", "kv_decode", "tiny"),
     ]
     print(
         f"{'program':<12} {'system':<6} {'instr':>6} {'mutants':>8} {'timing':>7} {'values':>7} "
         f"{'equiv':>6} {'survive':>8} {'kill rate':>10} {'s':>6}"
     )
-    for name, text, system in cases:
-        m = parse(text)
-        p = compile_module(m, named_system(system), random_weights(m, 0))
-        inputs = random_inputs(m, m.graphs[0], 0)
+    for name, source, system in cases:
+        p, inputs, entry = program_for(source, system)
         t0 = time.perf_counter()
-        timing, values, equivalent, survivors = campaign(p, inputs, args.count, seed=1)
+        timing, values, equivalent, survivors = campaign(p, inputs, args.count, seed=1, entry=entry)
         dt = time.perf_counter() - t0
         killable = args.count - equivalent
         rate = (timing + values) / killable if killable else 1.0

@@ -23,7 +23,7 @@ from compiler.lower import Tensor
 from compiler.schedule import Placed
 from isa.chip import ChipConfig
 from isa.diagnostics import error
-from isa.program import IMAGE, MAX_FIELDS, MAX_SOURCES, NONE, UNCHECKED, source_slots
+from isa.program import ADDRESS, IMAGE, MAX_FIELDS, MAX_SOURCES, NONE, UNCHECKED, source_slots
 from isa.spec import BY_MNEMONIC, DTYPE_BYTES
 
 
@@ -198,7 +198,7 @@ class Emitter:
             t = self.tensors[t_id]
             fields["addr"] = self.word(t, first + step * s)
             if nd.mnemonic == "read" and self._dynamic(t):
-                sources["mem"] = (UNCHECKED, 0, 1)
+                sources["mem"] = (ADDRESS, fields["addr"], 1)
             elif nd.mnemonic == "read":
                 src = self._source_of(t, first + step * s)
                 if src is None:

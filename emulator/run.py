@@ -17,7 +17,7 @@ from emulator.kernel import ACTIONS, execute
 from emulator.timing import Violation, resolve
 from isa.diagnostics import error
 from isa.numerics import STORAGE, to_storage
-from isa.program import IMAGE, NONE, UNCHECKED, Placement, Program, from_vectors, to_vectors
+from isa.program import ADDRESS, IMAGE, NONE, UNCHECKED, Placement, Program, from_vectors, to_vectors
 from isa.spec import DTYPE_BYTES, OPS
 
 _ACTION = np.zeros(256, np.int64)
@@ -211,6 +211,14 @@ def _sram_violations(
         if r.mem_kind[s] == 3:
             want = int(p.src[j, 1])  # gather: its idx stream is slot 0, the SRAM slot 1
         m = int(found[s])
+        if want == ADDRESS:
+            expected = off + int(r.i[s]) * int(r.mem_step[s])
+            word = int(r.mem_addr[s]) + int(r.i[s]) * int(r.mem_step[s])
+            if word != expected:
+                say(int(s), "wrong SRAM word", f"word {expected}", f"word {word}")
+            elif m == -1:
+                say(int(s), "read of an unwritten word", f"word {expected}", "a word nothing wrote")
+            continue
         if want in (NONE, UNCHECKED):
             if m == -1:
                 say(

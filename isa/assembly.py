@@ -27,6 +27,7 @@ import numpy as np
 
 from isa.diagnostics import Loc, LpuError, Source, error
 from isa.program import (
+    ADDRESS,
     IMAGE,
     MAX_FIELDS,
     MAX_SOURCES,
@@ -75,6 +76,8 @@ def format_source(src: int, off: int, step: int = 1) -> str:
         return f"image@{off}"
     if src == UNCHECKED:
         return "unchecked"
+    if src == ADDRESS:
+        return f"word@{off}"
     return f"#{src}" + (f"*{step}" if step != 1 else "") + (f"{off:+d}" if off else "")
 
 
@@ -366,9 +369,9 @@ class _Assembler:
                 )
             k = slots.index(slot)
             m = re.fullmatch(r"#(\d+)(?:\*(\d+))?([+-]\d+)?", ref)
-            image = re.fullmatch(r"image@(\d+)", ref)
+            image = re.fullmatch(r"(image|word)@(\d+)", ref)
             if image:
-                src[k], off[k] = IMAGE, int(image.group(1))
+                src[k], off[k] = (IMAGE if image.group(1) == "image" else ADDRESS), int(image.group(2))
             elif ref == "unchecked":
                 src[k] = UNCHECKED
             elif m:

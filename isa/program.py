@@ -18,7 +18,8 @@ then one implicit input: the SRAM word for `read` and `gather`, the installed
 weights (the `iw`) for `mm`, the accumulator slot (the last `mm` into it) for
 `acc`. A source is an instruction index, `IMAGE` (the word comes from the SRAM
 image or a placed input; its offset is then the word vector 0 should come from),
-`UNCHECKED` (a run-time address: `gather`, `scatter`) or `NONE`.
+`ADDRESS` (the word may have been written by a `scatter`, so only the word the read
+uses is fixed: its offset), `UNCHECKED` (a run-time address: `gather`) or `NONE`.
 
 On disk: a zip archive with fixed timestamps holding `header.json` and one
 `.npy` per array; the header records the format version and a SHA-256 of every
@@ -53,6 +54,7 @@ MAX_SOURCES = max(len(s.inputs) for s in OPS) + 1
 NONE = -1
 IMAGE = -2
 UNCHECKED = -3
+ADDRESS = -4  # the writer is only known at run time (a scatter): the read must use word `offset`
 
 IMPLICIT_SOURCE = {"read": "mem", "gather": "mem", "mm": "w", "acc": "acc"}
 
@@ -283,7 +285,7 @@ def check(p: Program) -> None:
                         i, f"{spec.mnemonic} has {len(slots)} source slots but slot {k} is set"
                     )
                 continue
-            if not (s in (NONE, IMAGE, UNCHECKED) or 0 <= s < n_ins):
+            if not (s in (NONE, IMAGE, UNCHECKED, ADDRESS) or 0 <= s < n_ins):
                 raise ProgramError(i, f"source {slots[k]} names instruction {s}, which does not exist")
 
 

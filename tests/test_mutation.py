@@ -75,9 +75,9 @@ def mutants(p, count: int, seed: int):
         yield what, q
 
 
-def dataflow(p, inputs) -> dict:
+def dataflow(p, inputs, entry: str = "main") -> dict:
     """Which producer (instruction, vector) every input of every vector step saw, SRAM included."""
-    run = Emulator(p).run("main", inputs, trace=True)
+    run = Emulator(p).run(entry, inputs, trace=True)
     r, seen = run.extra["resolved"], run.extra["mem_seen"]
 
     def who(step):
@@ -98,32 +98,47 @@ def dataflow(p, inputs) -> dict:
     return {"flow": flow, "iw": iw_rows}
 
 
-def campaign(p, inputs, count: int, seed: int):
-    emu_clean = Emulator(p).run("main", inputs)
-    assert emu_clean.violations == []
-    base_flow = dataflow(p, inputs)
+def campaign(p, inputs, count: int, seed: int, entry: str = "main"):
+    def run(q):
+        emu = Emulator(q)
+        return emu.run(entry, inputs), emu.state
+
+    clean, clean_state = run(p)
+    assert clean.violations == []
+    base_flow = dataflow(p, inputs, entry)
     caught_timing = caught_values = equivalent = 0
     survivors = []
     for what, q in mutants(p, count, seed):
-        r = Emulator(q).run("main", inputs)
+        r, state = run(q)
         if r.violations:
             caught_timing += 1
-        elif not all(np.array_equal(a, b) for a, b in zip(r.outputs, emu_clean.outputs)):
+        elif not all(np.array_equal(a, b) for a, b in zip(r.outputs, clean.outputs)) or not all(
+            np.array_equal(state[k], clean_state[k]) for k in clean_state
+        ):
             caught_values += 1
-        elif dataflow(q, inputs) == base_flow:
+        elif dataflow(q, inputs, entry) == base_flow:
             equivalent += 1
         else:
             survivors.append(what)
     return caught_timing, caught_values, equivalent, survivors
 
 
-@pytest.mark.parametrize("system, source", [("tiny", "mlp"), ("tsp", "gpt_block")])
-def test_every_non_equivalent_mutation_is_caught(system, source):
+def program_for(source: str, system: str):
+    """(program, inputs, entry) for a named test program."""
+    if source == "kv_decode":
+        m = parse((ROOT / "tests" / "ir" / "kv_decode.lpu").read_text())
+        p = compile_module(m, named_system(system), random_weights(m, 0))
+        return p, {"tok": np.array([5], np.int32), "pos": np.int32(2)}, "decode"
     text = MLP if source == "mlp" else (ROOT / "examples" / "gpt_block.lpu").read_text()
     m = parse(text)
     p = compile_module(m, named_system(system), random_weights(m, 0))
-    inputs = random_inputs(m, m.graphs[0], 0)
-    timing, values, equivalent, survivors = campaign(p, inputs, count=120, seed=7)
+    return p, random_inputs(m, m.graphs[0], 0), "main"
+
+
+@pytest.mark.parametrize("system, source", [("tiny", "mlp"), ("tsp", "gpt_block"), ("tiny", "kv_decode")])
+def test_every_non_equivalent_mutation_is_caught(system, source):
+    p, inputs, entry = program_for(source, system)
+    timing, values, equivalent, survivors = campaign(p, inputs, count=120, seed=7, entry=entry)
     assert survivors == [], survivors
     assert timing + values + equivalent == 120
     assert timing >= 100  # nearly every mutation is a timing violation, not only a wrong value
