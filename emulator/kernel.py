@@ -110,8 +110,8 @@ ACTIONS = {
 def _unary(action: int, x: float) -> float:
     if action == NEG:
         return -x
-    if action == RELU:
-        return x if x > 0.0 else 0.0
+    if action == RELU:  # NaN stays NaN, as in numpy.maximum(x, 0)
+        return x if x > 0.0 or x != x else 0.0
     if action == EXP:
         return math.exp(x) if x < 709.0 else math.inf
     if action == LOG:
