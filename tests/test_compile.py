@@ -266,3 +266,18 @@ def test_property_random_graphs_on_random_chips(m, chip, seed):
     assert run.violations == [], [v.render() for v in run.violations[:3]]
     report = check_outputs(program, g.name, inputs, run.outputs)
     assert report.ok, report.lines
+
+
+def test_check_catches_wrong_values_infinities_and_nans():
+    m = parse("module m\ngraph main(%x: f32[3], %i: i32[2]) -> (f32[3], i32[2]) {\n  %y = exp(%x)\n"
+              "  %j = neg(%i)\n  return %y, %j\n}\n")
+    program = compile_module(m, named_system("tiny"), {})
+    x = {"x": np.array([1000.0, 0.0, np.nan], np.float32), "i": np.array([3, -4], np.int32)}
+    good = [np.array([np.inf, 1.0, np.nan], np.float32), np.array([-3, 4], np.int32)]
+    assert check_outputs(program, "main", x, good).ok
+    for k, bad in [(0, [1.0, 1.0, np.nan]), (0, [np.inf, 1.0, 0.0]), (0, [np.inf, 1.001, np.nan]),
+                   (1, [-3, 5])]:
+        outs = list(good)
+        outs[k] = np.array(bad, outs[k].dtype)
+        report = check_outputs(program, "main", x, outs)
+        assert not report.ok and f"out{k}" in report.lines[k] and "differs from the reference" in report.lines[k]
