@@ -113,6 +113,8 @@ def _unary(action: int, x: float) -> float:
     if action == RELU:  # NaN stays NaN, as in numpy.maximum(x, 0)
         return x if x > 0.0 or x != x else 0.0
     if action == EXP:
+        if x != x:
+            return x
         return math.exp(x) if x < 709.0 else math.inf
     if action == LOG:
         return np.log(x)

@@ -45,3 +45,32 @@ def test_conversions_match_numpy(to, name):
 def test_integer_results_wrap(v):
     assert to_dtype(float(v), I8) == float(np.int64(v).astype(np.int8))
     assert to_dtype(float(v), I32) == float(np.int64(v).astype(np.int32))
+
+
+SPECIAL_VALUES = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 800.0, -800.0, 1e-300, 2.5]
+
+
+def test_vxm_actions_agree_with_numpy_on_special_values():
+    import math
+
+    from emulator.kernel import ACTIONS, _binary, _unary
+
+    unary = {"neg": np.negative, "relu": lambda x: np.maximum(x, 0), "exp": np.exp, "log": np.log,
+             "tanh": np.tanh, "sigmoid": lambda x: 1 / (1 + np.exp(-x)), "sqrt": np.sqrt,
+             "rsqrt": lambda x: 1 / np.sqrt(x), "recip": lambda x: 1 / x, "erf": np.vectorize(math.erf)}
+    binary = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "max": np.maximum,
+              "min": np.minimum, "lt": np.less, "gt": np.greater, "eq": np.equal}
+    bad = []
+    with np.errstate(all="ignore"):
+        for name, f in unary.items():
+            for v in SPECIAL_VALUES:
+                got, want = _unary(ACTIONS[name], v), float(f(np.float64(v)))
+                if not (got == want or (got != got and want != want)):
+                    bad.append((name, v, got, want))
+        for name, f in binary.items():
+            for v in SPECIAL_VALUES:
+                for w in SPECIAL_VALUES:
+                    got, want = _binary(ACTIONS[name], v, w), float(f(np.float64(v), np.float64(w)))
+                    if not (got == want or (got != got and want != want)):
+                        bad.append((name, v, w, got, want))
+    assert bad == []
