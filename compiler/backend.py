@@ -164,7 +164,11 @@ def _check_capacity(m: Module, chip) -> None:
         )
     values = [(f"@{g.name}", g.type, g.loc) for g in m.globals]
     values += [(f"%{v.name}", v.type, v.loc) for g in m.graphs for v in g.args]
-    values += [(f"%{op.result.name}", op.result.type, op.loc) for g in m.graphs for op in g.ops]
+    values += [
+        (f"%{op.result.name}" if op.result.name else f"the result of {op.name}", op.result.type, op.loc)
+        for g in m.graphs
+        for op in g.ops
+    ]
     for name, t, loc in values:
         if size(t) > chip.mem_slice_bytes:
             raise error(

@@ -736,11 +736,7 @@ class Lowering:
         x, v, index = (self.tensor(o) for o in op.operands)
         axis = op.attr("axis") % len(x.shape)
         if axis == len(x.shape) - 1:
-            raise error(
-                "update_slice along the last axis (moving lanes at run time) does not compile for the "
-                "chip yet; put the updated axis before the last",
-                op.loc,
-            )
+            return self._update_last_axis(op, x, v, index)
         out = self.new_tensor(op.result.name or "u", op.result.type, avoid={x.slice, v.slice, index.slice})
         self.copy(x, out)
         if v.slice == index.slice:
@@ -773,6 +769,48 @@ class Lowering:
             )
             self.finish(job)
         return out
+
+    MAX_LANE_OFFSETS = 64
+
+    def _update_last_axis(self, op: Op, x: Tensor, v: Tensor, index: Tensor) -> Tensor:
+        """update_slice along the last axis: lanes would move by a run-time amount, which no unit does;
+        instead build the result for every possible offset (static lane moves) and select the one
+        whose offset equals the index: res = where(index == k, candidate_k, res)."""
+        cols, width = x.cols, v.cols
+        offsets = cols - width + 1
+        if offsets > self.MAX_LANE_OFFSETS:
+            raise error(
+                f"update_slice along the last axis has {offsets} possible offsets; the chip code selects "
+                f"among at most {self.MAX_LANE_OFFSETS} (put the updated axis before the last)",
+                op.loc,
+            )
+        rows = x.rows
+        out_t = op.result.type
+        res_val: Value | None = None
+        idx_val = Value(TensorType("i32", ()), "index")
+        self.values[id(idx_val)] = index
+        for k in range(offsets):
+            col = np.arange(cols)
+            inside = (col >= k) & (col < k + width)
+            which = np.broadcast_to(inside.astype(np.int64), (rows, cols))
+            from_x = np.arange(rows)[:, None] * cols + col[None, :]
+            from_v = np.arange(rows)[:, None] * width + np.clip(col - k, 0, width - 1)[None, :]
+            src = np.where(which == 1, from_v, from_x)
+            cand = self.move([x, v], out_t, which.reshape(out_t.shape), src.reshape(out_t.shape))
+            if res_val is None:
+                res_val = Value(out_t, f"u{k}")
+                self.values[id(res_val)] = cand
+                continue
+            k_val = Value(TensorType("i32", ()), f"k{k}")
+            self.values[id(k_val)] = self.const("i32", (), np.array(float(k)))
+            hit = Value(TensorType("bool", ()), f"hit{k}")
+            self.values[id(hit)] = self.elementwise(Op("equal", (idx_val, k_val), hit, (), op.loc))
+            cand_val = Value(out_t, f"cand{k}")
+            self.values[id(cand_val)] = cand
+            new = Value(out_t, f"u{k}")
+            self.values[id(new)] = self.elementwise(Op("where", (hit, cand_val, res_val), new, (), op.loc))
+            res_val = new
+        return self.values[id(res_val)]
 
     # -- matmul ------------------------------------------------------------------------------------
     def matmul(self, op: Op) -> Tensor:

@@ -165,18 +165,16 @@ def test_tensor_larger_than_a_slice_is_refused_with_its_location():
         compile_module(parse(text, "big.lpu"), named_system("tiny"))
 
 
-@pytest.mark.parametrize(
-    "stmt, message",
-    [
-        ("update_slice(%t, %u, %p) {axis = 1}", "update_slice along the last axis"),
-    ],
-)
-def test_runtime_addressing_limits_are_refused_clearly(stmt, message):
+def test_update_slice_with_too_many_lane_offsets_is_refused_clearly():
     text = (
-        "module m\ngraph main(%t: f16[10, 4], %r1: f16[10], %ids: i32[3], %u: f16[10, 1], %p: i32[]) -> () {\n"
-        f"  %r = {stmt}\n  return\n}}\n"
+        "module m\ngraph main(%w: f16[2, 100], %u: f16[2, 1], %p: i32[]) -> () {\n"
+        "  %r = update_slice(%w, %u, %p) {axis = 1}\n  return\n}\n"
     )
-    with pytest.raises(LpuError, match=message):
+    with pytest.raises(
+        LpuError,
+        match=r"g.lpu:3:8: error: update_slice along the last axis has 100 possible "
+        r"offsets; the chip code selects among at most 64",
+    ):
         compile_module(parse(text, "g.lpu"), named_system("tiny"))
 
 
@@ -252,7 +250,7 @@ def test_property_random_graphs_on_random_chips(m, chip, seed):
     try:
         program = compile_module(m, systems_of(chip), w)
     except LpuError as e:
-        assert "does not fit in SRAM" in str(e), str(e)
+        assert "does not fit in SRAM" in str(e) or "one MEM slice holds" in str(e), str(e)
         return
     g = m.graphs[0]
     inputs = random_inputs(m, g, seed)
@@ -269,15 +267,23 @@ def test_property_random_graphs_on_random_chips(m, chip, seed):
 
 
 def test_check_catches_wrong_values_infinities_and_nans():
-    m = parse("module m\ngraph main(%x: f32[3], %i: i32[2]) -> (f32[3], i32[2]) {\n  %y = exp(%x)\n"
-              "  %j = neg(%i)\n  return %y, %j\n}\n")
+    m = parse(
+        "module m\ngraph main(%x: f32[3], %i: i32[2]) -> (f32[3], i32[2]) {\n  %y = exp(%x)\n"
+        "  %j = neg(%i)\n  return %y, %j\n}\n"
+    )
     program = compile_module(m, named_system("tiny"), {})
     x = {"x": np.array([1000.0, 0.0, np.nan], np.float32), "i": np.array([3, -4], np.int32)}
     good = [np.array([np.inf, 1.0, np.nan], np.float32), np.array([-3, 4], np.int32)]
     assert check_outputs(program, "main", x, good).ok
-    for k, bad in [(0, [1.0, 1.0, np.nan]), (0, [np.inf, 1.0, 0.0]), (0, [np.inf, 1.001, np.nan]),
-                   (1, [-3, 5])]:
+    for k, bad in [
+        (0, [1.0, 1.0, np.nan]),
+        (0, [np.inf, 1.0, 0.0]),
+        (0, [np.inf, 1.001, np.nan]),
+        (1, [-3, 5]),
+    ]:
         outs = list(good)
         outs[k] = np.array(bad, outs[k].dtype)
         report = check_outputs(program, "main", x, outs)
-        assert not report.ok and f"out{k}" in report.lines[k] and "differs from the reference" in report.lines[k]
+        assert (
+            not report.ok and f"out{k}" in report.lines[k] and "differs from the reference" in report.lines[k]
+        )
