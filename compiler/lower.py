@@ -236,32 +236,27 @@ class Lowering:
         return self.values[id(o)]
 
     # -- building blocks ---------------------------------------------------------------------------
-    def read(self, job: Job, t: Tensor, first: int, n: int, step_vectors: int) -> int:
+    def _mem(
+        self,
+        job: Job,
+        mnemonic: str,
+        t: Tensor,
+        first: int,
+        n: int,
+        step_vectors: int,
+        inputs: list[tuple[str, int]],
+    ) -> int:
         q = self.queue_index[t.slice]
+        fields = {"step": step_vectors * t.width, "dt": DTYPES.index(t.dtype)}
         return job.add(
-            Node(
-                "read",
-                q,
-                self.queue_x[q],
-                n,
-                {"step": step_vectors * t.width, "dt": DTYPES.index(t.dtype)},
-                mem=(t.id, first, step_vectors),
-            )
+            Node(mnemonic, q, self.queue_x[q], n, fields, inputs=inputs, mem=(t.id, first, step_vectors))
         )
 
+    def read(self, job: Job, t: Tensor, first: int, n: int, step_vectors: int) -> int:
+        return self._mem(job, "read", t, first, n, step_vectors, [])
+
     def write(self, job: Job, t: Tensor, first: int, n: int, step_vectors: int, producer: int) -> int:
-        q = self.queue_index[t.slice]
-        return job.add(
-            Node(
-                "write",
-                q,
-                self.queue_x[q],
-                n,
-                {"step": step_vectors * t.width, "dt": DTYPES.index(t.dtype)},
-                inputs=[("a", producer)],
-                mem=(t.id, first, step_vectors),
-            )
-        )
+        return self._mem(job, "write", t, first, n, step_vectors, [("a", producer)])
 
     def unit(
         self, job: Job, mnemonic: str, queue: int, n: int, inputs: list[tuple[str, int]], **fields

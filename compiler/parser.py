@@ -16,6 +16,7 @@ from lark import Token, Tree
 from compiler.ir import Commit, Global, Graph, Module, Op, Operand, TensorType, Value, freeze_attr
 from compiler.ops import MAX_ELEMENTS, OPS, OpError, infer
 from isa.diagnostics import Diagnostic, Loc, LpuError, Source, error
+from isa.files import read_bytes
 from isa.spec import DTYPES
 
 _GRAMMAR = importlib.resources.files("compiler").joinpath("grammar.lark").read_text()
@@ -52,12 +53,7 @@ def parse(text: str | bytes, filename: str = "<input>") -> Module:
 
 
 def parse_file(path: str) -> Module:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise error(f"cannot read file: {e.strerror}", filename=path) from None
-    return parse(raw, path)
+    return parse(read_bytes(path), path)
 
 
 def _source(text: str | bytes, filename: str) -> Source:

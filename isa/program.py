@@ -34,8 +34,6 @@ import hashlib
 import io
 import json
 import math
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 
@@ -43,6 +41,7 @@ import numpy as np
 
 from isa.chip import CHIP_KEYS, ChipConfig, ChipConfigError
 from isa.diagnostics import LpuError, error
+from isa.files import read_bytes, write_atomically
 from isa.spec import BY_CODE, DTYPE_BYTES, DTYPES, ENUMS, FIELDS, OPS, OpSpec, Unit
 from isa.system import SystemConfig
 
@@ -436,28 +435,11 @@ def to_bytes(p: Program) -> bytes:
 def save(p: Program, path: str) -> None:
     """Write atomically: the file is complete or absent, never half-written."""
     data = to_bytes(p)
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".lpu-", suffix=".lpuprog", dir=directory)
-    except OSError as e:
-        raise error(f"cannot write file: {e.strerror}", filename=path) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomically(path, lambda f: f.write(data), suffix=".lpuprog")
 
 
 def load(path: str) -> Program:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise error(f"cannot read program: {e.strerror}", filename=path) from None
-    return from_bytes(data, path)
+    return from_bytes(read_bytes(path, "program"), path)
 
 
 def from_bytes(data: bytes, filename: str = "<program>") -> Program:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from isa.chip import CHIP_KEYS, CHIP_PRESETS, ChipConfig, ChipConfigError
 from isa.diagnostics import Loc, LpuError, Source, error
+from isa.files import read_bytes
 
 WIRE_OVERHEAD_BYTES = 8  # a 320-byte vector travels as 328 bytes (ISCA 2022)
 
@@ -147,12 +148,7 @@ SYSTEM_KEYS = ("name", "chips", "links", "link_latency_cycles", "link_gbps", "rx
 
 def load_system(path: str) -> SystemConfig:
     """Read a system (or a lone chip) from a TOML file; errors name the file, line and key."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise error(f"cannot read system file: {e.strerror}", filename=path) from None
-    return parse_system(raw, path)
+    return parse_system(read_bytes(path, "system file"), path)
 
 
 def parse_system(raw: bytes, filename: str) -> SystemConfig:

@@ -7,8 +7,6 @@ missing, extra, misshapen or wrongly typed array is an error that names it.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping
 
@@ -16,6 +14,7 @@ import numpy as np
 
 from compiler.ir import Global, Graph, Module, TensorType, Value
 from isa.diagnostics import LpuError, error
+from isa.files import write_atomically
 from isa.numerics import FLOATS, INT_RANGE, STORAGE
 
 
@@ -52,19 +51,9 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
 
 def save_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
     """Write an .npz atomically: the file appears complete or not at all."""
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".lpu-", suffix=".npz", dir=directory)
-    except OSError as e:
-        raise error(f"cannot write file: {e.strerror}", filename=path) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{k: _exportable(v) for k, v in arrays.items()})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomically(
+        path, lambda f: np.savez(f, **{k: _exportable(v) for k, v in arrays.items()}), suffix=".npz"
+    )
 
 
 def _exportable(x: np.ndarray) -> np.ndarray:
