@@ -101,11 +101,13 @@ def instruction_text(p: Program, i: int) -> str:
 
 
 def _system_line(s: SystemConfig) -> str:
+    """`system NAME` when the system is exactly a named one, else its full description as JSON."""
     try:
-        if system_to_dict(named_system(s.name)) == system_to_dict(s):
-            return f"system {s.name}"
-    except LpuError:
-        pass
+        named = system_to_dict(named_system(s.name))
+    except LpuError:  # not a name we know: a system from a file
+        named = None
+    if named == system_to_dict(s):
+        return f"system {s.name}"
     return "system " + json.dumps(system_to_dict(s), sort_keys=True)
 
 
