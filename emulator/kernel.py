@@ -58,7 +58,9 @@ from emulator.numerics import F32, I8, I32, convert, to_dtype
     LRED,
     GATHER,
     SCATTER,
-) = range(40)
+    SEND,
+    RECV,
+) = range(42)
 
 ACTIONS = {
     "nop": NOTHING,
@@ -103,6 +105,8 @@ ACTIONS = {
     "lred": LRED,
     "gather": GATHER,
     "scatter": SCATTER,
+    "send": SEND,
+    "recv": RECV,
 }
 
 
@@ -172,7 +176,7 @@ def _store(x: float, dt: int) -> float:
 
 @numba.njit(cache=True, error_model="numpy")
 def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
-            stream_src, weights, iw_index, iw_rows, acc_src,  # resolved sources
+            stream_src, weights, iw_index, iw_rows, acc_src, link_src,  # resolved sources
             trans_block, block_out, block_src,  # trans: a block's output steps and their inputs
             vec, sample, emit, mem_kind, slice_base, mem_addr, mem_step, mem_width, words,  # SRAM access
             prov, image, maps, lanes, k_i8, k_f16):  # fmt: skip
@@ -222,9 +226,12 @@ def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
                 pend_prov[flat] = s
                 pend_land[flat] = emit[s]
             continue
-        if act == LW:
+        if act == LW or act == SEND:
             if a_src >= 0:
                 out[s] = out[a_src]
+        elif act == RECV:
+            if link_src[s] >= 0:
+                out[s] = out[link_src[s]]
         elif act == SPLAT:
             v = _store(imm[s], dt[s])
             out[s, :] = v

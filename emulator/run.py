@@ -140,7 +140,7 @@ class Emulator:
             prov[(c * chip.mem_slices + sl) * words + w] = -2 - row
         out, _, found, bad_address, final = execute(
             _ACTION[op], col("dt"), col("to"), imm, col("k"), col("lane"), col("map"), col("red"),
-            col("kof"), col("mode"), r.stream_src, r.weights, r.iw_index, r.iw_rows, r.acc_src,
+            col("kof"), col("mode"), r.stream_src, r.weights, r.iw_index, r.iw_rows, r.acc_src, r.link_src,
             trans_block, block_out, block_src, r.i, r.sample, r.emit, r.mem_kind, r.slice_base,
             r.mem_addr, r.mem_step, r.mem_width, words, prov, image, maps.astype(np.int64), lanes,
             chip.mxm_k_i8, chip.mxm_k_f16,

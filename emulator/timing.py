@@ -44,7 +44,7 @@ for _s in OPS:
         _IN_COLS[_s.code, _k] = _s.operands.index(_f)
 
 CODE = {s.mnemonic: s.code for s in OPS}
-UNSUPPORTED = {"send", "recv"}
+UNSUPPORTED: set[str] = set()
 
 
 @dataclass
@@ -81,6 +81,7 @@ class Resolved:
     iw_rows: np.ndarray  # [iw steps, rows]: lw step that loaded each row, or -1
     iw_index: np.ndarray  # per step: its index among iw steps, or -1
     acc_src: np.ndarray  # for acc steps: the mm step that last wrote the slot; for acc_add mm: previous
+    link_src: np.ndarray  # for recv steps: the send step whose vector it takes, or -1
     mem_kind: np.ndarray  # 0, or 1 read, 2 write, 3 gather, 4 scatter
     slice_base: np.ndarray  # flat index of word 0 of the step's MEM slice
     mem_addr: np.ndarray  # the addr field
@@ -336,6 +337,88 @@ def resolve(p: Program, entry: int, initialised: set[tuple[int, int, int]] | dic
         acc_src[acc] = np.where(found >= 0, into[np.maximum(found, 0)], -1)
         _check_sources(p, ins, vec, acc, 0, acc_src[acc], sample, report, describe, "accumulator")
 
+    # -- chip-to-chip links: FIFO per direction, exact latency and serialisation ----------------------
+    link_src = np.full(nsteps, -1, np.int64)
+    sends = np.nonzero(op == CODE["send"])[0]
+    recvs = np.nonzero(op == CODE["recv"])[0]
+    if len(sends) or len(recvs):
+        system = p.system
+        ser, latency, depth = (
+            system.link_cycles_per_vector,
+            system.link_latency_cycles,
+            system.rx_buffer_depth,
+        )
+        own = [system.chip_links(c) for c in range(system.chips)]
+        send_col = BY_CODE[CODE["send"]].operands.index("link")
+        recv_col = BY_CODE[CODE["recv"]].operands.index("link")
+        outgoing: dict[tuple[int, int], list[tuple[int, int]]] = {}  # (system link, from chip) -> handoffs
+        incoming: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        for steps, col, table in ((sends, send_col, outgoing), (recvs, recv_col, incoming)):
+            for st in steps:
+                c, k = int(chip[st]), int(p.fields[ins[st], col])
+                if k >= len(own[c]):
+                    report(
+                        "no such link",
+                        st,
+                        sample[st],
+                        f"one of the {len(own[c])} links of chip {c}",
+                        f"link {k}",
+                        "link",
+                    )
+                    continue
+                sys_link, other = own[c][k]
+                key = (sys_link, c) if table is outgoing else (sys_link, other)
+                table.setdefault(key, []).append((int(sample[st]), int(st)))
+        for key, handoffs in outgoing.items():
+            handoffs.sort()
+            for (t0, _), (t1, st) in zip(handoffs, handoffs[1:]):
+                if t1 < t0 + ser:
+                    report(
+                        "link overrun",
+                        st,
+                        t1,
+                        f"the link free from cycle {t0 + ser} ({ser} cycles a vector)",
+                        f"a vector handed over on cycle {t1}",
+                        "link",
+                    )
+        for key, takes in incoming.items():
+            takes.sort()
+            sent = sorted(outgoing.get(key, []))
+            arrivals = [t + ser + latency for t, _ in sent]
+            for idx, (c_r, st_r) in enumerate(takes):
+                if idx >= len(sent):
+                    report(
+                        "receive of nothing", st_r, c_r, "a vector sent on this link", "nothing sent", "link"
+                    )
+                    continue
+                if c_r < arrivals[idx]:
+                    report(
+                        "receive at the wrong cycle",
+                        st_r,
+                        c_r,
+                        f"a vector that arrives on cycle {arrivals[idx]}",
+                        f"a receive on cycle {c_r}, before it arrives",
+                        "link",
+                    )
+                    continue
+                link_src[st_r] = sent[idx][1]
+            # at each arrival, the vectors waiting (arrived, not yet taken) must fit the receive buffer
+            taken = sorted(c for c, _ in takes)
+            for idx, a in enumerate(arrivals):
+                waiting = (idx + 1) - int(np.searchsorted(taken, a, side="right"))
+                if waiting > depth:
+                    st = sent[idx][1]
+                    report(
+                        "receive buffer overrun",
+                        st,
+                        a,
+                        f"at most {depth} vector(s) waiting",
+                        f"{waiting} waiting on cycle {a}",
+                        "link",
+                    )
+        slot = len(BY_CODE[CODE["recv"]].inputs)
+        _check_sources(p, ins, vec, recvs, slot, link_src[recvs], sample, report, describe, "link")
+
     # -- queues -----------------------------------------------------------------------------------
     busy = _BUSY_FIXED[p.opcode[sel]] + _BUSY_PER[p.opcode[sel]] * p.n[sel]
     order = np.lexsort((p.cycle[sel], p.queue[sel], p.chip[sel]))
@@ -384,6 +467,7 @@ def resolve(p: Program, entry: int, initialised: set[tuple[int, int, int]] | dic
         iw_rows=re(iw_rows),
         iw_index=iw_index[order],
         acc_src=re(acc_src[order]),
+        link_src=re(link_src[order]),
         mem_kind=mem_kind[order],
         slice_base=slice_base[order],
         mem_addr=mem_addr[order],

@@ -16,7 +16,7 @@ A program is plain data (DESIGN.md section 6):
 Inputs of an instruction, in source-slot order: its stream fields in ISA order,
 then one implicit input: the SRAM word for `read` and `gather`, the installed
 weights (the `iw`) for `mm`, the accumulator slot (the last `mm` into it) for
-`acc`. A source is an instruction index, `IMAGE` (the word comes from the SRAM
+`acc`, the `send` on the other chip for `recv`. A source is an instruction index, `IMAGE` (the word comes from the SRAM
 image or a placed input; its offset is then the word vector 0 should come from),
 `ADDRESS` (the word may have been written by a `scatter`, so only the word the read
 uses is fixed: its offset), `UNCHECKED` (a run-time address: `gather`) or `NONE`.
@@ -55,7 +55,7 @@ IMAGE = -2
 UNCHECKED = -3
 ADDRESS = -4  # the writer is only known at run time (a scatter): the read must use word `offset`
 
-IMPLICIT_SOURCE = {"read": "mem", "gather": "mem", "mm": "w", "acc": "acc"}
+IMPLICIT_SOURCE = {"read": "mem", "gather": "mem", "mm": "w", "acc": "acc", "recv": "link"}
 
 
 def source_slots(spec: OpSpec) -> tuple[str, ...]:

@@ -54,6 +54,17 @@ class SystemConfig:
         seconds = self.vector_wire_bytes * 8 / (self.link_gbps * 1e9)
         return max(1, math.ceil(seconds * self.chip.clock_mhz * 1e6 - 1e-9))
 
+    def chip_links(self, chip: int) -> tuple[tuple[int, int], ...]:
+        """The links of one chip in its own numbering: link k of the chip is the k-th system link
+        that touches it (in the order of `links`); each entry is (system link index, other chip)."""
+        out = []
+        for k, (a, b) in enumerate(self.links):
+            if a == chip:
+                out.append((k, b))
+            elif b == chip:
+                out.append((k, a))
+        return tuple(out)
+
     def neighbours(self, chip: int) -> tuple[int, ...]:
         out = {b for a, b in self.links if a == chip} | {a for a, b in self.links if b == chip}
         return tuple(sorted(out))

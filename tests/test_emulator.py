@@ -52,54 +52,74 @@ def edit(name: str, old: str, new: str):
 
 def test_stream_collision():
     # a second add writes E2 at the same place and cycles as the first
-    p = edit("add.lpuasm", "     2 main       4", "     3 main       2    0 vxm.q1  add a=E1 b=E1 dst=E2 "
-              "dt=f16 n=2 <- a:#0 b:#0\n     2 main       4")
+    p = edit(
+        "add.lpuasm",
+        "     2 main       4",
+        "     3 main       2    0 vxm.q1  add a=E1 b=E1 dst=E2 dt=f16 n=2 <- a:#0 b:#0\n     2 main       4",
+    )
     assert "stream collision" in kinds(p)
 
 
 def test_empty_stream_and_wrong_vector():
-    assert kinds(edit("add.lpuasm", "     1 main       2 ", "     1 main       1 ")) == ["empty stream", "wrong vector"]
+    assert kinds(edit("add.lpuasm", "     1 main       2 ", "     1 main       1 ")) == [
+        "empty stream",
+        "wrong vector",
+    ]
     assert "wrong vector" in kinds(edit("add.lpuasm", "     2 main       4 ", "     2 main       5 "))
 
 
 def test_stale_and_wrong_sram_words():
     # state program: the write issued at 5 lands at 7; a read of that word issued at 6 is too early
-    early = STATE.replace("     3 main       5    0 mem.w0  write addr=0 step=4 a=W0 dt=f32 n=1 <- a:#2",
-                          "     3 main       5    0 mem.w0  write addr=0 step=4 a=W0 dt=f32 n=1 <- a:#2\n"
-                          "     4 main       6    0 mem.w0  read addr=0 step=4 dst=E5 dt=f32 n=1 <- mem:#3")
+    early = STATE.replace(
+        "     3 main       5    0 mem.w0  write addr=0 step=4 a=W0 dt=f32 n=1 <- a:#2",
+        "     3 main       5    0 mem.w0  write addr=0 step=4 a=W0 dt=f32 n=1 <- a:#2\n"
+        "     4 main       6    0 mem.w0  read addr=0 step=4 dst=E5 dt=f32 n=1 <- mem:#3",
+    )
     one = {"x": np.ones((1, 4), np.float32)}
-    assert sorted({v.kind for v in Emulator(assemble(early)).run("main", one).violations}) == ["stale SRAM word"]
+    assert sorted({v.kind for v in Emulator(assemble(early)).run("main", one).violations}) == [
+        "stale SRAM word"
+    ]
     on_time = early.replace("     4 main       6 ", "     4 main       7 ")
     assert Emulator(assemble(on_time)).run("main", one).violations == []
-    assert kinds(edit("add.lpuasm", "read addr=0", "read addr=2")) == ["read of an unwritten word",
-                                                                        "wrong SRAM word"]
+    assert kinds(edit("add.lpuasm", "read addr=0", "read addr=2")) == [
+        "read of an unwritten word",
+        "wrong SRAM word",
+    ]
 
 
 def test_queue_overlap():
-    p = edit("add.lpuasm", "     2 main       4    0 mem.e0", "     3 main       1    0 vxm.q0  nop n=2\n"
-             "     2 main       4    0 mem.e0")
+    p = edit(
+        "add.lpuasm",
+        "     2 main       4    0 mem.e0",
+        "     3 main       1    0 vxm.q0  nop n=2\n     2 main       4    0 mem.e0",
+    )
     assert kinds(p) == ["queue overlap"]
 
 
 def test_matrix_unit_not_ready_and_wrong_weights():
     late = edit("matmul.lpuasm", "     2 main      12 ", "     2 main      13 ")
     assert kinds(late) == ["matrix unit not ready"]
-    two = edit("matmul.lpuasm", "     2 main      12    0 mxm.e.q1   iw n=1",
-               "     2 main      12    0 mxm.e.q1   iw n=1\n     6 main      32    0 mxm.e.q1   iw n=1")
+    two = edit(
+        "matmul.lpuasm",
+        "     2 main      12    0 mxm.e.q1   iw n=1",
+        "     2 main      12    0 mxm.e.q1   iw n=1\n     6 main      32    0 mxm.e.q1   iw n=1",
+    )
     text = disassemble(two).replace("w:#2", "w:#6")
     # the second install loads nothing, and the mm (sampling at 32, 33) still sees the first one
     assert kinds(assemble(text)) == ["empty weight install", "wrong weights"]
 
 
 def test_accumulator_path():
-    p = edit("matmul.lpuasm",
-             "mm a=E1 kof=0 dst=W0 slot=0 mode=emit dt=f16 to=f16 n=2 <- a:#3 w:#2\n"
-             "     5 main      59    0 mem.e0     write addr=0 step=2 a=W0 dt=f16 n=2 <- a:#4",
-             "mm a=E1 kof=0 dst=W0 slot=4 mode=acc_set dt=f16 to=f16 n=2 <- a:#3 w:#2\n"
-             "     6 main      33    0 mxm.e.q2   mm a=E1 kof=0 dst=W0 slot=4 mode=acc_add dt=f16 to=f16 n=2 <- a:#7 w:#2\n"
-             "     7 main      29    0 mem.e2     read addr=0 step=2 dst=E1 dt=f16 n=2 <- mem:image@0\n"
-             "     8 main      58    0 mxm.e.q0   acc dst=W0 slot=4 to=f32 n=2 <- acc:#6\n"
-             "     5 main      64    0 mem.e0     write addr=0 step=4 a=W0 dt=f32 n=2 <- a:#8")
+    p = edit(
+        "matmul.lpuasm",
+        "mm a=E1 kof=0 dst=W0 slot=0 mode=emit dt=f16 to=f16 n=2 <- a:#3 w:#2\n"
+        "     5 main      59    0 mem.e0     write addr=0 step=2 a=W0 dt=f16 n=2 <- a:#4",
+        "mm a=E1 kof=0 dst=W0 slot=4 mode=acc_set dt=f16 to=f16 n=2 <- a:#3 w:#2\n"
+        "     6 main      33    0 mxm.e.q2   mm a=E1 kof=0 dst=W0 slot=4 mode=acc_add dt=f16 to=f16 n=2 <- a:#7 w:#2\n"
+        "     7 main      29    0 mem.e2     read addr=0 step=2 dst=E1 dt=f16 n=2 <- mem:image@0\n"
+        "     8 main      58    0 mxm.e.q0   acc dst=W0 slot=4 to=f32 n=2 <- acc:#6\n"
+        "     5 main      64    0 mem.e0     write addr=0 step=4 a=W0 dt=f32 n=2 <- a:#8",
+    )
     text = disassemble(p).replace("output main out0 f16[2, 16]", "output main out0 f32[2, 16]")
     r = run(assemble(text))
     assert r.violations == [], [v.render() for v in r.violations]
@@ -123,7 +143,10 @@ output main out0 f32[1, 4] @ 0 mem.w0 0
 
 def test_state_persists_between_runs():
     # s += x: both operands reach the VXM (x=7) at cycle 4, from x=6 and x=5
-    text = STATE.replace("     1 main       0    0 mem.w1  read addr=0 dst=E0", "     1 main       0    0 mem.w1  read addr=0 dst=E1")
+    text = STATE.replace(
+        "     1 main       0    0 mem.w1  read addr=0 dst=E0",
+        "     1 main       0    0 mem.w1  read addr=0 dst=E1",
+    )
     emu = Emulator(assemble(text))
     one = np.array([[1, 2, 3, 4]], np.float32)
     for k in range(1, 4):
@@ -170,7 +193,7 @@ def _copy(p):
     return q
 
 
-@pytest.mark.parametrize("name", ["add.lpuasm", "matmul.lpuasm"])
+@pytest.mark.parametrize("name", ["add.lpuasm", "matmul.lpuasm", "two_chips.lpuasm"])
 def test_every_single_mutation_is_caught(name):
     p = load(name)
     clean = run(p)
@@ -186,3 +209,39 @@ def test_every_single_mutation_is_caught(name):
             survivors.append(what)
     assert total > 20
     assert survivors == [], f"{caught}/{total} caught; survivors: {survivors}"
+
+
+# -- chip to chip ------------------------------------------------------------------------------------
+
+
+def test_two_chips_deliver_over_a_link_at_exact_cycles():
+    r = run(load("two_chips.lpuasm"))
+    assert r.violations == []
+    assert np.array_equal(r.outputs[0], X)
+    assert r.busy["C2C"] == 4
+
+
+@pytest.mark.parametrize(
+    "old, new, kind",
+    [
+        ("     4 main      27 ", "     4 main      26 ", "receive at the wrong cycle"),
+        ("     3 main       6 ", "     3 main       5 ", "link overrun"),
+        ("recv link=0 dst=E2 n=1 <- link:#1", "recv link=3 dst=E2 n=1 <- link:#1", "no such link"),
+        (
+            "     1 main       4    0 c2c.w.q0   send a=W1 link=0 n=1 <- a:#0",
+            "     1 main       4    0 c2c.w.q0   nop n=1",
+            "receive of nothing",
+        ),
+    ],
+)
+def test_link_violations(old, new, kind):
+    assert kind in kinds(edit("two_chips.lpuasm", old, new))
+
+
+def test_receive_buffer_overrun():
+    # both vectors arrive (27, 29) before either is taken (30, 31): two waiting, the buffer holds one
+    text = (ROOT / "tests" / "asm" / "two_chips.lpuasm").read_text()
+    text = text.replace("     4 main      27 ", "     4 main      30 ").replace(
+        "     6 main      29 ", "     6 main      31 "
+    )
+    assert "receive buffer overrun" in {v.kind for v in run(assemble(text)).violations}
