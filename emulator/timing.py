@@ -369,7 +369,7 @@ def resolve(p: Program, entry: int, initialised: set[tuple[int, int, int]] | dic
                 sys_link, other = own[c][k]
                 key = (sys_link, c) if table is outgoing else (sys_link, other)
                 table.setdefault(key, []).append((int(sample[st]), int(st)))
-        for key, handoffs in outgoing.items():
+        for handoffs in outgoing.values():
             handoffs.sort()
             for (t0, _), (t1, st) in zip(handoffs, handoffs[1:]):
                 if t1 < t0 + ser:

@@ -16,9 +16,9 @@ A program is plain data (DESIGN.md section 6):
 Inputs of an instruction, in source-slot order: its stream fields in ISA order,
 then one implicit input: the SRAM word for `read` and `gather`, the installed
 weights (the `iw`) for `mm`, the accumulator slot (the last `mm` into it) for
-`acc`, the `send` on the other chip for `recv`. A source is an instruction index, `IMAGE` (the word comes from the SRAM
-image or a placed input; its offset is then the word vector 0 should come from),
-`ADDRESS` (the word may have been written by a `scatter`, so only the word the read
+`acc`, the `send` on the other chip for `recv`. A source is an instruction index,
+`IMAGE` (the word comes from the SRAM image or a placed input; its offset is then
+the word vector 0 should come from), `ADDRESS` (the word may have been written by a `scatter`, so only the word the read
 uses is fixed: its offset), `UNCHECKED` (a run-time address: `gather`) or `NONE`.
 
 On disk: a zip archive with fixed timestamps holding `header.json` and one
