@@ -18,8 +18,9 @@ then one implicit input: the SRAM word for `read` and `gather`, the installed
 weights (the `iw`) for `mm`, the accumulator slot (the last `mm` into it) for
 `acc`, the `send` on the other chip for `recv`. A source is an instruction index,
 `IMAGE` (the word comes from the SRAM image or a placed input; its offset is then
-the word vector 0 should come from), `ADDRESS` (the word may have been written by a `scatter`, so only the word the read
-uses is fixed: its offset), `UNCHECKED` (a run-time address: `gather`) or `NONE`.
+the word vector 0 should come from), `ADDRESS` (the word may have been written by
+a `scatter`, so only the word the read uses is fixed: its offset), `UNCHECKED` (a
+run-time address: `gather`) or `NONE`.
 
 On disk: a zip archive with fixed timestamps holding `header.json` and one
 `.npy` per array; the header records the format version and a SHA-256 of every
