@@ -834,64 +834,80 @@ class Lowering:
             batch,
         ).reshape(-1)
         slots = self.chip.mxm_acc_slots
+        # the planes of one hemisphere stand at one position: one activation stream feeds them all,
+        # each multiplying its own column chunk
+        per_side = self.chip.mxm_planes_per_hemisphere
         for bi in range(len(a_b)):
             ab, bb = int(a_b[bi]), int(b_b[bi])
-            for nc in range(out.chunks):
+            for nc0 in range(0, out.chunks, per_side):
+                ncs = list(range(nc0, min(nc0 + per_side, out.chunks)))
                 for m0 in range(0, M, slots):
                     rows = min(slots, M - m0)
-                    self._matmul_block(a, b, out, ab, bb, bi, nc, m0, rows, M, K, kt)
+                    self._matmul_block(a, b, out, ab, bb, bi, ncs, m0, rows, M, K, kt)
         return out
 
-    def _matmul_block(self, a, b, out, ab, bb, bi, nc, m0, rows, M, K, kt):
-        side, plane = self.plane()
-        q_lw, q_iw, q_mm = (self.plane_queue(side, plane, r) for r in range(3))
+    def side(self) -> str:
+        k = self._rr["plane"] % 2
+        self._rr["plane"] += 1
+        return ("w", "e")[k]
+
+    def _matmul_block(self, a, b, out, ab, bb, bi, ncs, m0, rows, M, K, kt):
+        """Column chunks `ncs` of rows m0 .. m0 + rows, one plane each on one side, for all K-tiles."""
+        side = self.side()
+        planes = list(range(len(ncs)))
+        queues = [[self.plane_queue(side, pl, r) for r in range(3)] for pl in planes]
         job = self.new_job()
-        job.exclusive.append(("plane", side, plane))
-        prev_mm = prev_iw = None
+        for pl in planes:
+            job.exclusive.append(("plane", side, pl))
+        prev_mm: list[int | None] = [None] * len(ncs)
+        prev_iw: list[int | None] = [None] * len(ncs)
         dt_in = DTYPES.index(a.dtype)
         acc_dt = "i32" if a.dtype == "i8" else "f32"
-        tiles = list(range(0, K, kt))
-        for t_i, k0 in enumerate(tiles):
+        for t_i, k0 in enumerate(range(0, K, kt)):
             k_rows = min(kt, K - k0)
-            # weight rows k0 .. k0 + k_rows of b's batch bb, column chunk nc
-            w_first = (bb * K + k0) * b.chunks + nc
-            rd_w = self.read(job, b, w_first, k_rows, b.chunks)
-            lw = self.unit(job, "lw", q_lw, k_rows, [("a", rd_w)], row=0)
-            if prev_iw is not None:
-                job.nodes[lw].after.append((prev_iw, 1 - job.nodes[lw].spec.dskew))
-            iw = self.unit(job, "iw", q_iw, 1, [])
-            job.nodes[iw].after.append((lw, job.nodes[lw].spec.dfunc + k_rows - 1))
-            if prev_mm is not None:
-                pm = job.nodes[prev_mm]
-                # the previous pass must not see this install: ready after its last sample
-                job.nodes[iw].after.append((prev_mm, pm.spec.dskew + pm.n - job.nodes[iw].spec.dfunc))
+            iws = []
+            for j, nc in enumerate(ncs):
+                q_lw, q_iw, _ = queues[j]
+                # weight rows k0 .. k0 + k_rows of b's batch bb, column chunk nc
+                rd_w = self.read(job, b, (bb * K + k0) * b.chunks + nc, k_rows, b.chunks)
+                lw = self.unit(job, "lw", q_lw, k_rows, [("a", rd_w)], row=0)
+                if prev_iw[j] is not None:
+                    job.nodes[lw].after.append((prev_iw[j], 1 - job.nodes[lw].spec.dskew))
+                iw = self.unit(job, "iw", q_iw, 1, [])
+                job.nodes[iw].after.append((lw, job.nodes[lw].spec.dfunc + k_rows - 1))
+                if prev_mm[j] is not None:
+                    pm = job.nodes[prev_mm[j]]
+                    # the previous pass must not see this install: ready after its last sample
+                    job.nodes[iw].after.append((prev_mm[j], pm.spec.dskew + pm.n - job.nodes[iw].spec.dfunc))
+                iws.append(iw)
             chunk, kof = divmod(k0, self.L)
-            a_first = (ab * M + m0) * a.chunks + chunk
-            rd_a = self.read(job, a, a_first, rows, a.chunks)
-            mode = "acc_set" if t_i == 0 else "acc_add"
-            node = self.unit(
-                job,
-                "mm",
-                q_mm,
-                rows,
-                [("a", rd_a)],
-                kof=kof,
-                slot=0,
-                mode=ENUMS["mm_mode"].index(mode),
-                dt=dt_in,
-                to=DTYPES.index(acc_dt),
-            )
-            job.nodes[node].after.append((iw, job.nodes[iw].spec.dfunc))
-            job.nodes[node].sources["w"] = iw
-            if prev_mm is not None:
-                job.nodes[node].after.append((prev_mm, 1))
-            prev_mm, prev_iw = node, iw
-        acc = self.unit(job, "acc", q_mm, rows, [], slot=0, to=DTYPES.index(out.dtype))
-        last = job.nodes[prev_mm]
-        job.nodes[acc].after.append((prev_mm, last.spec.dfunc))
-        job.nodes[acc].sources["acc"] = prev_mm
-        o_first = (bi * M + m0) * out.chunks + nc
-        self.write(job, out, o_first, rows, out.chunks, acc)
+            rd_a = self.read(job, a, (ab * M + m0) * a.chunks + chunk, rows, a.chunks)
+            mode = ENUMS["mm_mode"].index("acc_set" if t_i == 0 else "acc_add")
+            # the passes share one stream, so they sample on the same cycles: each waits for every install
+            waits = [(iw, job.nodes[iw].spec.dfunc) for iw in iws] + [
+                (m, 1) for m in prev_mm if m is not None
+            ]
+            for j in range(len(ncs)):
+                node = self.unit(
+                    job,
+                    "mm",
+                    queues[j][2],
+                    rows,
+                    [("a", rd_a)],
+                    kof=kof,
+                    slot=0,
+                    mode=mode,
+                    dt=dt_in,
+                    to=DTYPES.index(acc_dt),
+                )
+                job.nodes[node].after.extend(waits)
+                job.nodes[node].sources["w"] = iws[j]
+                prev_mm[j], prev_iw[j] = node, iws[j]
+        for j, nc in enumerate(ncs):
+            acc = self.unit(job, "acc", queues[j][2], rows, [], slot=0, to=DTYPES.index(out.dtype))
+            job.nodes[acc].after.append((prev_mm[j], job.nodes[prev_mm[j]].spec.dfunc))
+            job.nodes[acc].sources["acc"] = prev_mm[j]
+            self.write(job, out, (bi * M + m0) * out.chunks + nc, rows, out.chunks, acc)
         self.finish(job)
 
 
