@@ -78,7 +78,7 @@ def render() -> str:
     w("")
     w("| system | chips | links | link latency (cycles) | link Gb/s | cycles per vector on a link |")
     w("|---|---|---|---|---|---|")
-    for name in ("tiny", "tsp", "node", "ring:4"):
+    for name in ("tiny", "tsp", "node", "rack", "dragonfly:8", "ring:4"):
         s = named_system(name)
         w(f"| `{name}` | {s.chips} | {len(s.links)} | {s.link_latency_cycles} | {s.link_gbps:g} "
           f"| {s.link_cycles_per_vector} |")

@@ -80,7 +80,6 @@ def _problems(s: SystemConfig):
         yield "system.link_gbps", f"must be a positive number, got {s.link_gbps!r}"
     if not isinstance(s.rx_buffer_depth, int) or s.rx_buffer_depth < 1:
         yield "system.rx_buffer_depth", f"must be a positive integer, got {s.rx_buffer_depth!r}"
-    seen: set[tuple[int, int]] = set()
     degree = [0] * s.chips
     for link in s.links:
         a, b = link
@@ -91,11 +90,7 @@ def _problems(s: SystemConfig):
         if a == b:
             yield "system.links", f"link {list(link)} joins chip {a} to itself"
             return
-        key = (min(a, b), max(a, b))
-        if key in seen:
-            yield "system.links", f"link {list(link)} is listed twice"
-            return
-        seen.add(key)
+        # a pair listed twice is two parallel links (two cables: twice the bandwidth)
         degree[a] += 1
         degree[b] += 1
     for chip, d in enumerate(degree):
@@ -134,15 +129,78 @@ def _ring(chips: int) -> tuple[tuple[int, int], ...]:
     return tuple((i, (i + 1) % chips) for i in range(chips))
 
 
-SYSTEM_NAMES = ("tiny", "tsp", "node", "ring:N")
+SYSTEM_NAMES = ("tiny", "tsp", "node", "rack", "dragonfly:R", "ring:N")
+
+NODE_CHIPS = 8  # a GroqNode: 8 chips, all to all (ISCA 2022)
+RACK_NODES = 9  # a GroqRack: 9 nodes = 72 chips
+RACK_PORTS = 2  # per chip, links to other nodes of its rack (9 nodes doubly connected: 144 ports)
+GLOBAL_PORTS = 2  # per chip, links to other racks (the other 144 ports of a rack)
+
+
+def _rack_links(base: int) -> list[tuple[int, int]]:
+    """A rack whose chips are numbered from `base`: each node all to all, and every pair of nodes
+    joined by two links. Node a's link to its p-th other node (in node order), copy c, leaves from
+    chip (p + 4 c) mod 8, so every chip serves exactly two other nodes."""
+    links = []
+    for n in range(RACK_NODES):
+        first = base + n * NODE_CHIPS
+        links += [(first + a, first + b) for a, b in _all_to_all(NODE_CHIPS)]
+    for a in range(RACK_NODES):
+        for b in range(a + 1, RACK_NODES):
+            pa = b - 1  # b's place among a's other nodes
+            pb = a  # a's place among b's other nodes
+            for c in range(RACK_PORTS):
+                chip_a = base + a * NODE_CHIPS + (pa + 4 * c) % NODE_CHIPS
+                chip_b = base + b * NODE_CHIPS + (pb + 4 * c) % NODE_CHIPS
+                links.append((chip_a, chip_b))
+    return links
+
+
+def _dragonfly_links(racks: int) -> list[tuple[int, int]]:
+    """Racks joined all to all through each chip's global ports: rack r's ports, numbered
+    k = 2 j + q for chip j and port q, go round-robin to the other racks; ports left when the
+    rounds do not divide evenly stay unused."""
+    per_rack = RACK_NODES * NODE_CHIPS
+    links = []
+    for r in range(racks):
+        links += _rack_links(r * per_rack)
+    others = racks - 1
+    if others == 0:
+        return links
+    rounds = per_rack * GLOBAL_PORTS // others
+    for r in range(racks):
+        for s in range(r + 1, racks):
+            ps, pr = s - 1, r  # each rack's place in the other's list
+            for k in range(rounds):
+                port_r, port_s = k * others + ps, k * others + pr
+                links.append((r * per_rack + port_r // GLOBAL_PORTS, s * per_rack + port_s // GLOBAL_PORTS))
+    return links
 
 
 def named_system(name: str) -> SystemConfig:
-    """A named system: tiny and tsp (one chip), node (8 tsp chips, all-to-all), ring:N."""
+    """A named system: tiny and tsp (one chip), node (8 tsp chips, all to all), rack (9 nodes),
+    dragonfly:R (R racks), ring:N."""
     if name in CHIP_PRESETS:
         return SystemConfig(name=name, chip=CHIP_PRESETS[name])
     if name == "node":
-        return SystemConfig(name="node", chip=CHIP_PRESETS["tsp"], chips=8, links=_all_to_all(8))
+        return SystemConfig(
+            name="node", chip=CHIP_PRESETS["tsp"], chips=NODE_CHIPS, links=_all_to_all(NODE_CHIPS)
+        )
+    if name == "rack":
+        return SystemConfig(
+            name="rack", chip=CHIP_PRESETS["tsp"], chips=RACK_NODES * NODE_CHIPS, links=tuple(_rack_links(0))
+        )
+    m = re.fullmatch(r"dragonfly:(\d+)", name)
+    if m:
+        racks = int(m.group(1))
+        if not 1 <= racks <= 145:
+            raise error(f"dragonfly:R needs 1 <= R <= 145 racks (the largest published system), got {racks}")
+        return SystemConfig(
+            name=name,
+            chip=CHIP_PRESETS["tsp"],
+            chips=racks * RACK_NODES * NODE_CHIPS,
+            links=tuple(_dragonfly_links(racks)),
+        )
     m = re.fullmatch(r"ring:(\d+)", name)
     if m:
         n = int(m.group(1))
@@ -209,8 +267,11 @@ def parse_system(raw: bytes, filename: str) -> SystemConfig:
         raise fail("system", "links", "system.links must be a list of [a, b] pairs")
     pairs = []
     for link in links:
-        if not (isinstance(link, (list, tuple)) and len(link) == 2 and all(
-                isinstance(e, int) and not isinstance(e, bool) for e in link)):
+        if not (
+            isinstance(link, (list, tuple))
+            and len(link) == 2
+            and all(isinstance(e, int) and not isinstance(e, bool) for e in link)
+        ):
             raise fail("system", "links", f"system.links entry {link!r} is not a pair of chip numbers")
         pairs.append((link[0], link[1]))
     name = system_table.get("name", filename.rsplit("/", 1)[-1].removesuffix(".toml"))

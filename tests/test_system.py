@@ -18,6 +18,11 @@ def message(text: str) -> str:
     return e.value.render()
 
 
+def test_unknown_dragonfly_sizes_are_refused():
+    with pytest.raises(LpuError, match="dragonfly:R needs 1 <= R <= 145"):
+        named_system("dragonfly:0")
+
+
 def test_named_systems():
     assert named_system("tiny").chips == 1 and named_system("tiny").chip.lanes == 16
     node = named_system("node")
@@ -67,28 +72,70 @@ def test_unknown_chip_key_points_at_its_line():
     )
 
 
-@pytest.mark.parametrize("text, expected", [
-    ('[chip]\nlanes = 100\n', "sys.toml:2:1: error: chip.lanes 100 is not a multiple of superlane_lanes"),
-    ('[chip]\nlanes = -16\n', "sys.toml:2:1: error: chip.lanes must be at least 1, got -16"),
-    ('[chip]\nlanes = "wide"\n', "sys.toml:2:1: error: chip.lanes must be an integer, got 'wide'"),
-    ('[chip]\npreset = "huge"\n', "sys.toml:2:1: error: unknown chip preset 'huge'"),
-    ('[system]\nchips = 3\nlinks = [[0, 1], [1, 5]]\n', "sys.toml:3:1: error: system.links link [1, 5] names chip 5"),
-    ('[system]\nchips = 3\nlinks = [[0, 1]]\n', "sys.toml:3:1: error: system.links chips [2] cannot be reached"),
-    ('[system]\nchips = 2\nlinks = [[0, 0]]\n', "joins chip 0 to itself"),
-    ('[system]\nchips = 2\nlinks = [[0, 1], [1, 0]]\n', "is listed twice"),
-    ('[system]\nchips = 2\nlink_gbps = 0\n', "sys.toml:3:1: error: system.link_gbps must be a positive number, got 0"),
-    ('[system]\nchips = 0\n', "sys.toml:2:1: error: system.chips must be a positive integer"),
-    ('[system]\nchips = 2\nspeed = 3\n', "sys.toml:3:1: error: unknown key 'system.speed'"),
-    ('[system]\nlinks = [[0, "a"]]\n', "is not a pair of chip numbers"),
-    ('[network]\nx = 1\n', "sys.toml:1:1: error: unknown table [network]"),
-    ('[chip\nlanes = 3\n', "sys.toml:1:6: error: invalid TOML"),
-    ('[chip]\npreset = "tiny"\n[system]\nchips = 8\nlinks = [[0,1],[0,2],[0,3],[0,4],[0,5],[1,2],[2,3],[3,4],[4,5],[5,6],[6,7]]\n',
-     "chip 0 has 5 links but a tiny chip has 4"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("[chip]\nlanes = 100\n", "sys.toml:2:1: error: chip.lanes 100 is not a multiple of superlane_lanes"),
+        ("[chip]\nlanes = -16\n", "sys.toml:2:1: error: chip.lanes must be at least 1, got -16"),
+        ('[chip]\nlanes = "wide"\n', "sys.toml:2:1: error: chip.lanes must be an integer, got 'wide'"),
+        ('[chip]\npreset = "huge"\n', "sys.toml:2:1: error: unknown chip preset 'huge'"),
+        (
+            "[system]\nchips = 3\nlinks = [[0, 1], [1, 5]]\n",
+            "sys.toml:3:1: error: system.links link [1, 5] names chip 5",
+        ),
+        (
+            "[system]\nchips = 3\nlinks = [[0, 1]]\n",
+            "sys.toml:3:1: error: system.links chips [2] cannot be reached",
+        ),
+        ("[system]\nchips = 2\nlinks = [[0, 0]]\n", "joins chip 0 to itself"),
+        (
+            "[system]\nchips = 2\nlink_gbps = 0\n",
+            "sys.toml:3:1: error: system.link_gbps must be a positive number, got 0",
+        ),
+        ("[system]\nchips = 0\n", "sys.toml:2:1: error: system.chips must be a positive integer"),
+        ("[system]\nchips = 2\nspeed = 3\n", "sys.toml:3:1: error: unknown key 'system.speed'"),
+        ('[system]\nlinks = [[0, "a"]]\n', "is not a pair of chip numbers"),
+        ("[network]\nx = 1\n", "sys.toml:1:1: error: unknown table [network]"),
+        ("[chip\nlanes = 3\n", "sys.toml:1:6: error: invalid TOML"),
+        (
+            '[chip]\npreset = "tiny"\n[system]\nchips = 8\nlinks = [[0,1],[0,2],[0,3],[0,4],[0,5],[1,2],[2,3],[3,4],[4,5],[5,6],[6,7]]\n',
+            "chip 0 has 5 links but a tiny chip has 4",
+        ),
+    ],
+)
 def test_bad_system_files(text, expected):
     assert message(text).startswith(expected) or expected in message(text)
 
 
 def test_non_utf8_system_file():
     with pytest.raises(LpuError, match="not UTF-8"):
-        parse_system(b"[chip]\nname = \"\xff\"\n", "sys.toml")
+        parse_system(b'[chip]\nname = "\xff"\n', "sys.toml")
+
+
+def test_parallel_links_are_allowed_and_numbered_per_chip():
+    s = load("[system]\nchips = 2\nlinks = [[0, 1], [1, 0]]\n")
+    assert s.chip_links(0) == ((0, 1), (1, 1)) and s.chip_links(1) == ((0, 0), (1, 0))
+
+
+@pytest.mark.parametrize(
+    "name, chips, links, degree, diameter",
+    [
+        ("node", 8, 28, (7, 7), 1),
+        ("rack", 72, 324, (9, 9), 3),  # 7 in the node + 2 to other nodes of the rack
+        ("dragonfly:2", 144, 792, (11, 11), 4),  # + 2 global ports per chip
+        # 140 of a rack's 144 global ports used (20 per rack pair); at most 5 hops, as published
+        ("dragonfly:8", 576, 3152, (9, 11), 5),
+    ],
+)
+def test_named_systems_have_the_published_shape(name, chips, links, degree, diameter):
+    import networkx as nx
+
+    s = named_system(name)
+    assert (s.chips, len(s.links)) == (chips, links)
+    g = nx.MultiGraph()
+    g.add_nodes_from(range(s.chips))
+    g.add_edges_from(s.links)
+    degrees = [d for _, d in g.degree()]
+    assert (min(degrees), max(degrees)) == degree and max(degrees) <= s.chip.c2c_links
+    assert nx.is_connected(g)
+    assert nx.diameter(nx.Graph(g)) == diameter
