@@ -819,20 +819,7 @@ class Lowering:
         M, K = a.shape[-2], a.shape[-1]
         kt = self.chip.mxm_k(a.dtype)
         batch = out_t.shape[:-2]
-        a_batch = np.arange(math.prod(a.shape[:-2])).reshape(a.shape[:-2]) if a.shape[:-2] else np.arange(1)
-        b_batch = np.arange(math.prod(b.shape[:-2])).reshape(b.shape[:-2]) if b.shape[:-2] else np.arange(1)
-        a_b = np.broadcast_to(
-            a_batch.reshape((1,) * (len(batch) - a_batch.ndim) + a_batch.shape)
-            if a.shape[:-2]
-            else a_batch.reshape(()),
-            batch,
-        ).reshape(-1)
-        b_b = np.broadcast_to(
-            b_batch.reshape((1,) * (len(batch) - b_batch.ndim) + b_batch.shape)
-            if b.shape[:-2]
-            else b_batch.reshape(()),
-            batch,
-        ).reshape(-1)
+        a_b, b_b = _batch_index(a.shape[:-2], batch), _batch_index(b.shape[:-2], batch)
         slots = self.chip.mxm_acc_slots
         # the planes of one hemisphere stand at one position: one activation stream feeds them all,
         # each multiplying its own column chunk
@@ -909,6 +896,12 @@ class Lowering:
             job.nodes[acc].sources["acc"] = prev_mm[j]
             self.write(job, out, (bi * M + m0) * out.chunks + nc, rows, out.chunks, acc)
         self.finish(job)
+
+
+def _batch_index(lead: tuple[int, ...], batch: tuple[int, ...]) -> np.ndarray:
+    """For each output batch element (row-major), the operand's batch element it broadcasts from."""
+    own = np.arange(math.prod(lead)).reshape(lead)
+    return np.broadcast_to(own.reshape((1,) * (len(batch) - len(lead)) + lead), batch).reshape(-1)
 
 
 def _broadcast_row(r: int, out_shape: tuple[int, ...], src_shape: tuple[int, ...]) -> int:
