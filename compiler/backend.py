@@ -1,73 +1,113 @@
-"""Compiles a verified module for one chip: the pass pipeline, in order.
+"""Compiles a verified module for the chips of a system: the pass pipeline, in order.
 
-    PIPELINE = decompose -> lower (jobs) -> schedule (cycles, streams) -> allocate (SRAM) -> emit
+    PIPELINE = decompose -> partition (chips) -> lower (jobs) -> schedule (cycles, streams, links)
+               -> allocate (SRAM) -> emit
 
 The result is an isa.program.Program: every instruction on an exact cycle of a
-queue, with the intended source of every vector it reads.
+queue of a chip, with the intended source of every vector it reads. One chip is
+the case tp = pp = 1 of the same path; on many chips, transfers become SEND/RECV
+pairs whose receive is issued the cycle its vector arrives.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
 from compiler.decompose import decompose
 from compiler.emit import Allocator, Emitter, lifetimes
-from compiler.ir import Module
+from compiler.ir import Module, TensorType
+from compiler.jobs import Job, Node
 from compiler.lower import Lowering, Tensor
+from compiler.partition import Local, Place, Transfer, partition, vectors_of
 from compiler.printer import print_module
 from compiler.schedule import Scheduler, critical_path_order
 from isa.diagnostics import error
 from isa.numerics import to_storage
 from isa.program import Placement, Program
+from isa.spec import BY_MNEMONIC, DTYPE_BYTES
 from isa.system import SystemConfig
 
-PIPELINE = ("verify", "decompose", "lower", "schedule", "allocate", "emit")
+PIPELINE = ("verify", "decompose", "partition", "lower", "schedule", "allocate", "emit")
 
 
 def compile_module(
-    module: Module, system: SystemConfig, weights: dict[str, np.ndarray] | None = None
+    module: Module,
+    system: SystemConfig,
+    weights: dict[str, np.ndarray] | None = None,
+    tp: int = 1,
+    pp: int = 1,
 ) -> Program:
-    if system.chips != 1:
-        raise error(
-            f"system {system.name} has {system.chips} chips; compiling for many chips (tensor and "
-            "pipeline parallelism) is not implemented yet: use a one-chip system such as tiny or tsp"
-        )
+    """Compile for `tp * pp` chips of `system` (tensor parallelism `tp` inside each of `pp` stages)."""
     chip = system.chip
     L = chip.lanes
     m = decompose(module)
+    _check_params(m, chip, tp * pp)
+    plan = partition(m, system, tp, pp)
+    _check_slices(plan, chip)
+    chips = sorted({c for e in plan.entries for s in e.stmts for c in _chips_of(s)} | set(range(tp * pp)))
     tensors: list[Tensor] = []
-    symbols: dict[str, Tensor] = {}
+    symbols: dict[int, dict[str, Tensor]] = {c: {} for c in chips}
     maps: dict[tuple[int, ...], int] = {}
-    _check_capacity(m, chip)
-    first = Lowering(chip, tensors, symbols)
-    for g in m.params:
+    first = {c: Lowering(chip, tensors, symbols[c], c) for c in chips}
+    for low in first.values():
+        low.maps = maps
+    placements: list[Placement] = []
+    pinned_symbols: list[tuple[Tensor, Placement]] = []
+    for c, g, name, part in plan.params:
         data = None
         if weights is not None:
-            data = first.vectors_of(to_storage(np.asarray(weights[g.name]), g.type.dtype), g.type.dtype)
-        symbols[g.name] = first.new_tensor(g.name, g.type, "param", data=data)
-    for g in m.states:  # pinned for good; the emulator places their values before each run
-        symbols[g.name] = first.new_tensor(g.name, g.type, "state")
+            whole = np.asarray(weights[name])
+            value = whole if part is None else np.take(whole, np.arange(part[1], part[2]), axis=part[0])
+            data = first[c].vectors_of(to_storage(value, g.type.dtype), g.type.dtype)
+        t = first[c].new_tensor(g.name, g.type, "param", data=data)
+        symbols[c][g.name] = t
+        pinned_symbols.append((t, Placement("param", "", name, t.dtype, t.shape, c, t.slice, 0, part)))
+    for c, g, name in plan.states:  # pinned for good; the emulator places their values before each run
+        t = first[c].new_tensor(g.name, g.type, "state")
+        symbols[c][g.name] = t
+        pinned_symbols.append((t, Placement("state", "", name, t.dtype, t.shape, c, t.slice, 0)))
 
-    entries = tuple(g.name for g in m.graphs)
+    entries = tuple(e.name for e in plan.entries)
     per_entry = []
-    for g in m.graphs:
-        low = Lowering(chip, tensors, symbols)
-        low.maps = maps
-        low._consts = first._consts
-        low._rr = dict(first._rr)
-        inputs = {a.name: low.new_tensor(a.name, a.type, "input") for a in g.args}
-        results = low.lower_graph(g, inputs)
-        first._rr = dict(low._rr)
+    for ep in plan.entries:
+        jobs: list = []
+        lows = {}
+        for c in chips:
+            low = Lowering(chip, tensors, symbols[c], c)
+            low.maps, low._consts, low._rr, low.jobs = maps, first[c]._consts, dict(first[c]._rr), jobs
+            lows[c] = low
+        inputs = []
+        for c, name, v, part in ep.inputs:
+            t = lows[c].new_tensor(name, v.type, "input")
+            lows[c].values[id(v)] = t
+            inputs.append((t, Placement("input", ep.name, name, t.dtype, t.shape, c, t.slice, 0, part)))
+        _lower_statements(ep, lows, system)
+        results = []
+        seen: set[int] = set()
+        for c, v in ep.outputs:
+            low = lows[c]
+            src = low.tensor(v)
+            if src.kind != "temp" or src.id in seen:
+                low.op_name = "copy for return"
+                dst = low.new_tensor("out", TensorType(src.dtype, src.shape), avoid={src.slice})
+                low.copy(src, dst)
+                src = dst
+            seen.add(src.id)
+            results.append(src)
+        for c in chips:
+            first[c]._rr = dict(lows[c]._rr)
         for t in tensors:  # every entry starts at cycle 0 with its inputs and the state in place
             if t.kind in ("temp", "input", "state"):
                 t.landing = None
                 t.last_read = None
         sched = Scheduler(chip, tensors)
-        order = critical_path_order(low.jobs, tensors)
+        order = critical_path_order(jobs, tensors)
         placed: dict[int, object] = {}
         for j in order:
-            placed[j] = sched.place(low.jobs[j])
-        per_entry.append((g, low, inputs, results, order, placed))
+            placed[j] = sched.place(jobs[j])
+        per_entry.append((ep, jobs, inputs, results, order, placed))
 
     # SRAM: params and constants for the whole program; each entry's tensors by lifetime
     alloc = Allocator(chip)
@@ -75,60 +115,69 @@ def compile_module(
     forever = (0, 1 << 62)
     for t in tensors:
         if t.kind in ("param", "const", "state"):
-            base[t.id] = alloc.place(t.slice, t.vectors * t.width, *forever)
-    placements: list[Placement] = [
-        Placement(t.kind, "", name, t.dtype, t.shape, 0, t.slice, base[t.id]) for name, t in symbols.items()
-    ]
+            base[t.id] = alloc.place(t.slice, t.vectors * t.width, *forever, chip=t.chip)
+    for t, pl in pinned_symbols:
+        placements.append(dataclasses.replace(pl, word=base[t.id]))
     emitter = Emitter(chip, tensors, base)
-    for e, (g, low, inputs, results, order, placed) in enumerate(per_entry):
+    for e, (ep, jobs, inputs, results, order, placed) in enumerate(per_entry):
         entry_alloc = Allocator(chip)
         entry_alloc.used = {k: list(v) for k, v in alloc.used.items()}
         entry_alloc.high = dict(alloc.high)
-        jobs = [low.jobs[j] for j in order]
+        jobs_in_order = [jobs[j] for j in order]
         places = [placed[j] for j in order]
-        life = lifetimes(jobs, places, tensors)
-        pinned = set(inputs_ids := {t.id for t in inputs.values()}) | {t.id for t in results}
+        life = lifetimes(jobs_in_order, places, tensors)
+        pinned = {t.id for t, _ in inputs} | {t.id for t in results}
         for t in tensors:
             if t.id in base or (t.id not in life and t.id not in pinned):
                 continue
-            if t.id in pinned:
-                base[t.id] = entry_alloc.place(t.slice, t.vectors * t.width, *forever)
-            else:
-                base[t.id] = entry_alloc.place(t.slice, t.vectors * t.width, *life[t.id])
+            span = forever if t.id in pinned else life[t.id]
+            base[t.id] = entry_alloc.place(t.slice, t.vectors * t.width, *span, chip=t.chip)
         entry_alloc.check()
         alloc.high = {k: max(alloc.high.get(k, 0), v) for k, v in entry_alloc.high.items()}
-        for a in g.args:
-            t = inputs[a.name]
-            placements.append(Placement("input", g.name, a.name, t.dtype, t.shape, 0, t.slice, base[t.id]))
+        for t, pl in inputs:
+            placements.append(dataclasses.replace(pl, word=base[t.id]))
         for k, t in enumerate(results):
             placements.append(
-                Placement("output", g.name, f"out{k}", t.dtype, t.shape, 0, t.slice, base[t.id])
+                Placement("output", ep.name, f"out{k}", t.dtype, t.shape, t.chip, t.slice, base[t.id])
             )
-        for job, pl in zip(jobs, places):
+        for job, pl in zip(jobs_in_order, places):
             emitter.emit(job, pl, e)
-        del inputs_ids
     alloc.check()
 
     # the SRAM image: constants, and params when weights were given
     mem_index = {name: k for k, name in enumerate(chip.mem_slice_names())}
-    img_slice, img_word, img_data = [], [], []
+    img_chip, img_slice, img_word, img_data = [], [], [], []
     for t in tensors:
         if t.kind in ("param", "const") and t.data is not None:
             for v in range(t.vectors):
+                img_chip.append(t.chip)
                 img_slice.append(mem_index[t.slice])
                 img_word.append(base[t.id] + v * t.width)
                 img_data.append(t.data[v])
-    entry, queue, cycle, opcode, count, fields, src, off, stp = emitter.tables()
+    entry, chip_col, queue, cycle, opcode, count, fields, src, off, stp = emitter.tables()
     maps_arr = (
         np.array(sorted(maps, key=maps.get), np.int32).reshape(len(maps), L)
         if maps
         else np.zeros((0, L), np.int32)
     )
+    sram = alloc.bytes_per_chip()
+    meta = {
+        "module": print_module(module),
+        "weights": weights is not None,
+        "pipeline": list(PIPELINE),
+        "tp": tp,
+        "pp": pp,
+        "stages": [list(g) for g in plan.groups],
+        "sram_bytes_per_chip": [sram.get(c, 0) for c in range(system.chips)] if system.chips <= 64 else None,
+    }
+    if meta["sram_bytes_per_chip"] is None:
+        meta["sram_bytes_max_per_chip"] = max(sram.values(), default=0)
+        del meta["sram_bytes_per_chip"]
     return Program(
         system,
         entries,
         entry,
-        np.zeros(len(entry), np.int32),
+        chip_col,
         queue,
         cycle,
         opcode,
@@ -137,48 +186,197 @@ def compile_module(
         src,
         off,
         stp,
-        np.zeros(len(img_word), np.int32),
+        np.array(img_chip, np.int32),
         np.array(img_slice, np.int32),
         np.array(img_word, np.int64),
         np.array(img_data, np.float64).reshape(len(img_word), L),
         tuple(placements),
         maps_arr,
-        {"module": print_module(module), "weights": weights is not None, "pipeline": list(PIPELINE)},
+        meta,
     )
 
 
-def _check_capacity(m: Module, chip) -> None:
-    """Refuse early what cannot fit: params beyond the chip's SRAM, or a tensor beyond one MEM slice
-    (each tensor lives in one slice in this layout)."""
-    from compiler.lower import Tensor as T
+def _chips_of(stmt) -> tuple[int, ...]:
+    if isinstance(stmt, Transfer):
+        return stmt.route
+    return (stmt.chip,)
 
-    def size(t) -> int:
-        return T(0, "", t.dtype, t.shape, "", "temp", chip.lanes).vectors * chip.lanes * _bytes(t.dtype)
 
-    need = sum(size(g.type) for g in m.params)
-    if need > chip.sram_bytes:
-        chips = -(-need // chip.sram_bytes)
-        raise error(
-            f"the model does not fit in SRAM: its params need {need} bytes, {need - chip.sram_bytes} "
-            f"more than a {chip.name} chip's {chip.sram_bytes}; about {chips} chips would hold them"
+def _lower_statements(ep, lows: dict, system: SystemConfig) -> None:
+    """Lower one entry's per-chip statements, in order, each on its chip's Lowering."""
+    links = _LinkLowering(system, lows)
+    for stmt in ep.stmts:
+        if isinstance(stmt, Local):
+            low = lows[stmt.chip]
+            low.op_index, low.op_name = stmt.index, stmt.what
+            low.lower_op(stmt.op)
+        elif isinstance(stmt, Transfer):
+            links.transfer(stmt)
+        elif isinstance(stmt, Place):
+            links.place(stmt)
+        else:  # LocalCommit: copy the new value into the state's words after every read of the old one
+            low = lows[stmt.chip]
+            low.op_index, low.op_name = -1, stmt.what
+            low.copy(low.tensor(stmt.value), low.symbols[stmt.state.name])
+
+
+class _LinkLowering:
+    """Transfers become jobs spanning two chips: per vector a MEM read and a `send` on the sender, a
+    `recv` and a MEM write on the receiver. A receive is issued exactly when its vector arrives
+    (hand-over + serialisation + latency), sends on a link are one serialisation time apart, and each
+    send holds its link direction for that time, so the scheduler never overlaps two vectors on a link."""
+
+    CHUNK = 32  # vectors per job: long transfers leave room between them for others on the same link
+
+    def __init__(self, system: SystemConfig, lows: dict):
+        self.system = system
+        self.lows = lows
+        self.chip = system.chip
+        self.ser = system.link_cycles_per_vector
+        self.latency = system.link_latency_cycles
+        self.own = {}
+
+    def link(self, a: int, b: int) -> tuple[int, int, int]:
+        """(system link, its number on chip a, its number on chip b) for a direct link a -> b."""
+        if a not in self.own:
+            self.own[a] = self.system.chip_links(a)
+        for k, (sys_link, other) in enumerate(self.own[a]):
+            if other == b:
+                if b not in self.own:
+                    self.own[b] = self.system.chip_links(b)
+                kb = next(j for j, (sl, _) in enumerate(self.own[b]) if sl == sys_link)
+                return sys_link, k, kb
+        raise AssertionError(f"chips {a} and {b} are not neighbours")
+
+    def queue(self, low: Lowering, k: int) -> int:
+        half = self.chip.c2c_links // 2
+        name = f"c2c.w.q{k}" if k < half else f"c2c.e.q{k - half}"
+        return low.queue_index[name]
+
+    def tensor_of(self, low: Lowering, v, avoid: set[str]) -> Tensor:
+        if id(v) not in low.values:
+            low.values[id(v)] = low.new_tensor(v.name or "recv", v.type, avoid=avoid)
+        return low.tensor(v)
+
+    def transfer(self, st: Transfer) -> None:
+        route = st.route
+        src_low = self.lows[route[0]]
+        src = src_low.tensor(st.src)
+        sv = list(st.src_vectors)
+        for h, (a, b) in enumerate(zip(route[:-1], route[1:])):
+            last = h == len(route) - 2
+            low_b = self.lows[b]
+            if last:
+                dst = self.tensor_of(low_b, st.dst, set())
+                dv = list(st.dst_vectors)
+            else:  # forwarded through chip b's SRAM
+                dst = low_b.new_tensor(
+                    "fwd",
+                    TensorType(src.dtype, (len(sv), src.cols)) if src.chunks == 1 else _rows(src, len(sv)),
+                )
+                dv = list(range(len(sv)))
+            self.hop(a, b, src, sv, dst, dv, st.what)
+            src, sv = dst, dv
+
+    def hop(self, a: int, b: int, src: Tensor, sv: list[int], dst: Tensor, dv: list[int], what: str) -> None:
+        sys_link, ka, kb = self.link(a, b)
+        low_a, low_b = self.lows[a], self.lows[b]
+        qa, qb = self.queue(low_a, ka), self.queue(low_b, kb)
+        send, recv = BY_MNEMONIC["send"], BY_MNEMONIC["recv"]
+        gap = send.dskew + self.ser + self.latency - recv.dskew
+        for c0 in range(0, len(sv), self.CHUNK):
+            job = Job(what)
+            sends = []
+            for s in sv[c0 : c0 + self.CHUNK]:
+                rd = low_a.read(job, src, s, 1, 1)
+                job.nodes[rd].chip = a
+                nd = Node("send", qa, low_a.queue_x[qa], 1, {"link": ka}, inputs=[("a", rd)], chip=a)
+                nd.holds.append((("link", sys_link, a), send.dskew, self.ser))
+                if sends:
+                    nd.after.append((sends[-1], self.ser))
+                sends.append(job.add(nd))
+            recvs = []
+            for i, d in enumerate(dv[c0 : c0 + self.CHUNK]):
+                nd = Node("recv", qb, low_b.queue_x[qb], 1, {"link": kb}, chip=b, sources={"link": sends[i]})
+                nd.after.append((sends[i], gap))
+                rv = job.add(nd)
+                recvs.append(rv)
+                wr = low_b.write(job, dst, d, 1, 1, rv)
+                job.nodes[wr].chip = b
+            low_a.op_name = what
+            low_a.finish(job)
+            for s_node, r_node in zip(sends, recvs):  # a receive takes its vector the cycle it arrives
+                assert job.nodes[r_node].rel == job.nodes[s_node].rel + gap, what
+
+    def place(self, st: Place) -> None:
+        low = self.lows[st.chip]
+        src = low.tensor(st.src)
+        dst = self.tensor_of(low, st.dst, {src.slice})
+        low.op_index, low.op_name = -1, st.what
+        if dst.slice == src.slice:  # one port cannot read and write a stream of vectors: go around
+            via = low.new_tensor(f"{src.name}.via", TensorType(src.dtype, src.shape), avoid={src.slice})
+            low.copy(src, via)
+            src = via
+        sv, dv = list(st.src_vectors), list(st.dst_vectors)
+        k = 0
+        while k < len(sv):  # runs of consecutive vectors on both sides: one read, one write each
+            n = 1
+            while k + n < len(sv) and sv[k + n] == sv[k] + n and dv[k + n] == dv[k] + n:
+                n += 1
+            job = low.new_job()
+            r = low.read(job, src, sv[k], n, 1)
+            low.write(job, dst, dv[k], n, 1, r)
+            low.finish(job)
+            k += n
+
+
+def _rows(t: Tensor, n: int) -> TensorType:
+    """A tensor type of `n` of `t`'s vectors (a forwarding buffer)."""
+    return TensorType(t.dtype, (n, t.lanes)) if t.cols >= t.lanes else TensorType(t.dtype, (n, t.cols))
+
+
+def _check_params(m: Module, chip, chips: int) -> None:
+    """Refuse early what cannot fit: params beyond the SRAM of the chips."""
+    need = sum(_size(g.type, chip) for g in m.params)
+    if need > chip.sram_bytes * chips:
+        need_chips = -(-need // chip.sram_bytes)
+        have = (
+            f"a {chip.name} chip's {chip.sram_bytes}"
+            if chips == 1
+            else f"{chips} {chip.name} chips hold ({chip.sram_bytes} bytes each)"
         )
-    values = [(f"@{g.name}", g.type, g.loc) for g in m.globals]
-    values += [(f"%{v.name}", v.type, v.loc) for g in m.graphs for v in g.args]
-    values += [
-        (f"%{op.result.name}" if op.result.name else f"the result of {op.name}", op.result.type, op.loc)
-        for g in m.graphs
-        for op in g.ops
-    ]
-    for name, t, loc in values:
-        if size(t) > chip.mem_slice_bytes:
-            raise error(
-                f"{name} : {t} needs {size(t)} bytes but one MEM slice holds {chip.mem_slice_bytes}; "
-                "tensors are not split across slices yet",
-                loc,
-            )
+        raise error(
+            f"the model does not fit in SRAM: its params need {need} bytes, {need - chip.sram_bytes * chips} "
+            f"more than {have}; about {need_chips} chips would hold them"
+        )
 
 
-def _bytes(dtype: str) -> int:
-    from isa.spec import DTYPE_BYTES
+def _check_slices(plan, chip) -> None:
+    """Each tensor lives in one MEM slice in this layout: refuse a local value larger than a slice."""
+    seen = set()
+    for _, g, _, _ in plan.params:
+        if _size(g.type, chip) > chip.mem_slice_bytes:
+            _too_big(f"@{g.name.split('|')[0]}", g.type, chip, g.loc)
+    for e in plan.entries:
+        for st in e.stmts:
+            if isinstance(st, Local) and id(st.op) not in seen:
+                seen.add(id(st.op))
+                t = st.op.result.type
+                if _size(t, chip) > chip.mem_slice_bytes:
+                    name = f"%{st.op.result.name}" if st.op.result.name else f"the result of {st.op.name}"
+                    _too_big(name, t, chip, st.op.loc)
+        for _, name, v, _ in e.inputs:
+            if _size(v.type, chip) > chip.mem_slice_bytes:
+                _too_big(f"%{name}", v.type, chip, v.loc)
 
-    return DTYPE_BYTES[dtype]
+
+def _too_big(name: str, t, chip, loc) -> None:
+    raise error(
+        f"{name} : {t} needs {_size(t, chip)} bytes but one MEM slice holds {chip.mem_slice_bytes}; "
+        "tensors are not split across slices yet",
+        loc,
+    )
+
+
+def _size(t, chip) -> int:
+    return vectors_of(t.shape, chip.lanes) * chip.lanes * DTYPE_BYTES[t.dtype]

@@ -30,6 +30,7 @@ from isa.spec import BY_MNEMONIC, DTYPE_BYTES
 @dataclass
 class Row:
     entry: int
+    chip: int
     queue: int
     cycle: int
     mnemonic: str
@@ -57,19 +58,21 @@ class Allocator:
 
     def __init__(self, chip: ChipConfig):
         self.chip = chip
-        self.used: dict[str, list[tuple[int, int, int, int]]] = {}  # slice -> (word0, word1, t0, t1)
-        self.high: dict[str, int] = {}
+        # (chip, slice) -> (word0, word1, t0, t1)
+        self.used: dict[tuple[int, str], list[tuple[int, int, int, int]]] = {}
+        self.high: dict[tuple[int, str], int] = {}
 
-    def place(self, slice_name: str, words: int, t0: int, t1: int) -> int:
-        blocks = sorted(self.used.get(slice_name, []))
+    def place(self, slice_name: str, words: int, t0: int, t1: int, chip: int = 0) -> int:
+        key = (chip, slice_name)
+        blocks = sorted(self.used.get(key, []))
         live = [(a, b) for a, b, s, e in blocks if s < t1 and t0 < e]
         addr = 0
         for a, b in sorted(live):
             if addr + words <= a:
                 break
             addr = max(addr, b)
-        self.used.setdefault(slice_name, []).append((addr, addr + words, t0, t1))
-        self.high[slice_name] = max(self.high.get(slice_name, 0), addr + words)
+        self.used.setdefault(key, []).append((addr, addr + words, t0, t1))
+        self.high[key] = max(self.high.get(key, 0), addr + words)
         return addr
 
     def check(self) -> None:
@@ -79,12 +82,20 @@ class Allocator:
             missing = sum(over.values()) * self.chip.word_bytes
             total = sum(self.high.values()) * self.chip.word_bytes
             chips = -(-total // self.chip.sram_bytes)
+            many = len({c for c, _ in self.high}) > 1
+            names = sorted(f"chip {c} {s}" if many else s for c, s in over)
             raise error(
                 f"the model does not fit in SRAM: {missing} more bytes are needed in "
-                f"{len(over)} MEM slice{'s' if len(over) != 1 else ''} ({', '.join(sorted(over))}); "
+                f"{len(over)} MEM slice{'s' if len(over) != 1 else ''} ({', '.join(names)}); "
                 f"in total it needs {total} bytes, about {chips} chip{'s' if chips != 1 else ''} of "
                 f"{self.chip.sram_bytes} bytes"
             )
+
+    def bytes_per_chip(self) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for (c, _), h in self.high.items():
+            out[c] = out.get(c, 0) + h * self.chip.word_bytes
+        return out
 
 
 def _groups(job: Job) -> list[int]:
@@ -211,19 +222,20 @@ class Emitter:
                 w = self.writer.setdefault(t_id, [None] * t.vectors)
                 for i in range(s, e):
                     w[first + step * i] = (len(self.rows), i - s)
-        if "w" in nd.sources:
-            iw = nd.sources["w"]
-            sources["w"] = (pieces[iw][0][2], 0, 1)
+        for slot in ("w", "link"):  # the weight install a pass uses; the send a receive takes
+            if slot in nd.sources:
+                sources[slot] = (pieces[nd.sources[slot]][0][2], 0, 1)
         if "acc" in nd.sources:
             mm = nd.sources["acc"]
             src_row = next(r for ps, pe, r in pieces[mm] if ps == s)
             sources["acc"] = (src_row, 0, 1)
-        return Row(entry, nd.queue, placed.start + nd.rel + s, nd.mnemonic, e - s, fields, sources)
+        return Row(entry, nd.chip, nd.queue, placed.start + nd.rel + s, nd.mnemonic, e - s, fields, sources)
 
     def tables(self):
         """The instruction table columns (program order = emission order)."""
         n = len(self.rows)
         entry = np.array([r.entry for r in self.rows], np.int32)
+        chip = np.array([r.chip for r in self.rows], np.int32)
         queue = np.array([r.queue for r in self.rows], np.int32)
         cycle = np.array([r.cycle for r in self.rows], np.int64)
         opcode = np.array([BY_MNEMONIC[r.mnemonic].code for r in self.rows], np.int32)
@@ -239,4 +251,4 @@ class Emitter:
             for k, slot in enumerate(source_slots(spec)):
                 if slot in r.sources:
                     src[i, k], off[i, k], stp[i, k] = r.sources[slot]
-        return entry, queue, cycle, opcode, count, fields, src, off, stp
+        return entry, chip, queue, cycle, opcode, count, fields, src, off, stp

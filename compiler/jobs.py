@@ -34,6 +34,9 @@ class Node:
     )  # implicit sources: "w" -> iw node, "acc" -> mm node
     rel: int = 0  # issue cycle relative to the job start
     dynamic: bool = False  # gather / scatter: the address comes from a vector, any word of `mem` may move
+    chip: int = -1  # the chip it runs on (-1: the lowering's chip)
+    # further resources it holds: (key, offset from issue, cycles); a send holds its link direction
+    holds: list[tuple[tuple, int, int]] = field(default_factory=list)
 
     @property
     def spec(self):

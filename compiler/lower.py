@@ -79,6 +79,7 @@ class Tensor:
     data: np.ndarray | None = None  # const: float64 [vectors, lanes]
     landing: np.ndarray | None = field(default=None, repr=False)  # per vector: cycle it lands (scheduler)
     last_read: np.ndarray | None = field(default=None, repr=False)  # state: per vector, its last read
+    chip: int = 0  # the chip whose SRAM holds it
 
     @property
     def cols(self) -> int:
@@ -110,7 +111,17 @@ class Tensor:
 
     def view(self, shape: tuple[int, ...]) -> Tensor:
         """The same vectors seen with another shape of the same rows and columns."""
-        v = Tensor(self.id, self.name, self.dtype, shape, self.slice, self.kind, self.lanes, self.data)
+        v = Tensor(
+            self.id,
+            self.name,
+            self.dtype,
+            shape,
+            self.slice,
+            self.kind,
+            self.lanes,
+            self.data,
+            chip=self.chip,
+        )
         assert (v.rows, v.cols) == (self.rows, self.cols)
         return v
 
@@ -118,8 +129,11 @@ class Tensor:
 class Lowering:
     """Turns the ops of one graph into jobs; tensors are shared across graphs through `symbols`."""
 
-    def __init__(self, chip: ChipConfig, tensors: list[Tensor], symbols: dict[str, Tensor]):
+    def __init__(
+        self, chip: ChipConfig, tensors: list[Tensor], symbols: dict[str, Tensor], chip_index: int = 0
+    ):
         self.chip = chip
+        self.chip_index = chip_index  # which chip of the system its jobs run on
         self.L = chip.lanes
         self.tensors = tensors
         self.symbols = symbols
@@ -196,7 +210,10 @@ class Lowering:
         avoid: set[str] = frozenset(),
         data: np.ndarray | None = None,
     ) -> Tensor:
-        tensor = Tensor(len(self.tensors), name, t.dtype, t.shape, self.pick_slice(avoid), kind, self.L, data)
+        tensor = Tensor(
+            len(self.tensors), name, t.dtype, t.shape, self.pick_slice(avoid), kind, self.L, data,
+            chip=self.chip_index,
+        )  # fmt: skip
         self.tensors.append(tensor)
         return tensor
 
@@ -265,14 +282,19 @@ class Lowering:
 
     def finish(self, job: Job) -> Job:
         # nodes on the same queue keep their creation order and never overlap
-        last: dict[int, int] = {}
+        for nd in job.nodes:
+            if nd.chip < 0:
+                nd.chip = self.chip_index
+        last: dict[tuple[int, int], int] = {}
         for k, nd in enumerate(job.nodes):
-            if nd.queue in last:
-                p = last[nd.queue]
+            key = (nd.chip, nd.queue)
+            if key in last:
+                p = last[key]
                 prev = job.nodes[p]
                 nd.after.append((p, prev.spec.busy_cycles(prev.n)))
-            last[nd.queue] = k
+            last[key] = k
         job.op_index = self.op_index
+        job.exclusive = [(self.chip_index, *key) for key in job.exclusive]
         align(job)
         self.jobs.append(job)
         return job

@@ -60,20 +60,28 @@ class _Intervals:
         self.ends.insert(k, end)
 
 
-class _Streams:
-    def __init__(self):
-        self.buckets: dict[tuple[int, int, int], list[tuple[int, int, int, int]]] = {}
+def _held(nd) -> list[tuple[tuple, int, int]]:
+    """What an instruction reserves: its queue on its chip for its busy cycles, and whatever else it
+    holds (a send: its link direction for the serialisation of each vector)."""
+    return [((nd.chip, nd.queue), 0, nd.spec.busy_cycles(nd.n)), *nd.holds]
 
-    def free(self, key: tuple[int, int], d0: int, d1: int, u0: int, u1: int) -> bool:
+
+class _Streams:
+    """Stream rectangles per (chip, direction, stream), bucketed by diagonal."""
+
+    def __init__(self):
+        self.buckets: dict[tuple, list[tuple[int, int, int, int]]] = {}
+
+    def free(self, key: tuple[int, int, int], d0: int, d1: int, u0: int, u1: int) -> bool:
         for b in range(d0 // _BUCKET, d1 // _BUCKET + 1):
-            for e0, e1, v0, v1 in self.buckets.get((key[0], key[1], b), ()):
+            for e0, e1, v0, v1 in self.buckets.get((*key, b), ()):
                 if e0 <= d1 and d0 <= e1 and v0 <= u1 and u0 <= v1:
                     return False
         return True
 
     def add(self, key, d0, d1, u0, u1) -> None:
         for b in range(d0 // _BUCKET, d1 // _BUCKET + 1):
-            self.buckets.setdefault((key[0], key[1], b), []).append((d0, d1, u0, u1))
+            self.buckets.setdefault((*key, b), []).append((d0, d1, u0, u1))
 
 
 def transfers(job: Job) -> list[tuple[int, list[int]]]:
@@ -137,13 +145,14 @@ class Scheduler:
         while True:
             bump = None
             for nd in job.nodes:
-                iv = self.queues.get(nd.queue)
-                if iv is None:
-                    continue
-                s = start + nd.rel
-                end = iv.conflict_end(s, s + nd.spec.busy_cycles(nd.n))
-                if end is not None:
-                    bump = max(bump or 0, end - nd.rel)
+                for key, off, length in _held(nd):
+                    iv = self.queues.get(key)
+                    if iv is None:
+                        continue
+                    s = start + nd.rel + off
+                    end = iv.conflict_end(s, s + length)
+                    if end is not None:
+                        bump = max(bump or 0, end - nd.rel - off)
             for key in job.exclusive:
                 iv = self.exclusive.get(key)
                 if iv is not None:
@@ -189,7 +198,7 @@ class Scheduler:
             found = None
             for direction, d0, d1, u0, u1 in self._rects(job, producer, consumers, start):
                 for sid in range(self.S):
-                    key = (direction, sid)
+                    key = (job.nodes[producer].chip, direction, sid)
                     if not table.free(key, d0, d1, u0, u1):
                         continue
                     if any(
@@ -203,21 +212,22 @@ class Scheduler:
                     break
             if found is None:
                 return None
-            chosen[producer] = found[0][0] * self.S + found[0][1]
+            chosen[producer] = found[0][1] * self.S + found[0][2]
             taken.append(found)
         return chosen
 
     def _commit(self, job: Job, start: int, streams, flows, lo: int, hi: int) -> None:
         for nd in job.nodes:
-            s = start + nd.rel
-            self.queues.setdefault(nd.queue, _Intervals()).add(s, s + nd.spec.busy_cycles(nd.n))
+            for key, off, length in _held(nd):
+                s = start + nd.rel + off
+                self.queues.setdefault(key, _Intervals()).add(s, s + length)
         for key in job.exclusive:
             self.exclusive.setdefault(key, _Intervals()).add(start + lo, start + hi)
         for producer, consumers in flows:
             direction, sid = divmod(streams[producer], self.S)
             for rect in self._rects(job, producer, consumers, start):
                 if rect[0] == direction:
-                    self.streams.add((direction, sid), *rect[1:])
+                    self.streams.add((job.nodes[producer].chip, direction, sid), *rect[1:])
         for nd in job.nodes:
             if nd.mem is None:
                 continue

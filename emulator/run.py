@@ -89,23 +89,23 @@ class Emulator:
             if pl.name not in inputs:
                 raise error(f"entry '{entry}' needs the input '{pl.name}' ({pl.dtype}{list(pl.shape)})")
             value = np.asarray(inputs[pl.name])
-            if value.shape != pl.shape:
+            if not _holds(pl, value.shape) or (pl.part and value.shape != _whole_shape(p, pl)):
                 raise error(
                     f"input '{pl.name}' has shape {list(value.shape)} but the program expects "
-                    f"{pl.dtype}{list(pl.shape)}"
+                    f"{pl.dtype}{list(_whole_shape(p, pl))}"
                 )
-            place(pl, value)
+            place(pl, pl.take(value))
         for pl in self.placements("state"):
             place(pl, self.state[pl.name])
         for pl in self.placements("param"):
             if pl.name in self.weights:
                 value = np.asarray(self.weights[pl.name])
-                if value.shape != pl.shape:
+                if not _holds(pl, value.shape):
                     raise error(
                         f"weights '{pl.name}' have shape {list(value.shape)} but the program "
-                        f"expects {pl.dtype}{list(pl.shape)}"
+                        f"expects {pl.dtype}{list(_whole_shape(self.program, pl))}"
                     )
-                place(pl, value)
+                place(pl, pl.take(value))
         image = np.concatenate(rows) if count else np.zeros((0, lanes))
 
         e = p.entries.index(entry)
@@ -163,10 +163,34 @@ class Emulator:
             return to_storage(from_vectors(vectors, pl, lanes), pl.dtype)
 
         outputs = [read_back(pl) for pl in self.placements("output", entry)]
-        for pl in self.placements("state"):
-            self.state[pl.name] = read_back(pl)
+        for pl in self.placements(
+            "state"
+        ):  # replicas hold the same value: the first one (lowest chip) counts
+            if not any(q.name == pl.name and q.chip < pl.chip for q in self.placements("state")):
+                self.state[pl.name] = read_back(pl)
         extra = {"resolved": r, "mem_seen": found} if trace else {}
         return RunResult(outputs, violations, r.cycles, r.busy, steps=len(op), extra=extra)
+
+
+def _holds(pl: Placement, shape: tuple[int, ...]) -> bool:
+    """Whether a whole tensor of `shape` has the part `pl` holds."""
+    if pl.part is None:
+        return tuple(shape) == tuple(pl.shape)
+    axis, start, stop = pl.part
+    return (
+        len(shape) == len(pl.shape)
+        and stop <= shape[axis]
+        and all(a == b for k, (a, b) in enumerate(zip(shape, pl.shape)) if k != axis)
+    )
+
+
+def _whole_shape(p: Program, pl: Placement) -> tuple[int, ...]:
+    """The shape of the whole tensor a (possibly partial) placement belongs to."""
+    shape = list(pl.shape)
+    for q in p.placements:
+        if q.role == pl.role and q.name == pl.name and q.graph == pl.graph and q.part is not None:
+            shape[q.part[0]] = max(shape[q.part[0]], q.part[2])
+    return tuple(shape)
 
 
 def _sram_violations(

@@ -123,8 +123,10 @@ def disassemble(p: Program, data: bool = True, order: np.ndarray | None = None) 
     lines += [f"entry {e}" for e in p.entries]
     for pl in p.placements:
         graph = f"{pl.graph} " if pl.role in ("input", "output") else ""
+        part = f" part {pl.part[0]}:{pl.part[1]}:{pl.part[2]}" if pl.part else ""
         lines.append(
             f"{pl.role} {graph}{pl.name} {_type_text(pl.dtype, pl.shape)} @ {pl.chip} {pl.slice} {pl.word}"
+            + part
         )
     for k in range(len(p.maps)):
         lines.append(f"map {k} : " + " ".join(str(int(v)) for v in p.maps[k]))
@@ -249,13 +251,15 @@ class _Assembler:
 
     def parse_placement(self, role: str, line: str, number: int, raw: str) -> Placement:
         m = re.fullmatch(
-            r"(\w+)\s+(?:(\w+)\s+)?([\w.]+)\s+(\w+\[[0-9, ]*\])\s+@\s+(\d+)\s+([\w.]+)\s+(\d+)", line
+            r"(\w+)\s+(?:(\w+)\s+)?([\w.]+)\s+(\w+\[[0-9, ]*\])\s+@\s+(\d+)\s+([\w.]+)\s+(\d+)"
+            r"(?:\s+part\s+(\d+):(\d+):(\d+))?",
+            line,
         )
         if not m or (role in ("input", "output")) != (m.group(2) is not None):
             form = (
-                "ROLE GRAPH NAME TYPE @ CHIP SLICE WORD"
+                "ROLE GRAPH NAME TYPE @ CHIP SLICE WORD [part AXIS:START:STOP]"
                 if role in ("input", "output")
-                else "ROLE NAME TYPE @ CHIP SLICE WORD"
+                else "ROLE NAME TYPE @ CHIP SLICE WORD [part AXIS:START:STOP]"
             )
             raise self.fail(f"expected '{form}'", number, self.col(raw, role))
         t = _TYPE.match(m.group(4))
@@ -263,8 +267,26 @@ class _Assembler:
         if dtype not in DTYPES:
             raise self.fail(f"unknown dtype '{dtype}'", number, self.col(raw, m.group(4)))
         shape = tuple(int(d) for d in t.group(2).split(",") if d.strip())
+        part = tuple(int(m.group(k)) for k in (8, 9, 10)) if m.group(8) else None
+        if part is not None and not (
+            part[0] < len(shape) and part[1] < part[2] and part[2] - part[1] == shape[part[0]]
+        ):
+            raise self.fail(
+                f"'part {part[0]}:{part[1]}:{part[2]}' must name an axis of {m.group(4)} and a range as "
+                "long as that axis",
+                number,
+                self.col(raw, "part"),
+            )
         return Placement(
-            role, m.group(2) or "", m.group(3), dtype, shape, int(m.group(5)), m.group(6), int(m.group(7))
+            role,
+            m.group(2) or "",
+            m.group(3),
+            dtype,
+            shape,
+            int(m.group(5)),
+            m.group(6),
+            int(m.group(7)),
+            part,
         )
 
     def parse_map(self, line: str, number: int, raw: str) -> tuple[int, list[int]]:
@@ -379,8 +401,9 @@ class _Assembler:
             elif m:
                 src[k], stp[k], off[k] = int(m.group(1)), int(m.group(2) or 1), int(m.group(3) or 0)
             else:
-                raise self.fail(f"a source is #ID, #ID+K, #ID*S+K, image@WORD or unchecked, got '{ref}'",
-                                number, col)
+                raise self.fail(
+                    f"a source is #ID, #ID+K, #ID*S+K, image@WORD or unchecked, got '{ref}'", number, col
+                )
         row = (
             entries.index(entry),
             int(chip_no),

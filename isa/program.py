@@ -85,6 +85,16 @@ class Placement:
     chip: int
     slice: str  # a MEM slice name, e.g. "mem.e0"
     word: int
+    # a shard: this placement holds value[..., start:stop, ...] along `axis` of the named tensor
+    # (tensor parallelism); None when it holds the whole tensor (replicas may sit on several chips)
+    part: tuple[int, int, int] | None = None
+
+    def take(self, value: np.ndarray) -> np.ndarray:
+        """The part of a whole tensor this placement holds."""
+        if self.part is None:
+            return value
+        axis, start, stop = self.part
+        return np.take(value, np.arange(start, stop), axis=axis)
 
     def rows_chunks(self, lanes: int) -> tuple[int, int]:
         cols = self.shape[-1] if self.shape else 1
@@ -417,7 +427,10 @@ def to_bytes(p: Program) -> bytes:
         "version": VERSION,
         "system": system_to_dict(p.system),
         "entries": list(p.entries),
-        "placements": [dataclasses.asdict(pl) | {"shape": list(pl.shape)} for pl in p.placements],
+        "placements": [
+            dataclasses.asdict(pl) | {"shape": list(pl.shape), "part": list(pl.part) if pl.part else None}
+            for pl in p.placements
+        ],
         "meta": p.meta,
         "arrays": {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()},
     }
@@ -490,7 +503,12 @@ def from_bytes(data: bytes, filename: str = "<program>") -> Program:
             arrays[name] = a
     try:
         system = system_from_dict(header["system"])
-        placements = tuple(Placement(**(d | {"shape": tuple(d["shape"])})) for d in header["placements"])
+        placements = tuple(
+            Placement(
+                **(d | {"shape": tuple(d["shape"]), "part": tuple(d["part"]) if d.get("part") else None})
+            )
+            for d in header["placements"]
+        )
         entries = tuple(str(e) for e in header["entries"])
         meta = dict(header.get("meta", {}))
     except (KeyError, TypeError, ValueError, ChipConfigError) as e:

@@ -32,26 +32,42 @@ def schedule_length(p: Program) -> int:
 
 
 def weights_from_image(p: Program) -> dict[str, np.ndarray]:
-    """The params a program carries in its SRAM image."""
+    """The params a program carries in its SRAM image (shards of one param are put back together)."""
+    from isa.spec import DTYPE_BYTES
+
     lanes = p.system.chip.lanes
     mem_index = {name: k for k, name in enumerate(p.system.chip.mem_slice_names())}
     where = {
         (int(c), int(s), int(w)): j
         for j, (c, s, w) in enumerate(zip(p.image_chip, p.image_slice, p.image_word))
     }
-    out = {}
+    pieces: dict[str, list] = {}
     for pl in p.placements:
         if pl.role != "param":
             continue
-        from isa.spec import DTYPE_BYTES
-
         rows = []
         for v in range(pl.vectors(lanes)):
             j = where.get((pl.chip, mem_index[pl.slice], pl.word + v * DTYPE_BYTES[pl.dtype]))
             if j is None:
                 return {}
             rows.append(p.image_data[j])
-        out[pl.name] = to_storage(from_vectors(np.array(rows), pl, lanes), pl.dtype)
+        value = to_storage(from_vectors(np.array(rows), pl, lanes), pl.dtype)
+        pieces.setdefault(pl.name, []).append((pl, value))
+    out = {}
+    for name, got in pieces.items():
+        whole = [v for pl, v in got if pl.part is None]
+        if whole:
+            out[name] = whole[0]
+            continue
+        axis = got[0][0].part[0]
+        shape = list(got[0][1].shape)
+        shape[axis] = max(pl.part[2] for pl, _ in got)
+        value = np.zeros(shape, got[0][1].dtype)
+        for pl, v in got:
+            index = [slice(None)] * len(shape)
+            index[axis] = slice(pl.part[1], pl.part[2])
+            value[tuple(index)] = v
+        out[name] = value
     return out
 
 

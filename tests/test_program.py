@@ -136,7 +136,7 @@ BASE = (ROOT / "tests" / "asm" / "add.lpuasm").read_text()
     ("     1 main       2", "     1 other       2", "unknown entry 'other'"),
     ("write addr=0", "write addr=99999", "field addr = 99999 is out of range"),
     ("read addr=0 step=2 dst=E1 dt=f16 n=2", "read addr=0 step=2 dst=E1 dt=f16 n=0", "repeat count n = 0"),
-    ("input main x", "input x", "expected 'ROLE GRAPH NAME TYPE @ CHIP SLICE WORD'"),
+    ("input main x", "input x", "expected 'ROLE GRAPH NAME TYPE @ CHIP SLICE WORD [part AXIS:START:STOP]'"),
     ("entry main", "entry main\nbogus line", "unknown line kind 'bogus'"),
 ])
 def test_assembler_errors_are_located(old, new, message):

@@ -1,0 +1,704 @@
+"""Splits a decomposed module over the chips of a system: pipeline and tensor parallelism.
+
+The result is a `Plan`: per entry point, a list of per-chip statements in a
+topological order. A statement is an ordinary IR op on one chip (its operands and
+result are that chip's *local* values), a `Transfer` of a local value's vectors from
+one chip to another (the compiler turns it into exactly timed SEND/RECV
+instructions over the links of a route), or a commit of a local value into a
+chip's copy of a state. There is no runtime collective library: all-reduce,
+all-gather, reduce-scatter and stage hand-offs are spelled out here as transfers
+plus local adds, concats and slices, and are scheduled to the cycle later.
+
+Pipeline parallelism: each graph's ops are cut into `pp` contiguous stages balanced
+by a cost model (matrix passes and vectors), each stage on its own group of `tp`
+chips (stage s = chips s*tp .. s*tp + tp - 1). A value used in a later stage is
+handed over chip i to chip i, keeping its sharding.
+
+Tensor parallelism (Megatron-style, found by propagation rather than by pattern):
+every value of a stage is held by the group as one of
+
+    R      replicated: every chip holds the whole value
+    axis   split: chip r holds block r of `shape[axis] // tp`
+    P      partial sums: the value is the sum of the chips' values (kept in f32)
+
+A matmul whose weights are a param and whose activations are replicated splits the
+weight's columns (the result is split on its last axis); a matmul whose activations
+are split on the inner axis splits the weight's rows (the result is partial). So an
+MLP is column-split then row-split with one all-reduce, and attention splits its
+heads: the split follows reshape and transpose onto the head axis, batched matmuls,
+softmax and reductions along other axes keep it, and the output projection is
+row-split. Elementwise ops follow their split operand; layernorm and residual adds
+meet replicated values (after the all-reduce) and run replicated. Anything a rule
+does not cover is gathered to R first, so every module partitions correctly.
+
+Params, inputs and constants cost nothing to split: each chip is given just its part
+(a params's placement records the part, `isa.program.Placement.part`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from compiler.ir import Commit, Global, Graph, Module, Op, Operand, TensorType, Value, freeze_attr
+from compiler.lower import VXM_OPS
+from compiler.ops import infer, reduce_axes
+from isa.diagnostics import error
+from isa.spec import DTYPE_BYTES
+from isa.system import SystemConfig
+
+R, P = "R", "P"  # a split is the axis (an int)
+FREE_OPS = ("constant", "iota")
+
+
+@dataclass
+class Local:
+    chip: int
+    op: Op
+    index: int  # the op of the original graph it comes from (for listings), -1 for collectives
+    what: str  # for diagnostics and listings
+
+
+@dataclass
+class Transfer:
+    """`dst` (on the last chip of `route`) gets the vectors `src_vectors` of `src` (on the first) into
+    its vectors `dst_vectors`; intermediate chips forward through their SRAM."""
+
+    route: tuple[int, ...]
+    src: Value
+    src_vectors: tuple[int, ...]
+    dst: Value
+    dst_vectors: tuple[int, ...]
+    what: str
+
+
+@dataclass
+class Place:
+    """A local copy of the vectors `src_vectors` of `src` into the vectors `dst_vectors` of `dst`."""
+
+    chip: int
+    src: Operand
+    src_vectors: tuple[int, ...]
+    dst: Value
+    dst_vectors: tuple[int, ...]
+    what: str
+
+
+@dataclass
+class LocalCommit:
+    chip: int
+    state: Global
+    value: Operand
+    what: str
+
+
+@dataclass
+class EntryPlan:
+    name: str
+    stmts: list = field(default_factory=list)
+    inputs: list[tuple[int, str, Value, tuple | None]] = field(
+        default_factory=list
+    )  # chip, name, value, part
+    outputs: list[tuple[int, Operand]] = field(default_factory=list)
+    stage_of_op: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    system: SystemConfig
+    tp: int
+    pp: int
+    groups: tuple[tuple[int, ...], ...]
+    params: list[tuple[int, Global, str, tuple | None]] = field(default_factory=list)
+    states: list[tuple[int, Global, str]] = field(default_factory=list)
+    entries: list[EntryPlan] = field(default_factory=list)
+
+    @property
+    def chips_used(self) -> int:
+        return self.tp * self.pp
+
+
+@dataclass
+class Dist:
+    """A value of the original graph as the chips of one stage hold it."""
+
+    spec: object  # R, P or a split axis
+    stage: int
+    locals: dict[int, Operand]  # chip -> local value
+    dtype: str  # the original dtype (partial sums are held in f32)
+    shape: tuple[int, ...]
+
+
+def vectors_of(shape: tuple[int, ...], lanes: int) -> int:
+    cols = shape[-1] if shape else 1
+    rows = math.prod(shape[:-1]) if shape else 1
+    return rows * -(-cols // lanes)
+
+
+def vector_index(shape: tuple[int, ...], lanes: int) -> np.ndarray:
+    """For every element of a tensor of `shape`, the vector that holds it (the layout of compiler/lower)."""
+    cols = shape[-1] if shape else 1
+    rows = math.prod(shape[:-1]) if shape else 1
+    chunks = -(-cols // lanes)
+    idx = np.arange(rows)[:, None] * chunks + np.arange(cols)[None, :] // lanes
+    return idx.reshape(shape) if shape else idx.reshape(())
+
+
+def op_cost(op: Op, chip) -> float:
+    """Cycles an op roughly takes on one chip: matrix passes for a matmul, vectors otherwise."""
+    t = op.result.type
+    L = chip.lanes
+    if op.name in FREE_OPS:
+        return 0.0
+    if op.name == "matmul":
+        a, b = op.operands
+        k = a.type.shape[-1]
+        kt = chip.mxm_k(a.type.dtype)
+        planes = 2 * chip.mxm_planes_per_hemisphere
+        passes = math.prod(t.shape[:-1]) * -(-k // kt) * -(-t.shape[-1] // L)
+        return passes / planes + -(-k // kt) * 8
+    return float(vectors_of(t.shape, L)) + 8
+
+
+class Partitioner:
+    def __init__(self, module: Module, system: SystemConfig, tp: int, pp: int):
+        if tp < 1 or pp < 1:
+            raise error(f"--tp and --pp must be at least 1, got tp={tp}, pp={pp}")
+        if tp * pp > system.chips:
+            raise error(
+                f"tp={tp} x pp={pp} needs {tp * pp} chips but system {system.name} has {system.chips}"
+            )
+        self.m = module
+        self.system = system
+        self.chip = system.chip
+        self.L = system.chip.lanes
+        self.T = tp
+        self.pp = pp
+        self.groups = tuple(tuple(range(s * tp, (s + 1) * tp)) for s in range(pp))
+        self.plan = Plan(system, tp, pp, self.groups)
+        self._param_cache: dict[tuple, Dist] = {}
+        self._state_home: dict[str, int] = {}
+        self._state_locals: dict[str, dict[int, Global]] = {}
+        self._routes: dict[tuple[int, int], tuple[int, ...]] = {}
+        self._adj = {c: system.neighbours(c) for c in range(system.chips)}
+
+    # -- the whole module ---------------------------------------------------------------------
+    def run(self) -> Plan:
+        stages = [self.stages(g) for g in self.m.graphs]
+        for g, st in zip(self.m.graphs, stages):  # a state lives with its first reader
+            for op, s in zip(g.ops, st):
+                for o in op.operands:
+                    if isinstance(o, Global) and o.kind == "state":
+                        self._state_home.setdefault(o.name, s)
+        for g, st in zip(self.m.graphs, stages):
+            for c in g.commits:
+                self._state_home.setdefault(c.state.name, st[-1] if st else 0)
+        for s in self.m.states:
+            home = self._state_home.setdefault(s.name, 0)
+            self._state_locals[s.name] = {}
+            for c in self.groups[home]:
+                g = Global("state", s.name, s.type, s.loc)
+                self._state_locals[s.name][c] = g
+                self.plan.states.append((c, g, s.name))
+        for g, st in zip(self.m.graphs, stages):
+            self.plan.entries.append(self.entry(g, st))
+        placed = {name for _, _, name, _ in self.plan.params}
+        for g in self.m.params:  # a param nothing uses still has a place (the program carries all weights)
+            if g.name not in placed:
+                self.param(g, R, 0)
+        return self.plan
+
+    def stages(self, g: Graph) -> list[int]:
+        """Contiguous stages balanced by cost; a stage also ends before its params would overflow SRAM."""
+        ops = g.ops
+        if self.pp == 1 or not ops:
+            return [0] * len(ops)
+        cost = [op_cost(op, self.chip) for op in ops]
+        total = sum(cost) or 1.0
+        budget = self.chip.sram_bytes * 0.8
+        out, s, acc, params = [], 0, 0.0, 0.0
+        seen: set[str] = set()
+        for op, c in zip(ops, cost):
+            p_bytes = 0.0
+            for o in op.operands:
+                if isinstance(o, Global) and o.kind == "param" and o.name not in seen:
+                    p_bytes += o.type.size * DTYPE_BYTES[o.type.dtype] / self.T
+            full = acc >= total * (s + 1) / self.pp or (params + p_bytes > budget and params > 0)
+            if full and s < self.pp - 1 and c > 0:
+                s, params = s + 1, 0.0
+            for o in op.operands:
+                if isinstance(o, Global) and o.kind == "param":
+                    seen.add(o.name)
+            params += p_bytes
+            acc += c
+            out.append(s)
+        return out
+
+    # -- one entry point ----------------------------------------------------------------------------
+    def entry(self, g: Graph, stage_of: list[int]) -> EntryPlan:
+        self.e = EntryPlan(g.name, stage_of_op=stage_of)
+        self.dists: dict[int, Dist] = {}
+        self.free: dict[int, object] = {}  # id(value) -> ("input", value) | ("const", op)
+        self.cache: dict[tuple, Dist] = {}
+        for a in g.args:
+            self.free[id(a)] = ("input", a)
+        for k, op in enumerate(g.ops):
+            self.index, self.what = k, f"%{op.result.name or k} = {op.name}"
+            stage = stage_of[k]
+            if op.name in FREE_OPS:
+                self.free[id(op.result)] = ("const", op)
+                continue
+            self.dists[id(op.result)] = self.lower(op, stage)
+        last = stage_of[-1] if stage_of else 0
+        self.index = -1
+        for c in g.commits:
+            self.what = f"commit @{c.state.name}"
+            home = self._state_home[c.state.name]
+            d = self.get(c.value, R, home)
+            for chip in self.groups[home]:
+                self.e.stmts.append(
+                    LocalCommit(chip, self._state_locals[c.state.name][chip], d.locals[chip], self.what)
+                )
+        for r in g.results:
+            self.what = "return"
+            stage = self.stage_of_value(r, last)
+            d = self.get(r, R, stage)
+            root = self.groups[stage][0]
+            self.e.outputs.append((root, d.locals[root]))
+        return self.e
+
+    def stage_of_value(self, v: Operand, default: int) -> int:
+        if isinstance(v, Global) and v.kind == "state":
+            return self._state_home[v.name]
+        d = self.dists.get(id(v))
+        return d.stage if d is not None else default
+
+    # -- statements ------------------------------------------------------------------------------
+    def local(self, chip: int, name: str, operands, attrs: dict, t: TensorType, hint=None, loc=None) -> Value:
+        types = [o.type for o in operands]
+        inferred = infer(name, types, attrs, t)
+        v = Value(inferred, hint)
+        op = Op(name, tuple(operands), v, tuple(sorted((k, freeze_attr(a)) for k, a in attrs.items())), loc)
+        self.e.stmts.append(Local(chip, op, self.index, self.what))
+        return v
+
+    def route(self, a: int, b: int) -> tuple[int, ...]:
+        """A shortest path of links from chip a to chip b (lowest chip numbers first on ties)."""
+        key = (a, b)
+        if key not in self._routes:
+            prev = {a: None}
+            todo = deque([a])
+            while todo:
+                c = todo.popleft()
+                if c == b:
+                    break
+                for n in self._adj[c]:
+                    if n not in prev:
+                        prev[n] = c
+                        todo.append(n)
+            path = [b]
+            while path[-1] != a:
+                path.append(prev[path[-1]])
+            self._routes[key] = tuple(reversed(path))
+        return self._routes[key]
+
+    def transfer(
+        self, src: Operand, a: int, b: int, src_vectors=None, dst: Value | None = None, dst_vectors=None
+    ):
+        """Move `src` (or some of its vectors) from chip a to chip b; a new value unless `dst` is given."""
+        n = vectors_of(src.type.shape, self.L)
+        sv = tuple(range(n)) if src_vectors is None else tuple(src_vectors)
+        if dst is None:
+            dst = Value(src.type, "recv")
+        dv = tuple(range(len(sv))) if dst_vectors is None else tuple(dst_vectors)
+        self.e.stmts.append(Transfer(self.route(a, b), src, sv, dst, dv, self.what))
+        return dst
+
+    # -- distributed values -------------------------------------------------------------------------
+    def get(self, o: Operand, want, stage: int) -> Dist:
+        """`o` as the chips of `stage` hold it with sharding `want`."""
+        if isinstance(o, Global) and o.kind == "param":
+            return self.param(o, want, stage)
+        if isinstance(o, Global):  # a state: replicated on its home stage
+            home = self._state_home[o.name]
+            d = Dist(R, home, dict(self._state_locals[o.name]), o.type.dtype, o.type.shape)
+            return self.convert(d, want, stage)
+        f = self.free.get(id(o))
+        if f is not None:
+            return self.free_value(o, f, want, stage)
+        return self.convert(self.dists[id(o)], want, stage)
+
+    def have(self, o: Operand):
+        """The sharding a non-free operand has now (None: free, any sharding costs nothing)."""
+        if isinstance(o, Global):
+            return None if o.kind == "param" else R
+        if id(o) in self.free:
+            return None
+        return self.dists[id(o)].spec
+
+    def part(self, shape, spec, rank: int):
+        if not isinstance(spec, int):
+            return None
+        block = shape[spec] // self.T
+        return (spec, rank * block, (rank + 1) * block)
+
+    def local_shape(self, shape, spec) -> tuple[int, ...]:
+        if not isinstance(spec, int):
+            return tuple(shape)
+        s = list(shape)
+        s[spec] //= self.T
+        return tuple(s)
+
+    def param(self, g: Global, want, stage: int) -> Dist:
+        key = (g.name, want, stage)
+        if key not in self._param_cache:
+            locals_ = {}
+            for r, c in enumerate(self.groups[stage]):
+                part = self.part(g.type.shape, want, r)
+                name = g.name if part is None else f"{g.name}|{part[0]}:{part[1]}:{part[2]}"
+                local = Global(
+                    "param", name, TensorType(g.type.dtype, self.local_shape(g.type.shape, want)), g.loc
+                )
+                if not any(c == c2 and local.name == l2.name for c2, l2, _, _ in self.plan.params):
+                    self.plan.params.append((c, local, g.name, part))
+                else:
+                    local = next(l2 for c2, l2, _, _ in self.plan.params if c2 == c and l2.name == local.name)
+                locals_[c] = local
+            self._param_cache[key] = Dist(want, stage, locals_, g.type.dtype, g.type.shape)
+        return self._param_cache[key]
+
+    def free_value(self, v: Value, f, want, stage: int) -> Dist:
+        key = (id(v), want, stage)
+        if key in self.cache:
+            return self.cache[key]
+        t = v.type
+        lt = TensorType(t.dtype, self.local_shape(t.shape, want))
+        locals_ = {}
+        for r, c in enumerate(self.groups[stage]):
+            if f[0] == "input":
+                local = Value(lt, v.name)
+                self.e.inputs.append((c, v.name, local, self.part(t.shape, want, r)))
+            else:
+                op = f[1]
+                if want == R:
+                    local = self.local(c, op.name, (), op.attr_dict, lt, op.result.name, op.loc)
+                else:
+                    full = _const_values(op)
+                    axis, start, stop = self.part(t.shape, want, r)
+                    piece = np.take(full, np.arange(start, stop), axis=axis)
+                    local = self.local(
+                        c, "constant", (), {"value": _literal(piece, t.dtype)}, lt, op.result.name, op.loc
+                    )
+            locals_[c] = local
+        d = Dist(want, stage, locals_, t.dtype, t.shape)
+        self.cache[key] = d
+        return d
+
+    def convert(self, d: Dist, want, stage: int) -> Dist:
+        key = (id(d), want, stage)
+        if key in self.cache:
+            return self.cache[key]
+        out = d
+        if out.stage != stage:
+            out = self.handoff(out, stage)
+        if out.spec != want:
+            if want == R:
+                out = self.all_reduce(out) if out.spec == P else self.all_gather(out)
+            elif want == P:
+                raise AssertionError("nothing asks for partial sums")
+            elif out.spec == P:
+                out = self.reduce_scatter(out, want)
+            else:
+                if out.spec != R:
+                    out = self.all_gather(out)
+                out = self.split_locally(out, want)
+        self.cache[key] = out
+        return out
+
+    def handoff(self, d: Dist, stage: int) -> Dist:
+        """Stage hand-off: chip i of the old group sends its local value to chip i of the new one."""
+        locals_ = {}
+        for a, b in zip(self.groups[d.stage], self.groups[stage]):
+            locals_[b] = self.transfer(d.locals[a], a, b)
+        return Dist(d.spec, stage, locals_, d.dtype, d.shape)
+
+    def _aligned(self, shape, axis: int) -> bool:
+        """Whether the blocks of a split along `axis` are whole vectors (no lanes move)."""
+        if axis != len(shape) - 1:
+            return True
+        return (shape[axis] // self.T) % self.L == 0
+
+    def _block_vectors(self, shape, axis: int, r: int) -> tuple[int, ...]:
+        index = vector_index(tuple(shape), self.L)
+        block = shape[axis] // self.T
+        piece = np.take(index, np.arange(r * block, (r + 1) * block), axis=axis)
+        return tuple(dict.fromkeys(int(v) for v in piece.reshape(-1)))
+
+    def all_gather(self, d: Dist) -> Dist:
+        """Every chip gets every block: whole vectors go straight into place when the blocks are whole
+        vectors, otherwise the blocks are received and concatenated."""
+        axis = d.spec
+        group = self.groups[d.stage]
+        full_t = TensorType(d.dtype, d.shape)
+        locals_ = {}
+        if self._aligned(d.shape, axis):
+            blocks = [self._block_vectors(d.shape, axis, r) for r in range(self.T)]
+            for c in group:
+                dst = Value(full_t, "gathered")
+                for r, a in enumerate(group):
+                    if a == c:
+                        whole = tuple(range(len(blocks[r])))
+                        self.e.stmts.append(Place(c, d.locals[a], whole, dst, blocks[r], self.what))
+                    else:
+                        self.transfer(d.locals[a], a, c, None, dst, blocks[r])
+                locals_[c] = dst
+        else:
+            for c in group:
+                pieces = [d.locals[a] if a == c else self.transfer(d.locals[a], a, c) for a in group]
+                locals_[c] = self.local(c, "concat", pieces, {"axis": axis}, full_t, "gathered")
+        return Dist(R, d.stage, locals_, d.dtype, d.shape)
+
+    def split_locally(self, d: Dist, axis: int) -> Dist:
+        locals_ = {}
+        for r, c in enumerate(self.groups[d.stage]):
+            _, start, stop = self.part(d.shape, axis, r)
+            lt = TensorType(d.locals[c].type.dtype, self.local_shape(d.shape, axis))
+            locals_[c] = self.local(
+                c, "slice", (d.locals[c],), {"axis": axis, "start": start, "stop": stop}, lt
+            )
+        return Dist(axis, d.stage, locals_, d.dtype, d.shape)
+
+    def _sum(self, c: int, parts: list[Value], dtype: str) -> Value:
+        """Sum partials in the same order on every chip (so replicas agree bit for bit), then round."""
+        acc = parts[0]
+        for p in parts[1:]:
+            acc = self.local(c, "add", (acc, p), {}, acc.type)
+        if acc.type.dtype != dtype:
+            acc = self.local(c, "cast", (acc,), {"to": dtype}, TensorType(dtype, acc.type.shape))
+        return acc
+
+    def scatter_axis(self, d: Dist):
+        """The axis a reduce-scatter splits: a row axis (whole vectors) if one divides, else the last."""
+        for axis in range(len(d.shape) - 1):
+            if d.shape[axis] % self.T == 0:
+                return axis
+        if d.shape and d.shape[-1] % self.T == 0:
+            return len(d.shape) - 1
+        return None
+
+    def all_reduce(self, d: Dist) -> Dist:
+        """Reduce-scatter then all-gather (each chip sends 2(T-1)/T of the value) when the value splits
+        evenly, else every chip receives every partial and sums them in chip order."""
+        axis = self.scatter_axis(d)
+        if axis is not None and self.T > 1:
+            return self.all_gather(self.reduce_scatter(d, axis))
+        group = self.groups[d.stage]
+        locals_ = {}
+        for c in group:
+            parts = [d.locals[a] if a == c else self.transfer(d.locals[a], a, c) for a in group]
+            locals_[c] = self._sum(c, parts, d.dtype)
+        return Dist(R, d.stage, locals_, d.dtype, d.shape)
+
+    def reduce_scatter(self, d: Dist, axis: int) -> Dist:
+        group = self.groups[d.stage]
+        aligned = self._aligned(d.shape, axis)
+        local_t = d.locals[group[0]].type
+        block_t = TensorType(local_t.dtype, self.local_shape(d.shape, axis))
+        pieces: dict[int, dict[int, Value]] = {c: {} for c in group}  # receiver -> sender -> block
+        for a in group:
+            for r, c in enumerate(group):
+                if aligned:
+                    vecs = self._block_vectors(d.shape, axis, r)
+                    if a == c:
+                        blk = Value(block_t, "block")
+                        self.e.stmts.append(
+                            Place(a, d.locals[a], vecs, blk, tuple(range(len(vecs))), self.what)
+                        )
+                        pieces[c][a] = blk
+                    else:
+                        pieces[c][a] = self.transfer(d.locals[a], a, c, vecs, Value(block_t, "block"), None)
+                else:
+                    _, start, stop = self.part(d.shape, axis, r)
+                    blk = self.local(
+                        a, "slice", (d.locals[a],), {"axis": axis, "start": start, "stop": stop}, block_t
+                    )
+                    pieces[c][a] = blk if a == c else self.transfer(blk, a, c)
+        locals_ = {c: self._sum(c, [pieces[c][a] for a in group], d.dtype) for c in group}
+        return Dist(axis, d.stage, locals_, d.dtype, d.shape)
+
+    # -- ops --------------------------------------------------------------------------------------
+    def lower(self, op: Op, stage: int) -> Dist:
+        wants, out = self.decide(op)
+        ds = [self.get(o, w, stage) for o, w in zip(op.operands, wants)]
+        t = op.result.type
+        group = self.groups[stage]
+        dtype = t.dtype
+        if out == P and dtype in ("f16", "bf16"):
+            dtype = "f32"  # partial sums stay f32 until they are added up, then round once
+        lt = TensorType(dtype, self.local_shape(t.shape, out))
+        locals_ = {}
+        for c in group:
+            locals_[c] = self.local(
+                c, op.name, [d.locals[c] for d in ds], op.attr_dict, lt, op.result.name, op.loc
+            )
+        return Dist(out, stage, locals_, t.dtype, t.shape)
+
+    def decide(self, op: Op):
+        """The sharding each operand must have and the result's (see the module docstring)."""
+        n = len(op.operands)
+        t = op.result.type
+        haves = [self.have(o) for o in op.operands]
+        rep = ([R] * n, R)
+        if self.T == 1:
+            return rep
+        name = op.name
+        if name in VXM_OPS:
+            return self._elementwise(op, haves)
+        if name == "matmul":
+            return self._matmul(op, haves)
+        h = haves[0]
+        if name in ("reduce_sum", "reduce_max"):
+            x = op.operands[0].type
+            axes = reduce_axes(op.attr("axis"), x.rank, name)
+            keep = op.attr("keepdims", False)
+            if h == P and name == "reduce_sum":
+                return [P], P
+            if isinstance(h, int) and h not in axes:
+                return [h], h if keep else h - sum(1 for a in axes if a < h)
+            if isinstance(h, int) and name == "reduce_sum" and x.dtype in ("f32", "i32"):
+                return [h], P
+            return rep
+        if name == "reshape":
+            x = op.operands[0].type
+            if h == P:
+                return [P], P
+            if isinstance(h, int):
+                b = self._reshape_axis(x.shape, h, t.shape)
+                if b is not None:
+                    return [h], b
+            return rep
+        if name == "transpose":
+            perm = op.attr("perm")
+            perm = tuple(reversed(range(t.rank))) if perm is None else tuple(perm)
+            if h == P:
+                return [P], P
+            if isinstance(h, int):
+                return [h], perm.index(h)
+            return rep
+        if name == "slice":
+            axis = op.attr("axis") % t.rank
+            if h == P:
+                return [P], P
+            if isinstance(h, int) and h != axis:
+                return [h], h
+            return rep
+        if name == "concat":
+            axis = op.attr("axis") % t.rank
+            splits = {x for x in haves if x is not None}
+            if len(splits) == 1:
+                s = splits.pop()
+                if isinstance(s, int) and s != axis:
+                    return [s] * n, s
+            return rep
+        if name == "update_slice":
+            axis = op.attr("axis") % t.rank
+            if isinstance(h, int) and h != axis and haves[1] in (h, None):
+                return [h, h, R], h
+            return rep
+        return rep
+
+    def _reshape_axis(self, shape, a: int, out_shape) -> int | None:
+        pre = math.prod(shape[:a])
+        # chip r holds, for every index of the axes before a, the r-th of T equal runs of the rest; so does
+        # a split of output axis b when the axes before b number as many elements and T divides out[b]
+        for b in range(len(out_shape)):
+            before = math.prod(out_shape[:b])
+            if before > pre:
+                break
+            if before == pre and out_shape[b] % self.T == 0:
+                return b
+        return None
+
+    def _elementwise(self, op: Op, haves):
+        t = op.result.type
+        r = t.rank
+        axis = None
+        for o, h in zip(op.operands, haves):
+            if isinstance(h, int):
+                k = h + (r - o.type.rank)
+                if o.type.shape[h] == t.shape[k]:
+                    axis = k
+                    break
+        if axis is None:
+            return [R] * len(haves), R
+        wants = []
+        for o in op.operands:
+            k = axis - (r - o.type.rank)
+            full = k >= 0 and o.type.shape[k] == t.shape[axis]
+            wants.append(k if full else R)
+        return wants, axis
+
+    def _matmul(self, op: Op, haves):
+        a, b = (o.type for o in op.operands)
+        ha, hb = haves
+        ra, rb, r = a.rank, b.rank, op.result.type.rank
+        T = self.T
+        # batched: a split batch axis carries over
+        for h, x, other in ((ha, a, b), (hb, b, a)):
+            if isinstance(h, int) and h < x.rank - 2:
+                o_axis = h + (r - x.rank)
+                if x.shape[h] != op.result.type.shape[o_axis]:
+                    continue
+                k = o_axis - (r - other.rank)
+                ow = k if k >= 0 and k < other.rank - 2 and other.shape[k] == x.shape[h] else R
+                return ([h, ow] if x is a else [ow, h]), o_axis
+        if ha == ra - 1 or (ha is None and hb == rb - 2):
+            return [ra - 1, rb - 2], P
+        if ha == ra - 2:
+            return [ra - 2, R], r - 2
+        if hb == rb - 1:
+            return [R, rb - 1], r - 1
+        if ha == P:
+            ha = R
+        out = op.result.type.shape
+        for o_axis in range(r - 2):  # both whole: split a batch axis (attention heads) if one divides
+            if out[o_axis] % T == 0:
+                wants = []
+                for x in (a, b):
+                    k = o_axis - (r - x.rank)
+                    wants.append(k if k >= 0 and x.shape[k] == out[o_axis] else R)
+                return wants, o_axis
+        if hb is None and b.shape[-1] % T == 0:  # weights: split their columns
+            return [R, rb - 1], r - 1
+        if hb is None and b.shape[-2] % T == 0 and ha is None:
+            return [ra - 1, rb - 2], P
+        return [R, R], R
+
+
+def _const_values(op: Op) -> np.ndarray:
+    t = op.result.type
+    if op.name == "constant":
+        return np.broadcast_to(np.array(op.attr("value"), dtype=np.float64), t.shape)
+    axis = op.attr("axis") % t.rank
+    idx = np.arange(t.shape[axis]).reshape([-1 if a == axis else 1 for a in range(t.rank)])
+    return np.broadcast_to(idx, t.shape).astype(np.float64)
+
+
+def _literal(x: np.ndarray, dtype: str):
+    if dtype == "bool":
+        x = x.astype(bool)
+    elif dtype in ("i8", "i32"):
+        x = x.astype(np.int64)
+    if x.size and (x == x.reshape(-1)[0]).all():
+        return x.reshape(-1)[0].item()
+    return freeze_attr(x.tolist())
+
+
+def partition(module: Module, system: SystemConfig, tp: int = 1, pp: int = 1) -> Plan:
+    return Partitioner(module, system, tp, pp).run()
+
+
+__all__ = ["Plan", "EntryPlan", "Local", "Transfer", "Place", "LocalCommit", "partition", "Commit"]
