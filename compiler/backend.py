@@ -12,6 +12,7 @@ pairs whose receive is issued the cycle its vector arrives.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from compiler.lower import Lowering, Tensor
 from compiler.partition import Local, Place, Transfer, partition, vectors_of
 from compiler.printer import print_module
 from compiler.schedule import Scheduler, critical_path_order
-from isa.diagnostics import error
+from isa.diagnostics import LpuError, error
 from isa.numerics import to_storage
 from isa.program import Placement, Program
 from isa.spec import BY_MNEMONIC, DTYPE_BYTES
@@ -380,3 +381,74 @@ def _too_big(name: str, t, chip, loc) -> None:
 
 def _size(t, chip) -> int:
     return vectors_of(t.shape, chip.lanes) * chip.lanes * DTYPE_BYTES[t.dtype]
+
+
+@dataclass
+class Candidate:
+    """One (tp, pp) split tried by `search`: its scheduled cycles and SRAM, or why it failed."""
+
+    tp: int
+    pp: int
+    cycles: int | None = None
+    sram_bytes_max: int | None = None
+    problem: str = ""
+    program: Program | None = field(default=None, repr=False)
+
+    @property
+    def chips(self) -> int:
+        return self.tp * self.pp
+
+
+def candidates(chips: int) -> list[tuple[int, int]]:
+    """(tp, pp) pairs to try on `chips` chips: powers of two and the exact factorisations of `chips`."""
+    out = set()
+    for tp in range(1, chips + 1):
+        for pp in range(1, chips // tp + 1):
+            pow2 = (tp & (tp - 1)) == 0 and (pp & (pp - 1)) == 0
+            if pow2 or tp * pp == chips:
+                out.add((tp, pp))
+    return sorted(out, key=lambda c: (c[0] * c[1], c[0]))
+
+
+def search(
+    module: Module, system: SystemConfig, weights: dict[str, np.ndarray] | None, chips: int
+) -> tuple[Candidate, list[Candidate], str]:
+    """Compile every candidate split on at most `chips` chips; the winner has the fewest cycles of its
+    schedule (exact, not estimated), then the fewest chips. Returns (winner, all candidates, why)."""
+    if not 1 <= chips <= system.chips:
+        raise error(f"--chips {chips}: system {system.name} has {system.chips} chips")
+    tried = []
+    for tp, pp in candidates(chips):
+        c = Candidate(tp, pp)
+        try:
+            p = compile_module(module, system, weights, tp=tp, pp=pp)
+        except LpuError as e:
+            c.problem = e.diagnostics[0].message
+        else:
+            c.cycles = p.length()
+            per_chip = p.meta.get("sram_bytes_per_chip") or [p.meta.get("sram_bytes_max_per_chip", 0)]
+            c.sram_bytes_max = max(per_chip)
+            c.program = p
+        tried.append(c)
+    ok = sorted((c for c in tried if c.cycles is not None), key=lambda c: (c.cycles, c.chips, c.tp))
+    if not ok:
+        need = sum(_size(g.type, system.chip) for g in module.params)
+        raise error(
+            f"the model fits no split of {chips} chips of system {system.name}: "
+            f"{tried[-1].problem}; its params alone need {need} bytes, about "
+            f"{max(1, -(-need // system.chip.sram_bytes))} chips of {system.chip.sram_bytes} bytes"
+        )
+    best = ok[0]
+    if len(ok) == 1:
+        why = "the only split that compiles"
+    else:
+        second = ok[1]
+        if second.cycles == best.cycles:
+            why = f"as fast as tp={second.tp} pp={second.pp} ({best.cycles} cycles) on fewer chips"
+        else:
+            more = 100.0 * (second.cycles - best.cycles) / best.cycles
+            why = (
+                f"fewest cycles: {best.cycles}, the next best (tp={second.tp} pp={second.pp}) takes "
+                f"{second.cycles} ({more:.1f}% more)"
+            )
+    return best, tried, why

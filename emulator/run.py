@@ -186,11 +186,7 @@ def _holds(pl: Placement, shape: tuple[int, ...]) -> bool:
 
 def _whole_shape(p: Program, pl: Placement) -> tuple[int, ...]:
     """The shape of the whole tensor a (possibly partial) placement belongs to."""
-    shape = list(pl.shape)
-    for q in p.placements:
-        if q.role == pl.role and q.name == pl.name and q.graph == pl.graph and q.part is not None:
-            shape[q.part[0]] = max(shape[q.part[0]], q.part[2])
-    return tuple(shape)
+    return p.whole(pl.role, pl.graph)[pl.name][1]
 
 
 def _sram_violations(

@@ -161,6 +161,37 @@ class Program:
         spec = self.spec(i)
         return int(self.fields[i, spec.operands.index(name)])
 
+    def length(self, entry: str | None = None) -> int:
+        """Cycles until the last instruction (of one entry, or of any) has finished."""
+        sel = (
+            np.arange(len(self)) if entry is None else np.nonzero(self.entry == self.entries.index(entry))[0]
+        )
+        if not len(sel):
+            return 0
+        fixed = np.zeros(max(BY_CODE) + 1, np.int64)
+        per = np.zeros_like(fixed)
+        dfunc = np.zeros_like(fixed)
+        for spec in OPS:
+            fixed[spec.code], per[spec.code], dfunc[spec.code] = (
+                spec.busy_fixed,
+                spec.busy_per_vector,
+                spec.dfunc,
+            )
+        code, n = self.opcode[sel], self.n[sel].astype(np.int64)
+        ends = self.cycle[sel] + np.maximum(fixed[code] + per[code] * n, dfunc[code] + n)
+        return int(ends.max())
+
+    def whole(self, role: str, graph: str = "") -> dict[str, tuple[str, tuple[int, ...]]]:
+        """The tensors of a role by name: (dtype, whole shape), whatever shards and replicas hold them."""
+        out: dict[str, tuple[str, list[int]]] = {}
+        for pl in self.placements:
+            if pl.role != role or pl.graph != graph:
+                continue
+            dtype, shape = out.setdefault(pl.name, (pl.dtype, list(pl.shape)))
+            if pl.part is not None:
+                shape[pl.part[0]] = max(shape[pl.part[0]], pl.part[2])
+        return {name: (dtype, tuple(shape)) for name, (dtype, shape) in out.items()}
+
     def placement(self, role: str, name: str, graph: str = "") -> Placement:
         for p in self.placements:
             if p.role == role and p.name == name and p.graph == graph:

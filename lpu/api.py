@@ -11,7 +11,6 @@ from compiler.reference import Reference
 from isa.diagnostics import error
 from isa.numerics import FLOATS, to_storage
 from isa.program import Program, from_vectors
-from isa.spec import BY_CODE
 
 # --check tolerances: |emulated - reference| <= atol + rtol * |reference|. The two differ only
 # in the order f32 sums are taken (matrix passes, reductions) and in f32 intermediates of
@@ -21,14 +20,7 @@ TOLERANCE = {"f32": (1e-4, 1e-5), "f16": (4e-3, 1e-3), "bf16": (3e-2, 1e-2)}
 
 def schedule_length(p: Program) -> int:
     """Cycles until the last instruction of any entry has finished, from the program alone."""
-    if not len(p):
-        return 0
-    ends = []
-    for i in range(len(p)):
-        spec = BY_CODE[int(p.opcode[i])]
-        n = int(p.n[i])
-        ends.append(int(p.cycle[i]) + max(spec.busy_cycles(n), spec.dfunc + n))
-    return max(ends)
+    return p.length()
 
 
 def weights_from_image(p: Program) -> dict[str, np.ndarray]:

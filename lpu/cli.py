@@ -83,6 +83,15 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument(
         "--system", default="tiny", metavar="PRESET|FILE.toml", help="system to compile for (default: tiny)"
     )
+    k.add_argument("--tp", type=int, metavar="T", help="tensor parallelism: chips per pipeline stage")
+    k.add_argument("--pp", type=int, metavar="P", help="pipeline parallelism: number of stages")
+    k.add_argument(
+        "--chips",
+        type=int,
+        metavar="N",
+        help="use at most N chips; without --tp/--pp, try the (tp, pp) splits and keep the fastest "
+        "(default: all chips of the system)",
+    )
     k.set_defaults(run=cmd_compile)
 
     a = sub.add_parser("asm", help="assemble a program listing (as lpu inspect prints it) into a program")
@@ -208,18 +217,69 @@ def cmd_compile(args) -> int:
         from lpu.arrays import random_weights
 
         weights = random_weights(module, args.random_weights)
-    program = compile_module(module, system, weights)
-    save(program, args.output)
-    from lpu.api import schedule_length
+    tp, pp = _split(args, system)
+    if tp is None:
+        from compiler.backend import search
 
-    cycles = schedule_length(program)
+        best, tried, why = search(module, system, weights, args.chips or system.chips)
+        print(_candidates_table(tried, best, system.chip.clock_mhz))
+        print(f"chose tp={best.tp} pp={best.pp}: {why}")
+        program = best.program
+    else:
+        program = compile_module(module, system, weights, tp=tp, pp=pp)
+    save(program, args.output)
+    cycles = program.length()
     clock = system.chip.clock_mhz
+    used = program.meta.get("tp", 1) * program.meta.get("pp", 1)
+    split = f" (tp={program.meta.get('tp', 1)} pp={program.meta.get('pp', 1)})" if system.chips > 1 else ""
     print(
         f"wrote {args.output}: {len(program)} instructions, {cycles} cycles "
-        f"({cycles / clock:.3f} us at {clock:g} MHz) on {system.name}"
+        f"({cycles / clock:.3f} us at {clock:g} MHz) on {used} of the {system.chips} chip"
+        f"{'s' if system.chips != 1 else ''} of {system.name}{split}"
         + ("" if weights is not None else " (no weights: give them to lpu run with -w)")
     )
     return 0
+
+
+def _split(args, system) -> tuple[int | None, int | None]:
+    """(tp, pp) from the flags; (None, None) when the splits are to be searched."""
+    tp, pp, chips = args.tp, args.pp, args.chips
+    for name, v in (("--tp", tp), ("--pp", pp), ("--chips", chips)):
+        if v is not None and v < 1:
+            raise error(f"{name} must be at least 1, got {v}")
+    if chips is not None and chips > system.chips:
+        raise error(
+            f"--chips {chips}: system {system.name} has {system.chips} chip{'s' if system.chips != 1 else ''}"
+        )
+    if tp is None and pp is None:
+        if system.chips == 1 or chips == 1:
+            return 1, 1
+        return None, None
+    if chips is not None:
+        if tp is None:
+            tp = chips // pp
+        if pp is None:
+            pp = chips // tp
+        if tp * pp != chips:
+            raise error(f"--tp {tp} x --pp {pp} = {tp * pp} chips, not the {chips} of --chips")
+    tp, pp = tp or 1, pp or 1
+    if tp * pp > system.chips:
+        raise error(f"--tp {tp} x --pp {pp} needs {tp * pp} chips; system {system.name} has {system.chips}")
+    return tp, pp
+
+
+def _candidates_table(tried, best, clock_mhz: float) -> str:
+    lines = [f"{'tp':>3} {'pp':>3} {'chips':>5} {'cycles':>9} {'latency':>11} {'SRAM/chip':>12}  note"]
+    for c in tried:
+        if c.cycles is None:
+            lines.append(f"{c.tp:>3} {c.pp:>3} {c.chips:>5} {'-':>9} {'-':>11} {'-':>12}  {c.problem}")
+            continue
+        mark = "<- chosen" if c is best else ""
+        lines.append(
+            f"{c.tp:>3} {c.pp:>3} {c.chips:>5} {c.cycles:>9} {c.cycles / clock_mhz:>9.3f}us "
+            f"{c.sram_bytes_max:>12}  {mark}"
+        )
+    return "\n".join(lines)
 
 
 def cmd_asm(args) -> int:
@@ -286,7 +346,7 @@ def cmd_run(args) -> int:
             filename=args.program,
         )
     weights = None
-    params = [pl for pl in program.placements if pl.role == "param"]
+    params = program.whole("param")
     if args.weights:
         weights = _check_placed(load_npz(args.weights), params, args.weights, "param")
     elif params and not program.meta.get("weights", True):
@@ -294,18 +354,16 @@ def cmd_run(args) -> int:
             "the program was compiled without weights; give them with -w WEIGHTS.npz", filename=args.program
         )
     emu = Emulator(program, weights)
-    wanted = emu.placements("input", entry)
+    wanted = program.whole("input", entry)
     if args.inputs:
         inputs = _check_placed(load_npz(args.inputs), wanted, args.inputs, "argument")
     else:
         rng = np.random.default_rng(args.seed)
         inputs = {
-            pl.name: (
-                rng.standard_normal(pl.shape)
-                if pl.dtype in ("f32", "f16", "bf16")
-                else rng.integers(-8, 8, pl.shape)
-            ).astype(STORAGE[pl.dtype])
-            for pl in wanted
+            name: (
+                rng.standard_normal(shape) if dtype in ("f32", "f16", "bf16") else rng.integers(-8, 8, shape)
+            ).astype(STORAGE[dtype])
+            for name, (dtype, shape) in wanted.items()
         }
     result = emu.run(entry, inputs)
     clock = program.system.chip.clock_mhz
@@ -341,11 +399,11 @@ def cmd_run(args) -> int:
     return 1 if failed else 0
 
 
-def _check_placed(arrays, placements, filename: str, what: str):
+def _check_placed(arrays, placements: dict, filename: str, what: str):
     from compiler.ir import TensorType, Value
     from lpu.arrays import check_arrays
 
-    wanted = [Value(TensorType(pl.dtype, pl.shape), pl.name) for pl in placements]
+    wanted = [Value(TensorType(dtype, shape), name) for name, (dtype, shape) in placements.items()]
     return check_arrays(arrays, wanted, filename=filename, what=what)
 
 
