@@ -21,7 +21,7 @@ from compiler.emit import Allocator, Emitter, lifetimes
 from compiler.ir import Module, TensorType
 from compiler.jobs import Job, Node
 from compiler.lower import Lowering, Tensor
-from compiler.partition import Local, Place, Transfer, partition, vectors_of
+from compiler.partition import Local, Place, Transfer, check_split, partition, vectors_of
 from compiler.printer import print_module
 from compiler.schedule import Scheduler, critical_path_order
 from isa.diagnostics import LpuError, error
@@ -41,6 +41,7 @@ def compile_module(
     pp: int = 1,
 ) -> Program:
     """Compile for `tp * pp` chips of `system` (tensor parallelism `tp` inside each of `pp` stages)."""
+    check_split(system, tp, pp)
     chip = system.chip
     L = chip.lanes
     m = decompose(module)
@@ -121,6 +122,7 @@ def compile_module(
         placements.append(dataclasses.replace(pl, word=base[t.id]))
     emitter = Emitter(chip, tensors, base)
     for e, (ep, jobs, inputs, results, order, placed) in enumerate(per_entry):
+        emitter.writer = {}  # each run starts from the image: inputs, params and states placed anew
         entry_alloc = Allocator(chip)
         entry_alloc.used = {k: list(v) for k, v in alloc.used.items()}
         entry_alloc.high = dict(alloc.high)
@@ -434,7 +436,7 @@ def search(
     if not ok:
         need = sum(_size(g.type, system.chip) for g in module.params)
         raise error(
-            f"the model fits no split of {chips} chips of system {system.name}: "
+            f"the model fits no split of {chips} chip{'s' if chips != 1 else ''} of system {system.name}: "
             f"{tried[-1].problem}; its params alone need {need} bytes, about "
             f"{max(1, -(-need // system.chip.sram_bytes))} chips of {system.chip.sram_bytes} bytes"
         )

@@ -165,12 +165,7 @@ def op_cost(op: Op, chip) -> float:
 
 class Partitioner:
     def __init__(self, module: Module, system: SystemConfig, tp: int, pp: int):
-        if tp < 1 or pp < 1:
-            raise error(f"--tp and --pp must be at least 1, got tp={tp}, pp={pp}")
-        if tp * pp > system.chips:
-            raise error(
-                f"tp={tp} x pp={pp} needs {tp * pp} chips but system {system.name} has {system.chips}"
-            )
+        check_split(system, tp, pp)
         self.m = module
         self.system = system
         self.chip = system.chip
@@ -458,8 +453,29 @@ class Partitioner:
         else:
             for c in group:
                 pieces = [d.locals[a] if a == c else self.transfer(d.locals[a], a, c) for a in group]
-                locals_[c] = self.local(c, "concat", pieces, {"axis": axis}, full_t, "gathered")
+                locals_[c] = self.concat(c, pieces, axis, d.dtype)
         return Dist(R, d.stage, locals_, d.dtype, d.shape)
+
+    def concat(self, c: int, pieces: list, axis: int, dtype: str) -> Value:
+        """Concatenate along `axis`, a few pieces at a time (a concat reads each piece from its own MEM
+        slice and writes to another)."""
+        most = max(2, self.chip.mem_slices - 2)
+        while len(pieces) > 1:
+            merged = []
+            for k in range(0, len(pieces), most):
+                group = pieces[k : k + most]
+                if len(group) == 1:
+                    merged.append(group[0])
+                    continue
+                shape = list(group[0].type.shape)
+                shape[axis] = sum(p.type.shape[axis] for p in group)
+                merged.append(
+                    self.local(
+                        c, "concat", group, {"axis": axis}, TensorType(dtype, tuple(shape)), "gathered"
+                    )
+                )
+            pieces = merged
+        return pieces[0]
 
     def split_locally(self, d: Dist, axis: int) -> Dist:
         locals_ = {}
@@ -695,6 +711,13 @@ def _literal(x: np.ndarray, dtype: str):
     if x.size and (x == x.reshape(-1)[0]).all():
         return x.reshape(-1)[0].item()
     return freeze_attr(x.tolist())
+
+
+def check_split(system: SystemConfig, tp: int, pp: int) -> None:
+    if not (isinstance(tp, int) and isinstance(pp, int)) or tp < 1 or pp < 1:
+        raise error(f"tp and pp must be at least 1, got tp={tp}, pp={pp}")
+    if tp * pp > system.chips:
+        raise error(f"tp={tp} x pp={pp} needs {tp * pp} chips but system {system.name} has {system.chips}")
 
 
 def partition(module: Module, system: SystemConfig, tp: int = 1, pp: int = 1) -> Plan:

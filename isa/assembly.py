@@ -295,9 +295,12 @@ class _Assembler:
             raise self.fail("expected 'map K : LANE LANE ...'", number)
         lanes = self.need_system(number).chip.lanes
         values = [int(v) for v in m.group(2).split()]
-        if len(values) != lanes or sorted(values) != list(range(lanes)):
+        if len(values) != lanes or not all(-1 <= v < lanes for v in values):
             raise self.fail(
-                f"map {m.group(1)} must be a permutation of the {lanes} lanes", number, self.col(raw, ":") + 2
+                f"map {m.group(1)} must give each of the {lanes} lanes a source lane (0..{lanes - 1}) "
+                "or -1 (zero)",
+                number,
+                self.col(raw, ":") + 2,
             )
         return int(m.group(1)), values
 

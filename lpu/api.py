@@ -123,3 +123,117 @@ def check_outputs(p: Program, entry: str, inputs, outputs, weights=None) -> Chec
                 f"check: out{k} : {t} matches the reference {rule} (largest difference {worst:.3g})"
             )
     return report
+
+
+@dataclass(frozen=True)
+class LinkVector:
+    """One vector over a chip-to-chip link, read from the program alone."""
+
+    send: int  # instruction row of the send
+    recv: int  # instruction row of the receive that takes it (its intended source)
+    link: int  # system link
+    src_chip: int
+    dst_chip: int
+    handoff: int  # cycle the send hands it to the link
+    arrival: int  # handoff + serialisation + latency
+    taken: int  # cycle the receive takes it
+
+
+def link_vectors(p: Program) -> list[LinkVector]:
+    """Every vector a receive takes, paired with the send its intended source names."""
+    from isa.program import source_slots
+    from isa.spec import BY_MNEMONIC
+
+    send, recv = BY_MNEMONIC["send"], BY_MNEMONIC["recv"]
+    slot = source_slots(recv).index("link")
+    link_col = recv.operands.index("link")
+    own = {}
+    out = []
+    for r in np.nonzero(p.opcode == recv.code)[0]:
+        r = int(r)
+        c = int(p.chip[r])
+        if c not in own:
+            own[c] = p.system.chip_links(c)
+        k = int(p.fields[r, link_col])
+        s = int(p.src[r, slot])
+        if s < 0 or k >= len(own[c]) or int(p.opcode[s]) != send.code:
+            continue
+        sys_link, other = own[c][k]
+        for i in range(int(p.n[r])):
+            j = i * int(p.src_step[r, slot]) + int(p.src_off[r, slot])
+            handoff = int(p.cycle[s]) + send.dskew + j
+            arrival = handoff + p.system.link_cycles_per_vector + p.system.link_latency_cycles
+            out.append(
+                LinkVector(
+                    s, r, sys_link, int(p.chip[s]), c, handoff, arrival, int(p.cycle[r]) + recv.dskew + i
+                )
+            )
+    return out
+
+
+def check_link_schedule(p: Program) -> list[str]:
+    """From the program file alone: every receive is issued the cycle its vector arrives, every send
+    is received once, over a link joining the two chips, and no link direction carries two vectors at
+    once. Returns the problems found (none for a compiled program)."""
+    from isa.spec import BY_MNEMONIC
+
+    send = BY_MNEMONIC["send"]
+    problems = []
+    vectors = link_vectors(p)
+    recvs = int(sum(int(p.n[r]) for r in np.nonzero(p.opcode == BY_MNEMONIC["recv"].code)[0]))
+    if len(vectors) != recvs:
+        problems.append(f"{recvs - len(vectors)} received vectors name no send over their link")
+    taken: dict[tuple[int, int], int] = {}
+    for v in vectors:
+        a, b = p.system.links[v.link]
+        if {a, b} != {v.src_chip, v.dst_chip}:
+            problems.append(f"#{v.recv} receives over link {v.link} ({a}-{b}) from chip {v.src_chip}")
+        if v.taken != v.arrival:
+            problems.append(f"#{v.recv} takes its vector on cycle {v.taken}, it arrives on cycle {v.arrival}")
+        key = (v.send, v.handoff)
+        taken[key] = taken.get(key, 0) + 1
+    for s in np.nonzero(p.opcode == send.code)[0]:
+        for i in range(int(p.n[s])):
+            times = taken.get((int(s), int(p.cycle[s]) + send.dskew + i), 0)
+            if times != 1:
+                problems.append(f"vector {i} of send #{int(s)} is received {times} times")
+    ser = p.system.link_cycles_per_vector
+    by_direction: dict[tuple[int, int, int], list[int]] = {}  # entries run one at a time
+    for v in vectors:
+        by_direction.setdefault((int(p.entry[v.send]), v.link, v.src_chip), []).append(v.handoff)
+    for (_, link, chip), handoffs in sorted(by_direction.items()):
+        handoffs.sort()
+        for a, b in zip(handoffs, handoffs[1:]):
+            if b < a + ser:
+                problems.append(
+                    f"link {link} from chip {chip} carries two vectors at once (cycles {a} and {b})"
+                )
+    return problems
+
+
+def link_wait_cycles(p: Program, entry: str | None = None) -> int:
+    """Cycles in which some vector is on a link and no chip computes anything else: the time the
+    whole system waits on links."""
+    from isa.spec import BY_CODE, Unit
+
+    length = p.length(entry)
+    if length == 0:
+        return 0
+    sel = np.arange(len(p)) if entry is None else np.nonzero(p.entry == p.entries.index(entry))[0]
+    busy = np.zeros(length + 1, np.int64)
+    for i in sel:
+        spec = BY_CODE[int(p.opcode[i])]
+        if spec.unit is Unit.C2C:
+            continue
+        n = int(p.n[i])
+        busy[int(p.cycle[i])] += 1
+        busy[int(p.cycle[i]) + max(spec.busy_cycles(n), spec.dfunc + n)] -= 1
+    computing = np.cumsum(busy)[:length] > 0
+    flight = np.zeros(length + 1, np.int64)
+    keep = set(int(i) for i in sel)
+    for v in link_vectors(p):
+        if v.recv in keep:
+            flight[v.handoff] += 1
+            flight[min(v.arrival, length)] -= 1
+    in_flight = np.cumsum(flight)[:length] > 0
+    return int((in_flight & ~computing).sum())

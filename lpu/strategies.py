@@ -310,3 +310,135 @@ def systems_of(chip):
     from isa.system import SystemConfig
 
     return SystemConfig(name=chip.name, chip=chip)
+
+
+# -- many chips ----------------------------------------------------------------------------------
+
+TOPOLOGIES = ("all", "ring", "line")
+
+
+def links_for(topology: str, n: int) -> tuple[tuple[int, int], ...]:
+    """Links of `n` chips: all to all, a ring, or a line (a ring missing one link: the ends are as far
+    apart as can be, so transfers between them are forwarded)."""
+    if n == 1:
+        return ()
+    if topology == "all":
+        return tuple((a, b) for a in range(n) for b in range(a + 1, n))
+    line = tuple((a, a + 1) for a in range(n - 1))
+    return line + ((n - 1, 0),) if topology == "ring" and n > 2 else line
+
+
+@st.composite
+def systems(draw, chip=None, chips=(1, 2, 3, 4, 8), topologies=TOPOLOGIES):
+    """A small system: 1-8 chips (of `chip`, default the tiny preset) all to all, in a ring or in a
+    line, with short random link latencies and bandwidths (shrinks towards 1 chip, all to all)."""
+    from isa.chip import TINY
+    from isa.system import SystemConfig
+
+    chip = TINY if chip is None else chip
+    n = draw(st.sampled_from(chips))
+    topology = draw(st.sampled_from(topologies))
+    c2c = max(chip.c2c_links, 2 * -(-(n - 1) // 2))
+    return SystemConfig(
+        name=f"{topology}{n}",
+        chip=chip.replace(c2c_links=c2c),
+        chips=n,
+        links=links_for(topology, n),
+        link_latency_cycles=draw(st.integers(1, 40)),
+        link_gbps=draw(st.sampled_from([100.0, 25.0, 400.0])),
+        rx_buffer_depth=draw(st.integers(1, 2)),
+    )
+
+
+def splits(system) -> st.SearchStrategy[tuple[int, int]]:
+    """A valid (tp, pp) for a system: tp * pp <= its chips (shrinks towards (1, 1))."""
+    pairs = [(tp, pp) for tp in range(1, system.chips + 1) for pp in range(1, system.chips // tp + 1)]
+    return st.sampled_from(pairs)
+
+
+@st.composite
+def blocks(draw, dtypes=("f16", "bf16")):
+    """A transformer-like module: one or two layers of attention and/or MLP blocks with residuals,
+    small dimensions that tensor parallelism may or may not divide, and params named like a model's.
+    The graph is `main(%x: DT[S, D]) -> (DT[S, D])`."""
+    dt = draw(st.sampled_from(dtypes))
+    s = draw(st.sampled_from([1, 2, 4, 8]))
+    heads = draw(st.sampled_from([1, 2, 4]))
+    dh = draw(st.sampled_from([2, 4, 8]))
+    d = heads * dh
+    f = draw(st.sampled_from([d, 2 * d, 4 * d, 3 * d]))
+    layers = draw(st.integers(1, 2))
+    params: list[str] = []
+    body: list[str] = []
+    x = "x"
+    for layer in range(layers):
+        kinds = draw(st.sampled_from([("attn",), ("mlp",), ("attn", "mlp")]))
+        for kind in kinds:
+            p = f"l{layer}_{kind}"
+            norm = draw(st.sampled_from(["layernorm", "rmsnorm", None]))
+            h = x
+            if norm == "layernorm":
+                params += [f"param @{p}_g : {dt}[{d}]", f"param @{p}_b : {dt}[{d}]"]
+                body.append(f"%{p}_n = layernorm(%{x}, @{p}_g, @{p}_b)")
+                h = f"{p}_n"
+            elif norm == "rmsnorm":
+                params.append(f"param @{p}_g : {dt}[{d}]")
+                body.append(f"%{p}_n = rmsnorm(%{x}, @{p}_g)")
+                h = f"{p}_n"
+            if kind == "mlp":
+                act = draw(st.sampled_from(["gelu", "relu", "silu"]))
+                params += [f"param @{p}_w1 : {dt}[{d}, {f}]", f"param @{p}_w2 : {dt}[{f}, {d}]"]
+                body += [
+                    f"%{p}_a = matmul(%{h}, @{p}_w1)",
+                    f"%{p}_b = {act}(%{p}_a)",
+                    f"%{p}_c = matmul(%{p}_b, @{p}_w2)",
+                ]
+                out = f"{p}_c"
+            else:
+                fused = draw(st.booleans())
+                if fused:
+                    params.append(f"param @{p}_qkv : {dt}[{d}, {3 * d}]")
+                    body.append(f"%{p}_qkv = matmul(%{h}, @{p}_qkv)")
+                    for k, name in enumerate("qkv"):
+                        a, b = k * d, (k + 1) * d
+                        body.append(f"%{p}_{name} = slice(%{p}_qkv) {{axis = 1, start = {a}, stop = {b}}}")
+                else:
+                    for name in "qkv":
+                        params.append(f"param @{p}_w{name} : {dt}[{d}, {d}]")
+                        body.append(f"%{p}_{name} = matmul(%{h}, @{p}_w{name})")
+                for name in "qkv":
+                    body.append(f"%{p}_{name}4 = reshape(%{p}_{name}) : {dt}[{s}, {heads}, {dh}]")
+                body += [
+                    f"%{p}_qh = transpose(%{p}_q4) {{perm = [1, 0, 2]}}",
+                    f"%{p}_kt = transpose(%{p}_k4) {{perm = [1, 2, 0]}}",
+                    f"%{p}_vh = transpose(%{p}_v4) {{perm = [1, 0, 2]}}",
+                    f"%{p}_s = matmul(%{p}_qh, %{p}_kt)",
+                    f"%{p}_scale = constant() {{value = {1 / dh**0.5}}} : {dt}[]",
+                    f"%{p}_ss = mul(%{p}_s, %{p}_scale)",
+                ]
+                scores = f"{p}_ss"
+                if draw(st.booleans()):
+                    body += [
+                        f"%{p}_row = iota() {{axis = 0}} : i32[{s}, {s}]",
+                        f"%{p}_col = iota() {{axis = 1}} : i32[{s}, {s}]",
+                        f"%{p}_fut = greater(%{p}_col, %{p}_row)",
+                        f"%{p}_ninf = constant() {{value = -inf}} : {dt}[]",
+                        f"%{p}_m = where(%{p}_fut, %{p}_ninf, %{p}_ss)",
+                    ]
+                    scores = f"{p}_m"
+                params.append(f"param @{p}_wo : {dt}[{d}, {d}]")
+                body += [
+                    f"%{p}_p = softmax(%{scores}) {{axis = -1}}",
+                    f"%{p}_o = matmul(%{p}_p, %{p}_vh)",
+                    f"%{p}_ot = transpose(%{p}_o) {{perm = [1, 0, 2]}}",
+                    f"%{p}_o2 = reshape(%{p}_ot) : {dt}[{s}, {d}]",
+                    f"%{p}_out = matmul(%{p}_o2, @{p}_wo)",
+                ]
+                out = f"{p}_out"
+            body.append(f"%{p}_y = add(%{x}, %{out})")
+            x = f"{p}_y"
+    text = "module block\n" + "\n".join(params) + f"\ngraph main(%x: {dt}[{s}, {d}]) -> ({dt}[{s}, {d}]) {{\n"
+    text += "\n".join("  " + line for line in body) + f"\n  return %{x}\n}}\n"
+    from compiler import parse
+
+    return parse(text, "block.lpu")

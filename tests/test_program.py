@@ -138,6 +138,9 @@ BASE = (ROOT / "tests" / "asm" / "add.lpuasm").read_text()
     ("read addr=0 step=2 dst=E1 dt=f16 n=2", "read addr=0 step=2 dst=E1 dt=f16 n=0", "repeat count n = 0"),
     ("input main x", "input x", "expected 'ROLE GRAPH NAME TYPE @ CHIP SLICE WORD [part AXIS:START:STOP]'"),
     ("entry main", "entry main\nbogus line", "unknown line kind 'bogus'"),
+    ("entry main", "entry main\nmap 0 : " + " ".join(["16"] * 16), "map 0 must give each of the 16 lanes"),
+    ("input main x f16[2, 8] @ 0 mem.w0 0", "input main x f16[2, 8] @ 0 mem.w0 0 part 1:0:4",
+     "'part 1:0:4' must name an axis of f16[2, 8] and a range as long as that axis"),
 ])
 def test_assembler_errors_are_located(old, new, message):
     assert old in BASE

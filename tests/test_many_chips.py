@@ -1,0 +1,318 @@
+"""Many chips: partitioning, collectives as scheduled transfers, and the emulator's link checks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from conftest import ROOT
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from compiler import parse
+from compiler.backend import candidates, compile_module, search
+from compiler.decompose import decompose
+from compiler.partition import Transfer, partition
+from emulator.run import Emulator
+from isa.chip import TINY
+from isa.diagnostics import LpuError
+from isa.program import from_bytes, to_bytes
+from isa.spec import BY_MNEMONIC
+from isa.system import SystemConfig, named_system
+from lpu.api import check_link_schedule, check_outputs, link_vectors, link_wait_cycles, weights_from_image
+from lpu.arrays import random_inputs, random_weights
+from lpu.strategies import blocks, links_for, modules, splits, systems
+
+GPT = ROOT / "examples" / "gpt_block.lpu"
+MLP = ROOT / "examples" / "mlp.lpu"
+
+
+def tiny_system(n: int, topology: str = "all", latency: int = 20) -> SystemConfig:
+    return SystemConfig(
+        f"{topology}{n}", TINY.replace(c2c_links=8), n, links_for(topology, n), link_latency_cycles=latency
+    )
+
+
+def compile_and_check(m, system, tp, pp, seed=0, entry="main"):
+    w = random_weights(m, seed)
+    program = compile_module(m, system, w, tp=tp, pp=pp)
+    inputs = random_inputs(m, m.graph(entry), seed)
+    run = Emulator(program).run(entry, inputs)
+    assert run.violations == [], [v.render() for v in run.violations[:3]]
+    report = check_outputs(program, entry, inputs, run.outputs)
+    assert report.ok, report.lines
+    assert check_link_schedule(program) == []
+    return program, run
+
+
+SMALL_GPT = """module gpt
+param @g1 : f16[32]
+param @b1 : f16[32]
+param @wq : f16[32, 32]
+param @wk : f16[32, 32]
+param @wv : f16[32, 32]
+param @wo : f16[32, 32]
+param @g2 : f16[32]
+param @b2 : f16[32]
+param @w1 : f16[32, 64]
+param @w2 : f16[64, 32]
+graph main(%x: f16[4, 32]) -> (f16[4, 32]) {
+  %h = layernorm(%x, @g1, @b1)
+  %q = matmul(%h, @wq)
+  %k = matmul(%h, @wk)
+  %v = matmul(%h, @wv)
+  %q4 = reshape(%q) : f16[4, 4, 8]
+  %qh = transpose(%q4) {perm = [1, 0, 2]}
+  %k4 = reshape(%k) : f16[4, 4, 8]
+  %kt = transpose(%k4) {perm = [1, 2, 0]}
+  %v4 = reshape(%v) : f16[4, 4, 8]
+  %vh = transpose(%v4) {perm = [1, 0, 2]}
+  %s = matmul(%qh, %kt)
+  %p = softmax(%s) {axis = -1}
+  %o = matmul(%p, %vh)
+  %ot = transpose(%o) {perm = [1, 0, 2]}
+  %o2 = reshape(%ot) : f16[4, 32]
+  %a = matmul(%o2, @wo)
+  %x1 = add(%x, %a)
+  %h2 = layernorm(%x1, @g2, @b2)
+  %f = matmul(%h2, @w1)
+  %gl = gelu(%f)
+  %m = matmul(%gl, @w2)
+  %y = add(%x1, %m)
+  return %y
+}
+"""
+
+
+@pytest.mark.parametrize("chips", [1, 2, 4, 8])
+def test_every_split_of_a_gpt_block_matches_the_reference(chips):
+    m = parse(SMALL_GPT)
+    system = tiny_system(8)
+    for tp, pp in [(tp, chips // tp) for tp in (1, 2, 4, 8) if chips % tp == 0]:
+        program, run = compile_and_check(m, system, tp, pp)
+        used = set(program.chip.tolist())
+        assert used <= set(range(tp * pp)) and len(used) >= min(tp * pp, 2 if chips > 1 else 1)
+
+
+def test_tensor_parallel_is_megatron_shaped():
+    """Attention heads and MLP columns split, one all-reduce per block: the transfers are the two
+    all-reduces (reduce-scatter + all-gather), nothing else."""
+    m = decompose(parse(SMALL_GPT))
+    plan = partition(m, tiny_system(2), tp=2, pp=1)
+    whats = {st.what.split(" = ")[0] for st in plan.entries[0].stmts if isinstance(st, Transfer)}
+    assert whats == {"%x1", "%y"}, whats  # the residual adds after the row-split wo and w2
+    parts = {name: part for _, g, name, part in plan.params}
+    assert parts["wq"] == (1, 16, 32) or parts["wq"][0] == 1  # column split
+    assert parts["wo"][0] == 0 and parts["w2"][0] == 0  # row split
+    assert parts["w1"][0] == 1
+
+
+def test_examples_on_a_node_and_on_a_ring():
+    for path in (MLP, GPT):
+        m = parse(path.read_text(), str(path))
+        compile_and_check(m, named_system("node"), 2, 2)
+    compile_and_check(parse(MLP.read_text()), named_system("ring:8"), 4, 2)
+
+
+def test_forwarding_through_chips_that_are_not_neighbours():
+    m = parse(SMALL_GPT)
+    system = tiny_system(4, "line")
+    program, _ = compile_and_check(m, system, 4, 1)
+    hops = {(v.src_chip, v.dst_chip) for v in link_vectors(program)}
+    assert hops <= {(0, 1), (1, 0), (1, 2), (2, 1), (2, 3), (3, 2)}  # only neighbours talk
+    assert (1, 2) in hops  # 0 <-> 3 goes through 1 and 2
+
+
+def test_pipeline_stages_only_hand_forward():
+    m = parse(MLP.read_text())
+    program, _ = compile_and_check(m, named_system("node"), 1, 4)
+    pairs = {(v.src_chip, v.dst_chip) for v in link_vectors(program)}
+    assert all(a < b for a, b in pairs) and {b for _, b in pairs} == {1, 2, 3}, pairs
+    assert set(program.chip.tolist()) == {0, 1, 2, 3}
+
+
+def test_decode_loop_with_state_keeps_every_replica_in_step():
+    m = parse(
+        "module dec\nparam @w : f16[16, 16]\nstate @cache : f16[4, 16]\n"
+        "graph main(%x: f16[1, 16], %pos: i32[]) -> (f16[1, 16]) {\n"
+        "  %h = matmul(%x, @w)\n"
+        "  %c = update_slice(@cache, %h, %pos) {axis = 0}\n"
+        "  %s = reduce_sum(%c) {axis = 0, keepdims = true}\n"
+        "  %y = add(%s, %h)\n"
+        "  commit @cache = %c\n"
+        "  return %y\n}\n"
+    )
+    from compiler.reference import Reference
+
+    w = random_weights(m, 3)
+    for tp, pp in [(1, 1), (2, 1), (2, 2), (1, 3)]:
+        program = compile_module(m, tiny_system(4, "ring"), w, tp=tp, pp=pp)
+        emu, ref = Emulator(program), Reference(m, w)
+        rng = np.random.default_rng(0)
+        for pos in range(4):
+            x = {"x": rng.standard_normal((1, 16)).astype(np.float16), "pos": np.array(pos, np.int32)}
+            run = emu.run("main", x)
+            assert run.violations == []
+            want = ref.run("main", x)
+            np.testing.assert_allclose(
+                run.outputs[0].astype(np.float64), want[0].astype(np.float64), rtol=4e-3, atol=2e-3
+            )
+
+
+def test_shards_round_trip_through_the_file_and_the_listing():
+    from isa.assembly import assemble, disassemble
+
+    m = parse(SMALL_GPT)
+    w = random_weights(m, 0)
+    program = compile_module(m, tiny_system(2), w, tp=2, pp=1)
+    assert any(pl.part for pl in program.placements)
+    again = from_bytes(to_bytes(program))
+    assert to_bytes(again) == to_bytes(program)
+    text = disassemble(program)
+    assert " part 1:" in text and " part 0:" in text
+    again = assemble(text)  # the listing carries everything but the IR text (meta)
+    assert disassemble(again) == text
+    assert to_bytes(dataclasses.replace(again, meta=program.meta)) == to_bytes(program)
+    back = weights_from_image(program)
+    for name, value in w.items():
+        np.testing.assert_array_equal(back[name], value.astype(back[name].dtype))
+
+
+def test_compiling_many_chips_is_deterministic():
+    m = parse(SMALL_GPT)
+    w = random_weights(m, 0)
+    a = to_bytes(compile_module(m, tiny_system(4, "ring"), w, tp=2, pp=2))
+    b = to_bytes(compile_module(parse(SMALL_GPT), tiny_system(4, "ring"), w, tp=2, pp=2))
+    assert a == b
+
+
+def test_search_keeps_the_fastest_split():
+    m = parse(SMALL_GPT)
+    best, tried, why = search(m, tiny_system(4), random_weights(m, 0), 4)
+    ok = [c for c in tried if c.cycles is not None]
+    assert {(c.tp, c.pp) for c in tried} == set(candidates(4))
+    assert best.cycles == min(c.cycles for c in ok)
+    assert best.program.length() == best.cycles
+    assert "cycles" in why or "only" in why
+
+
+def test_a_model_too_big_for_the_system_says_how_many_chips_it_needs():
+    m = parse(  # 768 KiB of f16 weights; a tiny chip holds 512 KiB in 64 KiB slices
+        "module big\nparam @w1 : f16[128, 1024]\nparam @w2 : f16[1024, 128]\nparam @w3 : f16[128, 1024]\n"
+        "graph main(%x: f16[2, 128]) -> (f16[2, 1024]) {\n  %a = matmul(%x, @w1)\n  %b = matmul(%a, @w2)\n"
+        "  %c = matmul(%b, @w3)\n  return %c\n}\n"
+    )
+    w = random_weights(m, 0)
+    with pytest.raises(LpuError, match=r"more than a tiny chip's 524288; about 2 chips would hold them"):
+        compile_module(m, tiny_system(1), w)
+    with pytest.raises(LpuError, match=r"fits no split of 1 chip of system all1: .* about 2 chips"):
+        search(m, tiny_system(1), w, 1)
+    compile_and_check(m, tiny_system(8), 8, 1)  # shards of 32 KiB fit
+
+
+def test_bad_splits_are_refused():
+    m = parse(MLP.read_text())
+    with pytest.raises(LpuError, match="needs 16 chips but system node has 8"):
+        compile_module(m, named_system("node"), None, tp=4, pp=4)
+    with pytest.raises(LpuError, match="at least 1"):
+        compile_module(m, named_system("node"), None, tp=0, pp=1)
+
+
+def test_link_timing_is_read_from_the_program_alone():
+    m = parse(SMALL_GPT)
+    system = tiny_system(2, latency=30)
+    program = compile_module(m, system, random_weights(m, 0), tp=2, pp=1)
+    vectors = link_vectors(program)
+    assert vectors and all(v.taken == v.handoff + system.link_cycles_per_vector + 30 for v in vectors)
+    assert 0 < link_wait_cycles(program) < program.length()
+    # the check bites: a receive one cycle late, or two sends on top of each other
+    recv = vectors[0].recv
+    late = dataclasses.replace(program, cycle=program.cycle.copy())
+    late.cycle[recv] += 1
+    assert any("arrives on cycle" in p for p in check_link_schedule(late))
+    send = BY_MNEMONIC["send"].code
+    sends = [int(i) for i in np.nonzero(program.opcode == send)[0]]
+    same = [s for s in sends if program.chip[s] == program.chip[sends[0]] and s != sends[0]]
+    close = dataclasses.replace(program, cycle=program.cycle.copy())
+    close.cycle[same[0]] = close.cycle[sends[0]]
+    assert any("two vectors at once" in p for p in check_link_schedule(close))
+
+
+def _mutants(program):
+    """Every send and receive moved one cycle either way, and re-targeted to each other link."""
+    send, recv = BY_MNEMONIC["send"], BY_MNEMONIC["recv"]
+    rows = [int(i) for i in np.nonzero(np.isin(program.opcode, [send.code, recv.code]))[0]]
+    for i in rows:
+        for d in (-1, 1):
+            p = dataclasses.replace(program, cycle=program.cycle.copy())
+            p.cycle[i] += d
+            yield f"#{i} cycle {d:+d}", p
+        spec = program.spec(i)
+        col = spec.operands.index("link")
+        links = len(program.system.chip_links(int(program.chip[i])))
+        for k in range(links + 1):  # link `links` does not exist
+            if k != program.fields[i, col]:
+                p = dataclasses.replace(program, fields=program.fields.copy())
+                p.fields[i, col] = k
+                yield f"#{i} link {k}", p
+
+
+def test_every_send_and_receive_mutation_is_caught():
+    m = parse(
+        "module m\nparam @w : f16[16, 32]\nparam @w2 : f16[32, 16]\n"
+        "graph main(%x: f16[2, 16]) -> (f16[2, 16]) {\n  %h = matmul(%x, @w)\n  %r = relu(%h)\n"
+        "  %y = matmul(%r, @w2)\n  return %y\n}\n"
+    )
+    w = random_weights(m, 0)
+    program = compile_module(m, tiny_system(3, "all", latency=5), w, tp=2, pp=1)
+    inputs = random_inputs(m, m.graphs[0], 0)
+    count = 0
+    for name, mutant in _mutants(program):
+        run = Emulator(mutant).run("main", inputs)
+        assert run.violations, f"mutant {name} survived"
+        count += 1
+    rows = int(np.isin(program.opcode, [BY_MNEMONIC["send"].code, BY_MNEMONIC["recv"].code]).sum())
+    assert rows >= 8 and count == 4 * rows  # two cycle shifts and two other links (one does not exist)
+
+
+@settings(max_examples=25)
+@given(blocks(), systems(chips=(2, 3, 4, 8)), st.data())
+def test_property_transformer_blocks_on_random_systems(m, system, data):
+    tp, pp = data.draw(splits(system))
+    try:
+        compile_and_check(m, system, tp, pp, seed=data.draw(st.integers(0, 3)))
+    except LpuError as e:  # a random small chip may be too small: that must be said clearly
+        assert "does not fit in SRAM" in str(e) or "one MEM slice holds" in str(e), str(e)
+
+
+@settings(max_examples=40)
+@given(modules(max_ops=5, max_graphs=1, states=False), systems(chips=(2, 4)), st.data())
+def test_property_random_graphs_on_random_systems(m, system, data):
+    assume(
+        not any(
+            op.name == "update_slice" and op.attr("axis") % op.result.type.rank == op.result.type.rank - 1
+            for g in m.graphs
+            for op in g.ops
+        )
+    )
+    tp, pp = data.draw(splits(system))
+    w = random_weights(m, 0)
+    try:
+        program = compile_module(m, system, w, tp=tp, pp=pp)
+    except LpuError as e:
+        assert "does not fit in SRAM" in str(e) or "one MEM slice holds" in str(e), str(e)
+        return
+    g = m.graphs[0]
+    inputs = random_inputs(m, g, 0)
+    try:
+        from compiler.reference import Reference
+
+        Reference(m, w).run(g.name, inputs)
+    except LpuError:
+        return
+    run = Emulator(program).run(g.name, inputs)
+    assert run.violations == [], [v.render() for v in run.violations[:3]]
+    report = check_outputs(program, g.name, inputs, run.outputs)
+    assert report.ok, report.lines
+    assert check_link_schedule(program) == []
