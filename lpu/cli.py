@@ -373,6 +373,17 @@ def cmd_run(args) -> int:
     )
     busy = ", ".join(f"{k} {v}" for k, v in result.busy.items() if v)
     print(f"busy cycles: {busy or 'none'}")
+    if program.system.chips > 1:
+        from lpu.api import link_vectors, link_wait_cycles
+
+        e = program.entries.index(entry)
+        vectors = [v for v in link_vectors(program) if program.entry[v.recv] == e]
+        chips = len(set(program.chip[program.entry == e].tolist()))
+        print(
+            f"chips: {chips} of {program.system.chips}; links: {len(vectors)} vectors over "
+            f"{len({v.link for v in vectors})} links, {link_wait_cycles(program, entry)} cycles with only "
+            "links busy"
+        )
     for k, out in enumerate(result.outputs):
         print(f"out{k} : {_summary(out)}")
     if args.output:

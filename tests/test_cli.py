@@ -233,3 +233,48 @@ def test_program_errors_name_the_file(capsys, tmp_path):
     rc, _, err = cli(capsys, "asm", str(bad), "-o", str(tmp_path / "o.lpuprog"))
     assert rc == 1 and err.startswith(f"{bad}:4:") and "unknown instruction 'frob'" in err
     assert not (tmp_path / "o.lpuprog").exists()
+
+
+GPT = str(ROOT / "examples" / "gpt_block.lpu")
+
+
+def test_compile_for_many_chips_and_run_with_check(capsys, tmp_path):
+    prog = str(tmp_path / "g.lpuprog")
+    rc, out, err = cli(capsys, "compile", GPT, "--system", "node", "--tp", "2", "--pp", "2",
+                       "--random-weights", "0", "-o", prog)
+    assert rc == 0, err
+    assert "on 4 of the 8 chips of node (tp=2 pp=2)" in out
+    rc, out, err = cli(capsys, "run", prog, "--check")
+    assert rc == 0, err
+    assert "chips: 4 of 8; links:" in out and "timing: no violations" in out
+    assert "matches the reference" in out
+
+
+def test_compile_searches_the_splits_when_only_chips_are_given(capsys, tmp_path):
+    prog = str(tmp_path / "m.lpuprog")
+    rc, out, err = cli(capsys, "compile", MLP, "--system", "node", "--chips", "4", "-o", prog)
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == ["tp", "pp", "chips", "cycles", "latency", "SRAM/chip", "note"]
+    rows = [ln.split() for ln in lines[1:] if ln.split() and ln.split()[0].isdigit()]
+    assert {(int(r[0]), int(r[1])) for r in rows} == {(1, 1), (1, 2), (2, 1), (1, 4), (2, 2), (4, 1)}
+    chosen = [r for r in rows if "<-" in r]
+    assert len(chosen) == 1 and int(chosen[0][3]) == min(int(r[3]) for r in rows)
+    assert f"chose tp={chosen[0][0]} pp={chosen[0][1]}: " in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tp", "4", "--pp", "4"], "--tp 4 x --pp 4 needs 16 chips; system node has 8"),
+    (["--chips", "9"], "--chips 9: system node has 8 chips"),
+    (["--tp", "0"], "--tp must be at least 1, got 0"),
+    (["--chips", "4", "--tp", "3"], "--tp 3 x --pp 1 = 3 chips, not the 4 of --chips"),
+])
+def test_bad_splits_are_refused(capsys, tmp_path, argv, message):
+    rc, out, err = cli(capsys, "compile", MLP, "--system", "node", *argv, "-o", str(tmp_path / "x"))
+    assert rc == 1
+    assert message in err and "Traceback" not in err
+
+
+def test_a_model_too_big_for_the_system_says_how_many_chips(capsys, tmp_path):
+    rc, out, err = cli(capsys, "compile", MLP, "--system", "tiny", "-o", str(tmp_path / "x"))
+    assert rc == 1 and "about 3 chips would hold them" in err
