@@ -169,7 +169,9 @@ class Lowering:
         )
 
     def x_of_slice(self, name: str) -> int:
-        return self.chip.position(name)
+        if not hasattr(self, "_positions"):
+            self._positions = {sl.name: sl.x for sl in self.chip.slices()}
+        return self._positions[name]
 
     def vxm_queue(self, avoid: int | None = None) -> int:
         for _ in range(self.chip.vxm_alu_queues):

@@ -45,14 +45,14 @@ class _Intervals:
         self.starts: list[int] = []
         self.ends: list[int] = []
 
-    def conflict_end(self, start: int, end: int) -> int | None:
-        """The end of the latest interval overlapping [start, end), or None."""
-        k = bisect.bisect_left(self.ends, start + 1)  # first interval ending after start
-        worst = None
-        while k < len(self.starts) and self.starts[k] < end:
-            worst = self.ends[k] if worst is None else max(worst, self.ends[k])
+    def first_fit(self, start: int, length: int) -> int:
+        """The earliest t >= start with [t, t + length) free."""
+        k = bisect.bisect_left(self.ends, start + 1)
+        t = start
+        while k < len(self.starts) and self.starts[k] < t + length:
+            t = max(t, self.ends[k])
             k += 1
-        return worst
+        return t
 
     def add(self, start: int, end: int) -> None:
         k = bisect.bisect_left(self.starts, start)
@@ -142,25 +142,20 @@ class Scheduler:
                 f"{job.name}: one step of this op needs more streams flowing the same way at once "
                 f"than a {self.chip.name} chip has ({self.S} per direction)"
             )
+        # every reservation as (intervals, offset from the job's start, cycles); lengthless ones hold nothing
+        held = [(self.queues, key, nd.rel + off, length) for nd in job.nodes for key, off, length in _held(nd)]
+        held += [(self.exclusive, key, lo, hi - lo) for key in job.exclusive]
+        held = [h for h in held if h[3] > 0]
         while True:
-            bump = None
-            for nd in job.nodes:
-                for key, off, length in _held(nd):
-                    iv = self.queues.get(key)
-                    if iv is None:
-                        continue
-                    s = start + nd.rel + off
-                    end = iv.conflict_end(s, s + length)
-                    if end is not None:
-                        bump = max(bump or 0, end - nd.rel - off)
-            for key in job.exclusive:
-                iv = self.exclusive.get(key)
-                if iv is not None:
-                    end = iv.conflict_end(start + lo, start + hi)
-                    if end is not None:
-                        bump = max(bump or 0, end - lo)
-            if bump is not None:
-                start = max(bump, start + 1)
+            moved = False
+            for table, key, off, length in held:  # move to the first fit of each in turn until all fit
+                iv = table.get(key)
+                if iv is None:
+                    continue
+                t = iv.first_fit(start + off, length)
+                if t != start + off:
+                    start, moved = t - off, True
+            if moved:
                 continue
             streams = self._streams(job, flows, start)
             if streams is None:
@@ -219,8 +214,9 @@ class Scheduler:
     def _commit(self, job: Job, start: int, streams, flows, lo: int, hi: int) -> None:
         for nd in job.nodes:
             for key, off, length in _held(nd):
-                s = start + nd.rel + off
-                self.queues.setdefault(key, _Intervals()).add(s, s + length)
+                if length > 0:
+                    s = start + nd.rel + off
+                    self.queues.setdefault(key, _Intervals()).add(s, s + length)
         for key in job.exclusive:
             self.exclusive.setdefault(key, _Intervals()).add(start + lo, start + hi)
         for producer, consumers in flows:
