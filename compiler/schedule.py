@@ -143,7 +143,9 @@ class Scheduler:
                 f"than a {self.chip.name} chip has ({self.S} per direction)"
             )
         # every reservation as (intervals, offset from the job's start, cycles); lengthless ones hold nothing
-        held = [(self.queues, key, nd.rel + off, length) for nd in job.nodes for key, off, length in _held(nd)]
+        held = [
+            (self.queues, key, nd.rel + off, length) for nd in job.nodes for key, off, length in _held(nd)
+        ]
         held += [(self.exclusive, key, lo, hi - lo) for key in job.exclusive]
         held = [h for h in held if h[3] > 0]
         while True:

@@ -15,6 +15,7 @@ from isa.program import Program, from_vectors
 # --check tolerances: |emulated - reference| <= atol + rtol * |reference|. The two differ only
 # in the order f32 sums are taken (matrix passes, reductions) and in f32 intermediates of
 # decomposed composites, which move a result by a few units in the last place of its dtype.
+# (rtol, atol): |emulated - reference| <= atol + rtol * (|reference| + RMS of the reference tensor)
 TOLERANCE = {"f32": (1e-4, 1e-5), "f16": (4e-3, 1e-3), "bf16": (3e-2, 1e-2)}
 
 
@@ -97,15 +98,20 @@ def check_outputs(p: Program, entry: str, inputs, outputs, weights=None) -> Chec
             old = np.seterr(invalid="ignore", over="ignore")
             same_special = (np.isnan(g64) == np.isnan(r64)) & (np.isinf(r64) <= (g64 == r64))
             both = np.isfinite(r64) & np.isfinite(g64)
+            # relative to each value and to the tensor's scale (its RMS): a value near zero that sums
+            # many products inherits the rounding of terms far larger than itself
+            finite = r64[np.isfinite(r64)]
+            rms = float(np.sqrt(np.mean(np.square(finite)))) if finite.size else 0.0
             close = ~both | (
-                np.abs(np.where(both, g64 - r64, 0.0)) <= atol + rtol * np.abs(np.where(both, r64, 0.0))
+                np.abs(np.where(both, g64 - r64, 0.0))
+                <= atol + rtol * (np.abs(np.where(both, r64, 0.0)) + rms)
             )
             # a finite value where the reference has inf or NaN (or the reverse) is caught by same_special
             close &= ~(np.isfinite(r64) & ~np.isfinite(g64))
             bad = ~(same_special & close)
             np.seterr(**old)
             worst = float(np.abs(g64[both] - r64[both]).max(initial=0.0))
-            rule = f"within {rtol:g} relative + {atol:g}"
+            rule = f"within {rtol:g} x (|value| + RMS {rms:.3g}) + {atol:g}"
         else:
             bad = got != ref
             worst = float(np.abs(got.astype(np.int64) - ref.astype(np.int64)).max(initial=0))
