@@ -179,6 +179,7 @@ class Partitioner:
         self._state_locals: dict[str, dict[int, Global]] = {}
         self._routes: dict[tuple[int, int], tuple[int, ...]] = {}
         self._adj = {c: system.neighbours(c) for c in range(system.chips)}
+        self.views: dict[str, tuple[str, int]] = {}  # a view of a param's columns -> (param, first column)
 
     # -- the whole module ---------------------------------------------------------------------
     def run(self) -> Plan:
@@ -233,6 +234,40 @@ class Partitioner:
         return out
 
     # -- one entry point ----------------------------------------------------------------------------
+    def unfuse(self, g: Graph) -> tuple[list[Op], set[int]]:
+        """A matmul by a param whose result is only sliced along its last axis (a fused QKV
+        projection) becomes one matmul per slice, each by the param's columns of that slice, so that
+        tensor parallelism splits each slice's columns (its heads) instead of the fused ones. Returns
+        the ops (slices replaced, in place) and the ids of the matmuls no longer needed."""
+        ops = list(g.ops)
+        if self.T == 1:
+            return ops, set()
+        users: dict[int, list[int]] = {}
+        for k, op in enumerate(ops):
+            for o in op.operands:
+                users.setdefault(id(o), []).append(k)
+        kept = {id(r) for r in g.results} | {id(c.value) for c in g.commits}
+        dead: set[int] = set()
+        for op in g.ops:
+            b = op.operands[1] if op.name == "matmul" else None
+            if not (isinstance(b, Global) and b.kind == "param" and b.type.rank == 2):
+                continue
+            uses = users.get(id(op.result), [])
+            rank = op.result.type.rank
+            if not uses or id(op.result) in kept:
+                continue
+            if not all(ops[u].name == "slice" and ops[u].attr("axis") % rank == rank - 1 for u in uses):
+                continue
+            for u in uses:
+                sl = ops[u]
+                start, stop = sl.attr("start"), sl.attr("stop")
+                name = f"{b.name}[:, {start}:{stop}]"
+                self.views[name] = (b.name, start)
+                view = Global("param", name, TensorType(b.type.dtype, (b.type.shape[0], stop - start)), b.loc)
+                ops[u] = Op("matmul", (op.operands[0], view), sl.result, (), sl.loc)
+            dead.add(id(op))
+        return ops, dead
+
     def entry(self, g: Graph, stage_of: list[int]) -> EntryPlan:
         self.e = EntryPlan(g.name, stage_of_op=stage_of)
         self.dists: dict[int, Dist] = {}
@@ -240,7 +275,10 @@ class Partitioner:
         self.cache: dict[tuple, Dist] = {}
         for a in g.args:
             self.free[id(a)] = ("input", a)
-        for k, op in enumerate(g.ops):
+        ops, dead = self.unfuse(g)
+        for k, op in enumerate(ops):
+            if id(op) in dead:
+                continue
             self.index, self.what = k, f"%{op.result.name or k} = {op.name}"
             stage = stage_of[k]
             if op.name in FREE_OPS:
@@ -351,14 +389,19 @@ class Partitioner:
         key = (g.name, want, stage)
         if key not in self._param_cache:
             locals_ = {}
+            base, offset = self.views.get(g.name, (g.name, None))
             for r, c in enumerate(self.groups[stage]):
                 part = self.part(g.type.shape, want, r)
-                name = g.name if part is None else f"{g.name}|{part[0]}:{part[1]}:{part[2]}"
+                if offset is not None:  # columns of a fused param
+                    assert part is None or part[0] == 1, "a view of a param's columns splits by columns"
+                    lo, hi = (0, g.type.shape[1]) if part is None else part[1:]
+                    part = (1, offset + lo, offset + hi)
+                name = base if part is None else f"{base}|{part[0]}:{part[1]}:{part[2]}"
                 local = Global(
                     "param", name, TensorType(g.type.dtype, self.local_shape(g.type.shape, want)), g.loc
                 )
                 if not any(c == c2 and local.name == l2.name for c2, l2, _, _ in self.plan.params):
-                    self.plan.params.append((c, local, g.name, part))
+                    self.plan.params.append((c, local, base, part))
                 else:
                     local = next(l2 for c2, l2, _, _ in self.plan.params if c2 == c and l2.name == local.name)
                 locals_[c] = local
@@ -662,6 +705,8 @@ class Partitioner:
         ha, hb = haves
         ra, rb, r = a.rank, b.rank, op.result.type.rank
         T = self.T
+        if isinstance(op.operands[1], Global) and op.operands[1].name in self.views:  # split only columns
+            return ([R, rb - 1], r - 1) if b.shape[-1] % T == 0 else ([R, R], R)
         # batched: a split batch axis carries over
         for h, x, other in ((ha, a, b), (hb, b, a)):
             if isinstance(h, int) and h < x.rank - 2:

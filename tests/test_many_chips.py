@@ -108,6 +108,17 @@ def test_tensor_parallel_is_megatron_shaped():
     assert parts["w1"][0] == 1
 
 
+def test_a_fused_qkv_projection_is_split_by_heads():
+    """examples/gpt_block.lpu slices one [64, 192] QKV matmul: each slice becomes a matmul by its own
+    columns of the param, so tensor parallelism still needs only the two residual all-reduces."""
+    m = decompose(parse(GPT.read_text()))
+    plan = partition(m, tiny_system(2), tp=2, pp=1)
+    whats = {st.what.split(" = ")[0] for st in plan.entries[0].stmts if isinstance(st, Transfer)}
+    assert whats == {"%x1", "%y"}, whats
+    parts = sorted(part for c, _, name, part in plan.params if name == "w_qkv" and c == 1)
+    assert parts == [(1, 32, 64), (1, 96, 128), (1, 160, 192)]  # chip 1: the second half of q, k and v
+
+
 def test_examples_on_a_node_and_on_a_ring():
     for path in (MLP, GPT):
         m = parse(path.read_text(), str(path))
