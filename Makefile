@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	@mkdir -p out
 	$(BIN)/lpu check examples/gpt_block.lpu > out/gpt_block.canonical.lpu
-	$(BIN)/lpu compile examples/gpt_block.lpu --system tsp --random-weights 0 -o out/gpt_block.lpuprog
+	$(BIN)/lpu compile examples/gpt_block.lpu --system node --chips 8 --random-weights 0 -o out/gpt_block.best.lpuprog
+	$(BIN)/lpu compile examples/gpt_block.lpu --system node --tp 2 --pp 2 --random-weights 0 -o out/gpt_block.lpuprog
 	$(BIN)/lpu run out/gpt_block.lpuprog --check
 
 test: $(STAMP)
@@ -28,6 +29,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/one_chip.py
+	$(BIN)/python benchmarks/many_chips.py
 	$(BIN)/python benchmarks/mutation.py
 
 docs: $(STAMP)
