@@ -548,17 +548,53 @@ class Partitioner:
             return len(d.shape) - 1
         return None
 
+    def cliques(self, group: tuple[int, ...]) -> list[list[int]]:
+        """The group cut into runs of chips that are all linked to each other (the nodes of a rack)."""
+        out: list[list[int]] = []
+        for c in group:
+            if out and all(c in self._adj[o] for o in out[-1]):
+                out[-1].append(c)
+            else:
+                out.append([c])
+        return out
+
     def all_reduce(self, d: Dist) -> Dist:
-        """Reduce-scatter then all-gather (each chip sends 2(T-1)/T of the value) when the value splits
-        evenly, else every chip receives every partial and sums them in chip order."""
+        """Inside a group whose chips are all linked: reduce-scatter then all-gather (each chip sends
+        2(T-1)/T of the value) when the value splits evenly, else every chip receives every partial
+        and sums them in chip order. Across groups of linked chips (nodes), hierarchically: each
+        node sums onto its first chip, those chips exchange node sums, then each sends the total
+        to its node; so only one value per node crosses the slower, longer paths."""
+        group = self.groups[d.stage]
+        cliques = self.cliques(group)
+        if len(cliques) > 1 and len(cliques) < len(group):
+            return self._hierarchical_all_reduce(d, cliques)
         axis = self.scatter_axis(d)
         if axis is not None and self.T > 1:
             return self.all_gather(self.reduce_scatter(d, axis))
-        group = self.groups[d.stage]
         locals_ = {}
         for c in group:
             parts = [d.locals[a] if a == c else self.transfer(d.locals[a], a, c) for a in group]
             locals_[c] = self._sum(c, parts, d.dtype)
+        return Dist(R, d.stage, locals_, d.dtype, d.shape)
+
+    def _hierarchical_all_reduce(self, d: Dist, cliques: list[list[int]]) -> Dist:
+        leaders = [q[0] for q in cliques]
+        node_sum = {}  # leader -> the f32 sum of its node's partials, in chip order
+        for q in cliques:
+            lead = q[0]
+            parts = [d.locals[a] if a == lead else self.transfer(d.locals[a], a, lead) for a in q]
+            acc = parts[0]
+            for p in parts[1:]:
+                acc = self.local(lead, "add", (acc, p), {}, acc.type)
+            node_sum[lead] = acc
+        locals_ = {}
+        for q in cliques:
+            lead = q[0]
+            sums = [node_sum[o] if o == lead else self.transfer(node_sum[o], o, lead) for o in leaders]
+            total = self._sum(lead, sums, d.dtype)  # every leader adds the node sums in the same order
+            locals_[lead] = total
+            for c in q[1:]:
+                locals_[c] = self.transfer(total, lead, c)
         return Dist(R, d.stage, locals_, d.dtype, d.shape)
 
     def reduce_scatter(self, d: Dist, axis: int) -> Dist:

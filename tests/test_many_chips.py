@@ -135,6 +135,22 @@ def test_forwarding_through_chips_that_are_not_neighbours():
     assert (1, 2) in hops  # 0 <-> 3 goes through 1 and 2
 
 
+def test_all_reduce_across_nodes_is_hierarchical():
+    """Two nodes of 4 chips joined by one link (0-4): each node sums onto its first chip, only the
+    node sums cross between the nodes, and every chip ends with the same total."""
+    inside = [(a, b) for base in (0, 4) for a in range(base, base + 4) for b in range(a + 1, base + 4)]
+    system = SystemConfig("two_nodes", TINY.replace(c2c_links=8), 8, tuple(inside) + ((0, 4),), 20)
+    m = parse(
+        "module m\nparam @w1 : f16[16, 64]\nparam @w2 : f16[64, 16]\n"
+        "graph main(%x: f16[2, 16]) -> (f16[2, 16]) {\n  %h = matmul(%x, @w1)\n  %r = relu(%h)\n"
+        "  %y = matmul(%r, @w2)\n  %z = add(%y, %x)\n  return %z\n}\n"
+    )
+    program, _ = compile_and_check(m, system, 8, 1)
+    across = [v for v in link_vectors(program) if (v.src_chip < 4) != (v.dst_chip < 4)]
+    assert {(v.src_chip, v.dst_chip) for v in across} == {(0, 4), (4, 0)}
+    assert len(across) == 2 * 2  # one f32 [2, 16] node sum (two vectors) each way
+
+
 def test_pipeline_stages_only_hand_forward():
     m = parse(MLP.read_text())
     program, _ = compile_and_check(m, named_system("node"), 1, 4)
