@@ -3,7 +3,8 @@
     python benchmarks/mutation.py [--count N]
 
 For each program: N random single mutations (issue cycle +-1..3, a stream field, an
-address by one vector); each is caught by a timing violation, caught only by different
+address by one vector; on many chips ("tiny4": four tiny chips in a ring, tp x pp) also a
+send or receive moved or re-targeted to another link); each is caught by a timing violation, caught only by different
 outputs, recognised as equivalent (every read still sees the same producer's vector),
 or survives (a checker bug: printed).
 """
@@ -27,16 +28,18 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=400)
     args = ap.parse_args()
     cases = [
-        ("small MLP", "mlp", "tiny"),
-        ("GPT block", "gpt_block", "tsp"),
-        ("KV decode", "kv_decode", "tiny"),
+        ("small MLP", "mlp", "tiny", 1, 1),
+        ("GPT block", "gpt_block", "tsp", 1, 1),
+        ("KV decode", "kv_decode", "tiny", 1, 1),
+        ("MLP 2x2", "mlp", "tiny4", 2, 2),
+        ("GPT 4x1", "gpt_block", "tiny4", 4, 1),
     ]
     print(
         f"{'program':<12} {'system':<6} {'instr':>6} {'mutants':>8} {'timing':>7} {'values':>7} "
         f"{'equiv':>6} {'survive':>8} {'kill rate':>10} {'s':>6}"
     )
-    for name, source, system in cases:
-        p, inputs, entry = program_for(source, system)
+    for name, source, system, tp, pp in cases:
+        p, inputs, entry = program_for(source, system, tp, pp)
         t0 = time.perf_counter()
         timing, values, equivalent, survivors = campaign(p, inputs, args.count, seed=1, entry=entry)
         dt = time.perf_counter() - t0

@@ -14,8 +14,9 @@ from conftest import ROOT
 from compiler import parse
 from compiler.backend import compile_module
 from emulator.run import Emulator
-from isa.spec import FIELDS
-from isa.system import named_system
+from isa.chip import TINY
+from isa.spec import BY_MNEMONIC, FIELDS
+from isa.system import SystemConfig, named_system
 from lpu.arrays import random_inputs, random_weights
 
 MLP = """module mlp
@@ -37,16 +38,27 @@ graph main(%x: f16[4, 32]) -> (f16[4, 32]) {
 
 
 def mutants(p, count: int, seed: int):
+    """Random single mutations: an issue cycle +-1..3, a stream field, an address by one vector, and
+    (on many chips) a send or receive moved by +-1..3 cycles or re-targeted to another link."""
     rng = np.random.default_rng(seed)
     S = p.system.chip.streams_per_direction
+    c2c = np.nonzero(np.isin(p.opcode, [BY_MNEMONIC["send"].code, BY_MNEMONIC["recv"].code]))[0]
     made = 0
     while made < count:
         j = int(rng.integers(len(p)))
-        spec = p.spec(j)
         q = copy.copy(p)
         q.cycle, q.fields = p.cycle.copy(), p.fields.copy()
-        kind = int(rng.integers(3))
-        if kind == 0:
+        kind = int(rng.integers(4 if len(c2c) else 3))
+        if kind == 3:
+            j = int(rng.choice(c2c))
+            kind = 0 if rng.integers(2) else 3
+        spec = p.spec(j)
+        if kind == 3:
+            k = spec.operands.index("link")
+            links = len(p.system.chip_links(int(p.chip[j])))
+            q.fields[j, k] = (q.fields[j, k] + int(rng.integers(1, links + 1))) % (links + 1)
+            what = f"#{j} {spec.mnemonic} link -> {int(q.fields[j, k])}"
+        elif kind == 0:
             d = int(rng.choice([-3, -2, -1, 1, 2, 3]))
             if q.cycle[j] + d < 0:
                 continue
@@ -90,6 +102,7 @@ def dataflow(p, inputs, entry: str = "main") -> dict:
             who(int(seen[s])),
             who(int(r.weights[s])),
             who(int(r.acc_src[s])),
+            who(int(r.link_src[s])),
         )
     iw_rows = {}
     for s in range(len(r.ins)):
@@ -123,8 +136,15 @@ def campaign(p, inputs, count: int, seed: int, entry: str = "main"):
     return caught_timing, caught_values, equivalent, survivors
 
 
-def program_for(source: str, system: str):
-    """(program, inputs, entry) for a named test program."""
+def program_for(source: str, system: str, tp: int = 1, pp: int = 1):
+    """(program, inputs, entry) for a named test program; system "tinyN" is N tiny chips in a ring."""
+    if system.startswith("tiny") and system[4:].isdigit():
+        n = int(system[4:])
+        links = tuple((a, (a + 1) % n) for a in range(n))
+        sysc = SystemConfig(system, TINY.replace(c2c_links=4), n, links, link_latency_cycles=12)
+        m = parse(MLP if source == "mlp" else (ROOT / "examples" / "gpt_block.lpu").read_text())
+        p = compile_module(m, sysc, random_weights(m, 0), tp=tp, pp=pp)
+        return p, random_inputs(m, m.graphs[0], 0), "main"
     if source == "kv_decode":
         m = parse((ROOT / "tests" / "ir" / "kv_decode.lpu").read_text())
         p = compile_module(m, named_system(system), random_weights(m, 0))
@@ -135,9 +155,12 @@ def program_for(source: str, system: str):
     return p, random_inputs(m, m.graphs[0], 0), "main"
 
 
-@pytest.mark.parametrize("system, source", [("tiny", "mlp"), ("tsp", "gpt_block"), ("tiny", "kv_decode")])
-def test_every_non_equivalent_mutation_is_caught(system, source):
-    p, inputs, entry = program_for(source, system)
+@pytest.mark.parametrize(
+    "system, source, tp, pp",
+    [("tiny", "mlp", 1, 1), ("tsp", "gpt_block", 1, 1), ("tiny", "kv_decode", 1, 1), ("tiny4", "mlp", 2, 2)],
+)
+def test_every_non_equivalent_mutation_is_caught(system, source, tp, pp):
+    p, inputs, entry = program_for(source, system, tp, pp)
     timing, values, equivalent, survivors = campaign(p, inputs, count=120, seed=7, entry=entry)
     assert survivors == [], survivors
     assert timing + values + equivalent == 120
