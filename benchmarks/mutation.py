@@ -4,9 +4,9 @@
 
 For each program: N random single mutations (issue cycle +-1..3, a stream field, an
 address by one vector; on many chips ("tiny4": four tiny chips in a ring, tp x pp) also a
-send or receive moved or re-targeted to another link); each is caught by a timing violation, caught only by different
-outputs, recognised as equivalent (every read still sees the same producer's vector),
-or survives (a checker bug: printed).
+send or receive moved or re-targeted to another link); each is caught by a timing
+violation, caught only by different outputs, recognised as equivalent (every read still
+sees the same producer's vector), or survives (a checker bug: printed).
 """
 
 from __future__ import annotations
