@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from compiler.ir import Commit, Global, Graph, Module, Op, Operand, TensorType, Value, freeze_attr
+from compiler.ir import Global, Graph, Module, Op, Operand, TensorType, Value, freeze_attr
 from compiler.lower import VXM_OPS
 from compiler.ops import infer, reduce_axes
 from isa.diagnostics import error
@@ -805,4 +805,4 @@ def partition(module: Module, system: SystemConfig, tp: int = 1, pp: int = 1) ->
     return Partitioner(module, system, tp, pp).run()
 
 
-__all__ = ["Plan", "EntryPlan", "Local", "Transfer", "Place", "LocalCommit", "partition", "Commit"]
+__all__ = ["Plan", "EntryPlan", "Local", "Transfer", "Place", "LocalCommit", "partition", "check_split"]
