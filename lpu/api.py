@@ -243,3 +243,112 @@ def link_wait_cycles(p: Program, entry: str | None = None) -> int:
             flight[min(v.arrival, length)] -= 1
     in_flight = np.cumsum(flight)[:length] > 0
     return int((in_flight & ~computing).sum())
+
+
+@dataclass
+class Generation:
+    """`generate`'s result: the new token ids and the cycles of each emulated run."""
+
+    ids: list[int]
+    prefill_cycles: int
+    decode_cycles: list[int]
+    clock_mhz: float
+    violations: list = field(default_factory=list)
+
+    @property
+    def latency_per_token_s(self) -> float:
+        """Seconds per generated token in steady state: the median decode step."""
+        cycles = sorted(self.decode_cycles) or [self.prefill_cycles]
+        return cycles[len(cycles) // 2] / (self.clock_mhz * 1e6)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return 1.0 / self.latency_per_token_s
+
+
+def _decoder_shape(p: Program) -> tuple[int, int]:
+    """(max_seq, vocab) of a decoder program with entries prefill(ids, len) and decode(tok, pos)."""
+    if not {"prefill", "decode"} <= set(p.entries):
+        raise error(
+            f"generating needs a decoder program with entries prefill and decode; this one has "
+            f"{', '.join(p.entries)} (build one with lpu model gpt2|llama)"
+        )
+    ids = p.whole("input", "prefill").get("ids")
+    logits = [pl for pl in p.placements if pl.role == "output" and pl.graph == "decode"]
+    if ids is None or len(ids[1]) != 1 or not logits:
+        raise error("the prefill entry must take %ids: i32[max_seq] and decode must return logits")
+    return ids[1][0], logits[0].shape[-1]
+
+
+def check_prompt(p: Program, prompt: list[int], tokens: int) -> None:
+    max_seq, vocab = _decoder_shape(p)
+    if not prompt:
+        raise error("--prompt-ids: give at least one token id")
+    bad = [t for t in prompt if not 0 <= t < vocab]
+    if bad:
+        raise error(f"--prompt-ids: {bad[0]} is not a token id of this model (0..{vocab - 1})")
+    if tokens < 1:
+        raise error(f"--tokens must be at least 1, got {tokens}")
+    if len(prompt) + tokens - 1 > max_seq:
+        raise error(
+            f"a {len(prompt)}-token prompt and {tokens} new tokens need {len(prompt) + tokens - 1} "
+            f"positions; the model was built for --max-seq {max_seq}"
+        )
+
+
+def generate(run_prefill, run_decode, prompt: list[int], tokens: int, max_seq: int):
+    """Greedy decoding with any runner: `run_prefill(ids, len)` and `run_decode(tok, pos)` return
+    (logits [1, vocab], cycles, violations). Returns (ids, prefill cycles, decode cycles, violations)."""
+    ids = np.zeros(max_seq, np.int32)
+    ids[: len(prompt)] = prompt
+    logits, prefill_cycles, violations = run_prefill(ids, np.int32(len(prompt)))
+    out = [int(np.argmax(np.asarray(logits, np.float64)[0]))]
+    decode_cycles = []
+    for k in range(tokens - 1):
+        logits, cycles, v = run_decode(np.array([out[-1]], np.int32), np.int32(len(prompt) + k))
+        violations += v
+        decode_cycles.append(cycles)
+        out.append(int(np.argmax(np.asarray(logits, np.float64)[0])))
+    return out, prefill_cycles, decode_cycles, violations
+
+
+def generate_on_emulator(p: Program, prompt: list[int], tokens: int, weights=None) -> Generation:
+    from emulator.run import Emulator
+
+    check_prompt(p, prompt, tokens)
+    max_seq, _ = _decoder_shape(p)
+    emu = Emulator(p, weights)
+
+    def run(entry):
+        def go(a, b):
+            names = ("ids", "len") if entry == "prefill" else ("tok", "pos")
+            r = emu.run(entry, dict(zip(names, (a, b))))
+            return r.outputs[0], r.cycles, list(r.violations)
+
+        return go
+
+    ids, pre, dec, violations = generate(run("prefill"), run("decode"), prompt, tokens, max_seq)
+    return Generation(ids, pre, dec, p.system.chip.clock_mhz, violations)
+
+
+def generate_on_reference(p: Program, prompt: list[int], tokens: int, weights=None) -> list[int]:
+    """The same greedy decode by the numpy reference interpreter on the program's own module."""
+    text = p.meta.get("module")
+    if not text:
+        raise error("this program carries no IR module (it was assembled by hand): nothing to check with")
+    module = parse(text, "<program module>")
+    weights = weights_from_image(p) if weights is None else weights
+    missing = [g.name for g in module.params if g.name not in weights]
+    if missing:
+        raise error(f"--check needs the weights ({missing[0]}, ...): give them with -w")
+    ref = Reference(module, weights)
+    max_seq, _ = _decoder_shape(p)
+
+    def run(entry):
+        def go(a, b):
+            names = ("ids", "len") if entry == "prefill" else ("tok", "pos")
+            return ref.run(entry, dict(zip(names, (a, b))))[0], 0, []
+
+        return go
+
+    return generate(run("prefill"), run("decode"), prompt, tokens, max_seq)[0]

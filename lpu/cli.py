@@ -126,6 +126,30 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("system", help="validate and describe a system (a name or a .toml file)")
     s.add_argument("system", metavar="PRESET|FILE.toml")
     s.set_defaults(run=cmd_system)
+
+    mo = sub.add_parser("model", help="build a transformer (gpt2, llama, bert) as a .lpu module")
+    mo.add_argument("family", choices=["gpt2", "llama", "bert"])
+    mo.add_argument("-o", "--output", metavar="MODEL.lpu", required=True)
+    mo.add_argument("-w", "--weights", metavar="WEIGHTS.npz", help="also write seeded random weights")
+    mo.add_argument("--seed", type=int, default=0, help="seed for the random weights")
+    mo.add_argument("--layers", type=int, default=2)
+    mo.add_argument("--d-model", type=int, default=64)
+    mo.add_argument("--heads", type=int, default=4)
+    mo.add_argument("--kv-heads", type=int, help="llama: key/value heads (default: --heads / 2 or 1)")
+    mo.add_argument("--ffn", type=int, help="MLP width (default: 4 x d-model; llama 2 x)")
+    mo.add_argument("--vocab", type=int, default=128)
+    mo.add_argument("--max-seq", type=int, default=16)
+    mo.add_argument("--dtype", default="f16", choices=["f16", "bf16", "i8"])
+    mo.add_argument("--pooling", action="store_true", help="bert: also return the mean over positions")
+    mo.set_defaults(run=cmd_model)
+
+    ge = sub.add_parser("generate", help="prefill a prompt and decode greedily on the emulator")
+    ge.add_argument("program", metavar="PROG.lpuprog")
+    ge.add_argument("--prompt-ids", required=True, metavar="1,2,3", help="the prompt's token ids")
+    ge.add_argument("--tokens", type=int, default=8, metavar="N", help="new tokens to generate")
+    ge.add_argument("-w", "--weights", metavar="WEIGHTS.npz", help="weights, if not compiled in")
+    ge.add_argument("--check", action="store_true", help="compare the ids with a numpy greedy decode")
+    ge.set_defaults(run=cmd_generate)
     return p
 
 
@@ -416,6 +440,90 @@ def _check_placed(arrays, placements: dict, filename: str, what: str):
 
     wanted = [Value(TensorType(dtype, shape), name) for name, (dtype, shape) in placements.items()]
     return check_arrays(arrays, wanted, filename=filename, what=what)
+
+
+def cmd_model(args) -> int:
+    from isa.files import write_atomically
+    from lpu.arrays import save_npz
+    from models import FAMILIES
+
+    if args.dtype == "i8":
+        raise error(
+            "--dtype i8: the builders make f16 and bf16 models (i8 weight quantization is not built yet)"
+        )
+    module, config_class = FAMILIES[args.family]
+    sizes = {"layers": args.layers, "d_model": args.d_model, "heads": args.heads, "vocab": args.vocab,
+             "max_seq": args.max_seq, "dtype": args.dtype}  # fmt: skip
+    sizes["ffn"] = args.ffn or (2 if args.family == "llama" else 4) * args.d_model
+    if args.family == "llama":
+        sizes["kv_heads"] = args.kv_heads or max(1, args.heads // 2)
+    elif args.kv_heads is not None:
+        raise error(f"--kv-heads: {args.family} has no grouped-query attention")
+    if args.family == "bert":
+        sizes["pooling"] = args.pooling
+    elif args.pooling:
+        raise error(f"--pooling is for bert, not {args.family}")
+    config = config_class(**sizes)
+    text = module.module_text(config)
+    write_atomically(args.output, lambda f: f.write(text.encode()))
+    params = sum(int(np.prod(s)) for s in module.param_shapes(config).values())
+    print(f"wrote {args.output}: {args.family}, {params} parameters ({config})")
+    if args.weights:
+        save_npz(args.weights, module.random_weights(config, args.seed))
+        print(f"wrote {args.weights}: seeded random weights (seed {args.seed})")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from isa.program import load
+    from lpu.api import generate_on_emulator, generate_on_reference
+    from lpu.arrays import load_npz
+
+    program = load(args.program)
+    try:
+        prompt = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
+    except ValueError:
+        raise error(
+            f"--prompt-ids {args.prompt_ids}: expected comma-separated integers such as 1,2,3"
+        ) from None
+    weights = None
+    if args.weights:
+        weights = _check_placed(load_npz(args.weights), program.whole("param"), args.weights, "param")
+    elif program.whole("param") and not program.meta.get("weights", True):
+        raise error(
+            "the program was compiled without weights; give them with -w WEIGHTS.npz", filename=args.program
+        )
+    g = generate_on_emulator(program, prompt, args.tokens, weights)
+    clock = g.clock_mhz
+    print(f"prompt: {','.join(map(str, prompt))}")
+    print(f"generated: {','.join(map(str, g.ids))}")
+    print(f"prefill: {g.prefill_cycles} cycles ({g.prefill_cycles / clock:.3f} us at {clock:g} MHz)")
+    if g.decode_cycles:
+        per = sorted(g.decode_cycles)[len(g.decode_cycles) // 2]
+        print(
+            f"decode: {len(g.decode_cycles)} steps, {per} cycles per token = "
+            f"{g.latency_per_token_s * 1e6:.3f} us per token, {g.tokens_per_s:,.0f} tokens/s"
+        )
+    failed = False
+    if args.check:
+        want = generate_on_reference(program, prompt, args.tokens, weights)
+        if want == g.ids:
+            print("check: the ids equal a numpy greedy decode (the reference interpreter) of the same model")
+        else:
+            k = next(i for i, (a, b) in enumerate(zip(want, g.ids)) if a != b)
+            print(
+                f"check: token {k} differs: emulated {g.ids[k]}, numpy {want[k]} "
+                f"(numpy: {','.join(map(str, want))})",
+                file=sys.stderr,
+            )
+            failed = True
+    if g.violations:
+        for v in g.violations[:20]:
+            print(v.render(), file=sys.stderr)
+        print(f"{len(g.violations)} timing violations", file=sys.stderr)
+        return 1
+    print("timing: no violations")
+    return 1 if failed else 0
 
 
 def cmd_isa(args) -> int:

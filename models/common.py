@@ -1,0 +1,166 @@
+"""What the model families share: IR text building, weights, and numpy numerics that round where
+the IR rounds (so a direct numpy forward pass agrees with the emulator to the last bit, up to the
+order of f32 sums)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from isa.diagnostics import error
+from isa.numerics import from_f32
+
+DTYPES = ("f16", "bf16")
+
+
+class Text:
+    """Accumulates the statements of one graph; `op` returns the new value's name."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.count = 0
+
+    def op(self, expr: str, hint: str = "t") -> str:
+        self.count += 1
+        name = f"{hint}{self.count}"
+        self.lines.append(f"  %{name} = {expr}")
+        return name
+
+    def commit(self, state: str, value: str) -> None:
+        self.lines.append(f"  commit @{state} = %{value}")
+
+    def body(self) -> str:
+        return "\n".join(self.lines)
+
+
+def ty(dtype: str, *shape: int) -> str:
+    return f"{dtype}[{', '.join(str(d) for d in shape)}]"
+
+
+def graph(name: str, args: list[tuple[str, str]], results: list[tuple[str, str]], t: Text) -> str:
+    sig = ", ".join(f"%{a}: {at}" for a, at in args)
+    outs = ", ".join(rt for _, rt in results)
+    ret = ", ".join(f"%{r}" for r, _ in results)
+    return f"graph {name}({sig}) -> ({outs}) {{\n{t.body()}\n  return {ret}\n}}\n"
+
+
+def check_config(cfg) -> None:
+    """Refuse impossible sizes with a message naming the option."""
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.name == "dtype":
+            if v not in DTYPES:
+                raise error(f"--dtype {v}: the builders make {', '.join(DTYPES)} models")
+        elif isinstance(v, int) and not isinstance(v, bool) and v < 1:
+            raise error(f"--{f.name.replace('_', '-')} must be at least 1, got {v}")
+    if cfg.d_model % cfg.heads:
+        raise error(f"--d-model {cfg.d_model} must be a multiple of --heads {cfg.heads}")
+    if (cfg.d_model // cfg.heads) % 2 and getattr(cfg, "rope", False):
+        raise error(f"the head dimension {cfg.d_model // cfg.heads} must be even for RoPE")
+
+
+@dataclass
+class Weights:
+    """Seeded random weights: fan-in scaled normals for matrices, near-one norm gains, small
+    biases; rounded to the model's dtype."""
+
+    rng: np.random.Generator
+    dtype: str
+
+    def matrix(self, rows: int, cols: int) -> np.ndarray:
+        return self.store(self.rng.standard_normal((rows, cols)) / math.sqrt(rows))
+
+    def embedding(self, rows: int, cols: int) -> np.ndarray:
+        return self.store(self.rng.standard_normal((rows, cols)))
+
+    def gain(self, n: int) -> np.ndarray:
+        return self.store(1.0 + 0.1 * self.rng.standard_normal(n))
+
+    def bias(self, n: int) -> np.ndarray:
+        return self.store(0.1 * self.rng.standard_normal(n))
+
+    def store(self, x: np.ndarray) -> np.ndarray:
+        return storage(x, self.dtype)
+
+
+def storage(x: np.ndarray, dtype: str) -> np.ndarray:
+    """An array in the storage form of `dtype` (bf16: float32 holding bf16 values)."""
+    return from_f32(np.asarray(x, np.float64), dtype)
+
+
+class Num:
+    """numpy numerics with the IR's rounding: every op's result is rounded to the model's dtype;
+    composites (layernorm, softmax, gelu, ...) are computed in float64 and rounded once."""
+
+    def __init__(self, dtype: str):
+        self.dtype = dtype
+
+    def r(self, x) -> np.ndarray:
+        return storage(x, self.dtype).astype(np.float64)
+
+    def matmul(self, a, b) -> np.ndarray:
+        return self.r(np.asarray(a, np.float64) @ np.asarray(b, np.float64))
+
+    def add(self, a, b) -> np.ndarray:
+        return self.r(np.asarray(a, np.float64) + b)
+
+    def mul(self, a, b) -> np.ndarray:
+        return self.r(np.asarray(a, np.float64) * b)
+
+    def layernorm(self, x, g, b, eps) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        m = x.mean(-1, keepdims=True)
+        v = ((x - m) ** 2).mean(-1, keepdims=True)
+        return self.r((x - m) / np.sqrt(v + eps) * g + b)
+
+    def rmsnorm(self, x, g, eps) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        return self.r(x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * g)
+
+    def softmax(self, x) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return self.r(e / e.sum(-1, keepdims=True))
+
+    def gelu_tanh(self, x) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        u = math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)
+        return self.r(x / (1 + np.exp(-2 * u)))
+
+    def gelu_erf(self, x) -> np.ndarray:
+        from math import erf
+
+        x = np.asarray(x, np.float64)
+        return self.r(0.5 * x * (1 + np.vectorize(erf)(x / math.sqrt(2))))
+
+    def silu(self, x) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        return self.r(x / (1 + np.exp(-x)))
+
+    def rope(self, x, cos, sin) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        h = x.shape[-1] // 2
+        rot = np.concatenate([-x[..., h:], x[..., :h]], axis=-1)
+        return self.r(x * cos + rot * sin)
+
+
+def causal_attention(num: Num, q, k, v, scale) -> np.ndarray:
+    """q [H, n, dh], k and v [H, n, dh]: causal softmax attention with the IR's rounding."""
+    s = num.matmul(q, np.swapaxes(k, -1, -2))
+    s = num.mul(s, num.r(scale))
+    n = s.shape[-1]
+    s = np.where(np.triu(np.ones((n, n), bool), 1), -np.inf, s)
+    return num.matmul(num.softmax(s), v)
+
+
+def greedy(logits_of, prompt: list[int], tokens: int) -> list[int]:
+    """Greedy decoding with a full forward pass per step: `logits_of(ids)` gives [len(ids), vocab]."""
+    ids = list(prompt)
+    out = []
+    for _ in range(tokens):
+        nxt = int(np.argmax(logits_of(ids)[-1]))
+        out.append(nxt)
+        ids.append(nxt)
+    return out
