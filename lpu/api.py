@@ -46,19 +46,17 @@ def weights_from_image(p: Program) -> dict[str, np.ndarray]:
             rows.append(p.image_data[j])
         value = to_storage(from_vectors(np.array(rows), pl, lanes), pl.dtype)
         pieces.setdefault(pl.name, []).append((pl, value))
+    whole_shapes = p.whole("param")
     out = {}
     for name, got in pieces.items():
         whole = [v for pl, v in got if pl.part is None]
         if whole:
             out[name] = whole[0]
             continue
-        axis = got[0][0].part[0]
-        shape = list(got[0][1].shape)
-        shape[axis] = max(pl.part[2] for pl, _ in got)
-        value = np.zeros(shape, got[0][1].dtype)
-        for pl, v in got:
-            index = [slice(None)] * len(shape)
-            index[axis] = slice(pl.part[1], pl.part[2])
+        value = np.zeros(whole_shapes[name][1], got[0][1].dtype)
+        for pl, v in got:  # shards may split different axes (a param used by two ops)
+            index = [slice(None)] * value.ndim
+            index[pl.part[0]] = slice(pl.part[1], pl.part[2])
             value[tuple(index)] = v
         out[name] = value
     return out
