@@ -143,6 +143,14 @@ def _parser() -> argparse.ArgumentParser:
     mo.add_argument("--pooling", action="store_true", help="bert: also return the mean over positions")
     mo.set_defaults(run=cmd_model)
 
+    im = sub.add_parser("import", help="import a Hugging Face checkpoint directory (gpt2, llama, bert)")
+    im.add_argument("directory", metavar="DIR", help="config.json + model.safetensors (or shards + index)")
+    im.add_argument("-o", "--output", metavar="MODEL.lpu", required=True)
+    im.add_argument("-w", "--weights", metavar="WEIGHTS.npz", required=True)
+    im.add_argument("--dtype", default="f16", choices=["f16", "bf16"], help="cast the weights to this dtype")
+    im.add_argument("--max-seq", type=int, help="positions to build for (default: the config's maximum)")
+    im.set_defaults(run=cmd_import)
+
     ge = sub.add_parser("generate", help="prefill a prompt and decode greedily on the emulator")
     ge.add_argument("program", metavar="PROG.lpuprog")
     ge.add_argument("--prompt-ids", required=True, metavar="1,2,3", help="the prompt's token ids")
@@ -471,6 +479,21 @@ def cmd_model(args) -> int:
     if args.weights:
         save_npz(args.weights, module.random_weights(config, args.seed))
         print(f"wrote {args.weights}: seeded random weights (seed {args.seed})")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from isa.files import write_atomically
+    from lpu.arrays import save_npz
+    from models.checkpoint import import_checkpoint
+
+    if args.max_seq is not None and args.max_seq < 1:
+        raise error(f"--max-seq must be at least 1, got {args.max_seq}")
+    family, config, text, weights = import_checkpoint(args.directory, args.dtype, args.max_seq)
+    write_atomically(args.output, lambda f: f.write(text.encode()))
+    save_npz(args.weights, weights)
+    count = sum(int(np.prod(w.shape)) for w in weights.values())
+    print(f"wrote {args.output} and {args.weights}: {family}, {count} parameters ({config})")
     return 0
 
 

@@ -50,6 +50,10 @@ def check_config(cfg) -> None:
     """Refuse impossible sizes with a message naming the option."""
     for f in fields(cfg):
         v = getattr(cfg, f.name)
+        if f.type == "int" and (not isinstance(v, int) or isinstance(v, bool)):
+            raise error(f"{f.name.replace('_', '-')} must be an integer, got {v!r}")
+        if f.type == "float" and (not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0):
+            raise error(f"{f.name.replace('_', '-')} must be a positive number, got {v!r}")
         if f.name == "dtype":
             if v not in DTYPES:
                 raise error(f"--dtype {v}: the builders make {', '.join(DTYPES)} models")
