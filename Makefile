@@ -15,10 +15,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	@mkdir -p out
-	$(BIN)/lpu check examples/gpt_block.lpu > out/gpt_block.canonical.lpu
-	$(BIN)/lpu compile examples/gpt_block.lpu --system node --chips 8 --random-weights 0 -o out/gpt_block.best.lpuprog
-	$(BIN)/lpu compile examples/gpt_block.lpu --system node --tp 2 --pp 2 --random-weights 0 -o out/gpt_block.lpuprog
-	$(BIN)/lpu run out/gpt_block.lpuprog --check
+	$(BIN)/lpu model gpt2 --layers 4 --d-model 64 --heads 4 --vocab 128 --max-seq 16 -o out/gpt2.lpu -w out/gpt2.npz
+	$(BIN)/lpu compile out/gpt2.lpu --system node --tp 4 --pp 2 -w out/gpt2.npz -o out/gpt2.lpuprog
+	$(BIN)/lpu generate out/gpt2.lpuprog --prompt-ids 1,2,3,4 --tokens 8 --check
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
