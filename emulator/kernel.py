@@ -179,18 +179,20 @@ def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
             stream_src, weights, iw_index, iw_rows, acc_src, link_src,  # resolved sources
             trans_block, block_out, block_src,  # trans: a block's output steps and their inputs
             vec, sample, emit, mem_kind, slice_base, mem_addr, mem_step, mem_width, words,  # SRAM access
-            prov, image, maps, lanes, k_i8, k_f16):  # fmt: skip
+            prov, pend_prov, pend_land, touched, image, maps, lanes, k_i8, k_f16):  # fmt: skip
     """`prov[word]` (flat over chips and slices) starts as -1 (never written) or -2 - image row and
     becomes the step whose write landed last; a write lands at its emit cycle, so each word keeps
-    one pending write that a later access commits once it has landed."""
+    one pending write (`pend_prov`, landing at `pend_land`, both -1 when none) that a later access
+    commits once it has landed. The word arrays are the caller's, kept across runs: every word a
+    write touches is listed in `touched` (the first `n_touched` entries, returned), so the caller
+    resets only those instead of the whole of SRAM."""
     steps = action.shape[0]
     out = np.zeros((steps, lanes))
     rows = iw_rows.shape[1]
     installed = np.zeros((iw_rows.shape[0], rows, lanes))
     found = np.full(steps, -1, np.int64)  # what each read or gather saw
     bad_address = np.zeros(steps, np.bool_)
-    pend_prov = np.full(prov.shape[0], -1, np.int64)
-    pend_land = np.full(prov.shape[0], -1, np.int64)
+    n_touched = 0
     for s in range(steps):
         act = action[s]
         a_src = stream_src[s, 0]
@@ -225,6 +227,8 @@ def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
                     prov[flat] = pend_prov[flat]
                 pend_prov[flat] = s
                 pend_land[flat] = emit[s]
+                touched[n_touched] = flat
+                n_touched += 1
             continue
         if act == LW or act == SEND:
             if a_src >= 0:
@@ -338,7 +342,10 @@ def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
                         for c in range(16):
                             src = block_src[b, c]
                             out[dst, 16 * g + c] = out[src, 16 * g + r] if src >= 0 else 0.0
-    for w in range(prov.shape[0]):  # everything in flight has landed when the program ends
+    for t in range(n_touched):  # everything in flight has landed when the program ends
+        w = touched[t]
         if pend_land[w] >= 0:
             prov[w] = pend_prov[w]
-    return out, installed, found, bad_address, prov
+            pend_land[w] = -1
+            pend_prov[w] = -1
+    return out, installed, found, bad_address, n_touched

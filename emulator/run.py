@@ -53,6 +53,8 @@ class Emulator:
             pl.name: np.zeros(pl.shape, STORAGE[pl.dtype]) for pl in program.placements if pl.role == "state"
         }
         self._lanes = lanes
+        self._sram: tuple[np.ndarray, ...] | None = None
+        self._resolved: dict[int, object] = {}
 
     def placements(self, role: str, entry: str = "") -> list[Placement]:
         out = [pl for pl in self.program.placements if pl.role == role and pl.graph == entry]
@@ -109,7 +111,9 @@ class Emulator:
         image = np.concatenate(rows) if count else np.zeros((0, lanes))
 
         e = p.entries.index(entry)
-        r = resolve(p, e, where)
+        if e not in self._resolved:  # timing depends on the program alone: resolve it once per entry
+            self._resolved[e] = resolve(p, e, where)
+        r = self._resolved[e]
         op = p.opcode[r.ins].astype(np.int64)
         fields = p.fields[r.ins]
 
@@ -135,14 +139,21 @@ class Emulator:
                 trans_block[s] = b
         maps = p.maps if p.maps.size else np.zeros((1, lanes), np.int32)
         words = chip.words_per_slice
-        prov = np.full(p.system.chips * chip.mem_slices * words, -1, np.int64)
-        for (c, sl, w), row in where.items():
-            prov[(c * chip.mem_slices + sl) * words + w] = -2 - row
-        out, _, found, bad_address, final = execute(
+        if self._sram is None:  # SRAM provenance, kept across runs and reset where a run touched it
+            size = p.system.chips * chip.mem_slices * words
+            self._sram = tuple(np.full(size, -1, np.int64) for _ in range(3))
+        prov, pend_prov, pend_land = self._sram
+        image_words = np.array(
+            [(c * chip.mem_slices + sl) * words + w for (c, sl, w) in where], np.int64
+        ).reshape(-1)
+        prov[image_words] = -2 - np.array(list(where.values()), np.int64).reshape(-1)
+        touched = np.zeros(max(1, int(np.count_nonzero(r.mem_kind))), np.int64)
+        out, _, found, bad_address, n_touched = execute(
             _ACTION[op], col("dt"), col("to"), imm, col("k"), col("lane"), col("map"), col("red"),
             col("kof"), col("mode"), r.stream_src, r.weights, r.iw_index, r.iw_rows, r.acc_src, r.link_src,
             trans_block, block_out, block_src, r.i, r.sample, r.emit, r.mem_kind, r.slice_base,
-            r.mem_addr, r.mem_step, r.mem_width, words, prov, image, maps.astype(np.int64), lanes,
+            r.mem_addr, r.mem_step, r.mem_width, words, prov, pend_prov, pend_land, touched, image,
+            maps.astype(np.int64), lanes,
             chip.mxm_k_i8, chip.mxm_k_f16,
         )  # fmt: skip
         row_word = {row: key[2] for key, row in where.items()}
@@ -155,7 +166,7 @@ class Emulator:
             base = (pl.chip * chip.mem_slices + mem_index[pl.slice]) * words + pl.word
             vectors = np.zeros((n, lanes))
             for v in range(n):
-                m = final[base + v * width]
+                m = prov[base + v * width]
                 if m >= 0:
                     vectors[v] = out[m]
                 elif m <= -2:
@@ -168,6 +179,8 @@ class Emulator:
         ):  # replicas hold the same value: the first one (lowest chip) counts
             if not any(q.name == pl.name and q.chip < pl.chip for q in self.placements("state")):
                 self.state[pl.name] = read_back(pl)
+        prov[touched[:n_touched]] = -1  # back to never-written for the next run
+        prov[image_words] = -1
         extra = {"resolved": r, "mem_seen": found} if trace else {}
         return RunResult(outputs, violations, r.cycles, r.busy, steps=len(op), extra=extra)
 
