@@ -179,7 +179,7 @@ def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
             stream_src, weights, iw_index, iw_rows, acc_src, link_src,  # resolved sources
             trans_block, block_out, block_src,  # trans: a block's output steps and their inputs
             vec, sample, emit, mem_kind, slice_base, mem_addr, mem_step, mem_width, words,  # SRAM access
-            prov, pend_prov, pend_land, touched, image, maps, lanes, k_i8, k_f16):  # fmt: skip
+            prov, pend_prov, pend_land, touched, image, maps, lanes, k_i8, k_f16, out):  # fmt: skip
     """`prov[word]` (flat over chips and slices) starts as -1 (never written) or -2 - image row and
     becomes the step whose write landed last; a write lands at its emit cycle, so each word keeps
     one pending write (`pend_prov`, landing at `pend_land`, both -1 when none) that a later access
@@ -187,13 +187,13 @@ def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
     write touches is listed in `touched` (the first `n_touched` entries, returned), so the caller
     resets only those instead of the whole of SRAM."""
     steps = action.shape[0]
-    out = np.zeros((steps, lanes))
     rows = iw_rows.shape[1]
     installed = np.zeros((iw_rows.shape[0], rows, lanes))
     found = np.full(steps, -1, np.int64)  # what each read or gather saw
     bad_address = np.zeros(steps, np.bool_)
     n_touched = 0
     for s in range(steps):
+        out[s, :] = 0.0  # `out` (every vector step's value) is the caller's buffer, reused across runs
         act = action[s]
         a_src = stream_src[s, 0]
         if act == NOTHING:

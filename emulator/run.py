@@ -55,6 +55,15 @@ class Emulator:
         self._lanes = lanes
         self._sram: tuple[np.ndarray, ...] | None = None
         self._resolved: dict[int, object] = {}
+        self._buffers: dict[int, np.ndarray] = {}
+
+    def _values(self, e: int, steps: int, lanes: int) -> np.ndarray:
+        """The buffer of every vector step's value for an entry, allocated once (fresh pages cost more
+        than the kernel's own work on small programs)."""
+        buf = self._buffers.get(e)
+        if buf is None or buf.shape != (steps, lanes):
+            buf = self._buffers[e] = np.zeros((steps, lanes))
+        return buf
 
     def placements(self, role: str, entry: str = "") -> list[Placement]:
         out = [pl for pl in self.program.placements if pl.role == role and pl.graph == entry]
@@ -154,7 +163,7 @@ class Emulator:
             trans_block, block_out, block_src, r.i, r.sample, r.emit, r.mem_kind, r.slice_base,
             r.mem_addr, r.mem_step, r.mem_width, words, prov, pend_prov, pend_land, touched, image,
             maps.astype(np.int64), lanes,
-            chip.mxm_k_i8, chip.mxm_k_f16,
+            chip.mxm_k_i8, chip.mxm_k_f16, self._values(e, len(op), lanes),
         )  # fmt: skip
         row_word = {row: key[2] for key, row in where.items()}
         violations = r.violations + _sram_violations(p, r, found, bad_address, row_word)
@@ -236,7 +245,23 @@ def _sram_violations(
 
     for s in np.nonzero(bad_address)[0]:
         say(int(s), "address out of range", "a word of the slice", "an address past its end")
-    for s in np.nonzero((r.mem_kind == 1) | (r.mem_kind == 3))[0]:
+    reads = np.nonzero(((r.mem_kind == 1) | (r.mem_kind == 3)) & ~bad_address)[0]
+    # the common cases, vectorised; only reads that fail them are looked at one by one below
+    j = r.ins[reads]
+    want = np.where(r.mem_kind[reads] == 3, p.src[j, 1], p.src[j, 0])
+    off, stride, i, m = p.src_off[j, 0], p.src_step[j, 0], r.i[reads], found[reads]
+    mm = np.maximum(m, 0)
+    fine = (want >= 0) & (m >= 0) & (r.ins[mm] == want) & (r.i[mm] == i * stride + off)
+    fine |= ((want == NONE) | (want == UNCHECKED)) & (m != -1)
+    words = np.full(max(row_word, default=-1) + 1, -1, np.int64)
+    if row_word:
+        words[np.fromiter(row_word.keys(), np.int64)] = np.fromiter(row_word.values(), np.int64)
+    image_row = np.clip(-2 - m, 0, max(len(words) - 1, 0))
+    at = off + i * r.mem_step[reads]
+    if len(words):
+        fine |= (want == IMAGE) & (m <= -2) & (words[image_row] == at)
+    fine |= (want == ADDRESS) & (r.mem_addr[reads] + i * r.mem_step[reads] == at) & (m != -1)
+    for s in reads[~fine]:
         if bad_address[s]:
             continue
         j = int(r.ins[s])
