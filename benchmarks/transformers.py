@@ -69,12 +69,9 @@ def main() -> None:
     node = named_system("node")
     print("decode step: emulation (all checks) vs the numpy reference interpreter, median of steps")
     print(f"{'model':<34} {'chips':>5} {'cycles':>7} {'emulate s':>10} {'numpy s':>9} {'ratio':>7}")
-    cases = [
-        ("gpt2 2L d64 h4 v128 seq16", GPT2Config(2, 64, 4, 256, 128, 16), gpt2_text, gpt2_weights, 1, 1),
-        ("gpt2 2L d64 h4 v128 seq16", GPT2Config(2, 64, 4, 256, 128, 16), gpt2_text, gpt2_weights, 2, 2),
-        ("llama 2L d128 h8 kv2 seq32", LlamaConfig(2, 128, 8, 2, 256, 256, 32), llama_text, llama_weights, 1, 1),
-        ("llama 2L d128 h8 kv2 seq32", LlamaConfig(2, 128, 8, 2, 256, 256, 32), llama_text, llama_weights, 4, 2),
-    ]
+    gpt2 = ("gpt2 2L d64 h4 v128 seq16", GPT2Config(2, 64, 4, 256, 128, 16), gpt2_text, gpt2_weights)
+    llama = ("llama 2L d128 h8 kv2 seq32", LlamaConfig(2, 128, 8, 2, 256, 256, 32), llama_text, llama_weights)
+    cases = [(*gpt2, 1, 1), (*gpt2, 2, 2), (*llama, 1, 1), (*llama, 4, 2)]
     for name, c, text, weights, tp, pp in cases:
         m, w = parse(text(c)), weights(c, 0)
         p = compile_module(m, node, w, tp=tp, pp=pp)
