@@ -29,6 +29,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/one_chip.py
 	$(BIN)/python benchmarks/many_chips.py
+	$(BIN)/python benchmarks/transformers.py
 	$(BIN)/python benchmarks/mutation.py
 
 docs: $(STAMP)
