@@ -284,6 +284,11 @@ class Partitioner:
             if op.name in FREE_OPS:
                 self.free[id(op.result)] = ("const", op)
                 continue
+            if op.name in VXM_OPS and all(self.have(o) is None for o in op.operands):
+                # computed from free values only (an int8 weight cast to f16, a scaled table): free
+                # too, computed on each chip for just the part it needs
+                self.free[id(op.result)] = ("derived", op)
+                continue
             self.dists[id(op.result)] = self.lower(op, stage)
         last = stage_of[-1] if stage_of else 0
         self.index = -1
@@ -415,6 +420,19 @@ class Partitioner:
         t = v.type
         lt = TensorType(t.dtype, self.local_shape(t.shape, want))
         locals_ = {}
+        if f[0] == "derived":
+            op = f[1]
+            wants = []
+            for o in op.operands:
+                k = want - (t.rank - o.type.rank) if isinstance(want, int) else -1
+                wants.append(k if k >= 0 and o.type.shape[k] == t.shape[want] else R)
+            ds = [self.get(o, w, stage) for o, w in zip(op.operands, wants)]
+            for c in self.groups[stage]:
+                operands = [d.locals[c] for d in ds]
+                locals_[c] = self.local(c, op.name, operands, op.attr_dict, lt, op.result.name, op.loc)
+            d = Dist(want, stage, locals_, t.dtype, t.shape)
+            self.cache[key] = d
+            return d
         for r, c in enumerate(self.groups[stage]):
             if f[0] == "input":
                 local = Value(lt, v.name)

@@ -139,7 +139,9 @@ def _parser() -> argparse.ArgumentParser:
     mo.add_argument("--ffn", type=int, help="MLP width (default: 4 x d-model; llama 2 x)")
     mo.add_argument("--vocab", type=int, default=128)
     mo.add_argument("--max-seq", type=int, default=16)
-    mo.add_argument("--dtype", default="f16", choices=["f16", "bf16", "i8"])
+    mo.add_argument(
+        "--dtype", default="f16", choices=["f16", "bf16", "i8"], help="i8: int8 matrices with f16 scales"
+    )
     mo.add_argument("--pooling", action="store_true", help="bert: also return the mean over positions")
     mo.set_defaults(run=cmd_model)
 
@@ -147,7 +149,9 @@ def _parser() -> argparse.ArgumentParser:
     im.add_argument("directory", metavar="DIR", help="config.json + model.safetensors (or shards + index)")
     im.add_argument("-o", "--output", metavar="MODEL.lpu", required=True)
     im.add_argument("-w", "--weights", metavar="WEIGHTS.npz", required=True)
-    im.add_argument("--dtype", default="f16", choices=["f16", "bf16"], help="cast the weights to this dtype")
+    im.add_argument(
+        "--dtype", default="f16", choices=["f16", "bf16", "i8"], help="cast (i8: quantize) the weights"
+    )
     im.add_argument("--max-seq", type=int, help="positions to build for (default: the config's maximum)")
     im.set_defaults(run=cmd_import)
 
@@ -455,10 +459,6 @@ def cmd_model(args) -> int:
     from lpu.arrays import save_npz
     from models import FAMILIES
 
-    if args.dtype == "i8":
-        raise error(
-            "--dtype i8: the builders make f16 and bf16 models (i8 weight quantization is not built yet)"
-        )
     module, config_class = FAMILIES[args.family]
     sizes = {"layers": args.layers, "d_model": args.d_model, "heads": args.heads, "vocab": args.vocab,
              "max_seq": args.max_seq, "dtype": args.dtype}  # fmt: skip

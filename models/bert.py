@@ -18,7 +18,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.common import Num, Text, Weights, check_config, graph, ty
+from models.common import (
+    Num,
+    Text,
+    Weights,
+    act_dtype,
+    check_config,
+    declarations,
+    graph,
+    lin,
+    linear,
+    quantize,
+    ty,
+)
 
 
 @dataclass
@@ -70,15 +82,15 @@ def param_shapes(c: BertConfig) -> dict[str, tuple[int, ...]]:
 
 def module_text(c: BertConfig) -> str:
     check_config(c)
-    dt, d, S, H, dh = c.dtype, c.d_model, c.max_seq, c.heads, c.head_dim
+    dt, d, S, H, dh = act_dtype(c.dtype), c.d_model, c.max_seq, c.heads, c.head_dim
     head = [f"# BERT: {c.layers} layers, d_model {d}, {H} heads, ffn {c.ffn}, vocab {c.vocab}, max_seq {S}"]
     head.append("module bert")
-    head += [f"param @{n} : {ty(dt, *s)}" for n, s in param_shapes(c).items()]
+    head += declarations(param_shapes(c), c.dtype)
     t = Text()
     e = "bert.embeddings"
 
     def dense(x: str, w: str) -> str:
-        return t.op(f"add(%{t.op(f'matmul(%{x}, @{w}.weight)', 'mm')}, @{w}.bias)", "dense")
+        return t.op(f"add(%{linear(t, x, f'{w}.weight', c.dtype, 'mm')}, @{w}.bias)", "dense")
 
     def norm(x: str, w: str) -> str:
         return t.op(f"layernorm(%{x}, @{w}.weight, @{w}.bias) {{eps = {c.eps}}}", "ln")
@@ -123,7 +135,7 @@ def random_weights(c: BertConfig, seed: int = 0) -> dict[str, np.ndarray]:
             out[name] = w.gain(*shape)
         else:
             out[name] = w.matrix(*shape)
-    return out
+    return quantize(out, c.dtype)
 
 
 def hidden(c: BertConfig, w: dict[str, np.ndarray], ids: list[int], types: list[int]) -> list[np.ndarray]:
@@ -134,7 +146,7 @@ def hidden(c: BertConfig, w: dict[str, np.ndarray], ids: list[int], types: list[
     e = "bert.embeddings"
 
     def dense(x, p):
-        return num.add(num.matmul(x, f[f"{p}.weight"]), f[f"{p}.bias"])
+        return num.add(lin(num, f, x, f"{p}.weight"), f[f"{p}.bias"])
 
     def norm(x, p):
         return num.layernorm(x, f[f"{p}.weight"], f[f"{p}.bias"], c.eps)

@@ -18,7 +18,7 @@ import numpy as np
 
 from isa.diagnostics import error
 from isa.files import read_bytes, write_atomically
-from models.common import storage
+from models.common import act_dtype, quantize, storage
 
 _DT = {
     "F64": "<f8",
@@ -265,7 +265,7 @@ def import_checkpoint(directory: str, dtype: str = "f16", max_seq: int | None = 
                 f"tensor {name} has shape {list(x.shape)}; config.json implies {list(shape)}",
                 filename=directory,
             )
-        weights[name] = storage(np.asarray(x, np.float64), dtype)
+        weights[name] = storage(np.asarray(x, np.float64), act_dtype(dtype))
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise error(
@@ -276,7 +276,7 @@ def import_checkpoint(directory: str, dtype: str = "f16", max_seq: int | None = 
         from models.llama import rope_tables
 
         weights["rope.cos"], weights["rope.sin"] = rope_tables(config)
-    return family, config, text, weights
+    return family, config, text, quantize(weights, dtype)
 
 
 def export_checkpoint(
@@ -284,6 +284,8 @@ def export_checkpoint(
 ) -> None:
     """Write our weights as a Hugging Face-style checkpoint (for tests and round trips)."""
     os.makedirs(directory, exist_ok=True)
+    if any(name.endswith(".scale") for name in weights):
+        raise error("exporting an int8 model is not supported: export the float weights")
     hf: dict[str, np.ndarray] = {}
     for name, x in weights.items():
         if name.startswith("rope.") or (name == "lm_head.weight" and family == "gpt2"):

@@ -12,7 +12,58 @@ import numpy as np
 from isa.diagnostics import error
 from isa.numerics import from_f32
 
-DTYPES = ("f16", "bf16")
+DTYPES = ("f16", "bf16", "i8")
+
+
+def act_dtype(dtype: str) -> str:
+    """The dtype activations are computed in: the model's, or f16 for int8 weights."""
+    return "f16" if dtype == "i8" else dtype
+
+
+def quantized(name: str, shape: tuple[int, ...], dtype: str) -> bool:
+    """Whether an int8 model stores this param as int8 (matrices that multiply activations; not
+    embeddings, positions or rotary tables)."""
+    return (
+        dtype == "i8"
+        and len(shape) == 2
+        and not any(k in name for k in ("wte", "wpe", "embed_tokens", "embeddings", "rope."))
+    )
+
+
+def declarations(shapes: dict[str, tuple[int, ...]], dtype: str) -> list[str]:
+    """`param` lines: an int8 matrix also gets `NAME.scale : f16[out]`, one scale per column."""
+    out = []
+    for name, shape in shapes.items():
+        if quantized(name, shape, dtype):
+            out += [f"param @{name} : {ty('i8', *shape)}", f"param @{name}.scale : {ty('f16', shape[1])}"]
+        else:
+            out.append(f"param @{name} : {ty(act_dtype(dtype), *shape)}")
+    return out
+
+
+def quantize(weights: dict[str, np.ndarray], dtype: str) -> dict[str, np.ndarray]:
+    """For an int8 model: each quantized matrix becomes int8 with a per-column f16 scale
+    (symmetric, the largest magnitude of a column maps to 127); others are left as they are."""
+    if dtype != "i8":
+        return weights
+    out = {}
+    for name, w in weights.items():
+        w = np.asarray(w, np.float64)
+        if quantized(name, w.shape, dtype):
+            scale = storage(np.maximum(np.abs(w).max(0), 1e-8) / 127.0, "f16").astype(np.float64)
+            out[name] = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+            out[f"{name}.scale"] = scale.astype(np.float16)
+        else:
+            out[name] = weights[name]
+    return out
+
+
+def linear(t: Text, x: str, name: str, dtype: str, hint: str = "mm") -> str:
+    """`x @ W`; for an int8 W: `(x @ cast(W)) * W.scale` (the scale is per output column)."""
+    if dtype != "i8":
+        return t.op(f"matmul(%{x}, @{name})", hint)
+    wq = t.op(f'cast(@{name}) {{to = "f16"}}', "wq")
+    return t.op(f"mul(%{t.op(f'matmul(%{x}, %{wq})', hint)}, @{name}.scale)", hint)
 
 
 class Text:
@@ -71,7 +122,7 @@ class Weights:
     biases; rounded to the model's dtype."""
 
     rng: np.random.Generator
-    dtype: str
+    dtype: str  # float weights are made in the activation dtype; `quantize` makes int8 ones
 
     def matrix(self, rows: int, cols: int) -> np.ndarray:
         return self.store(self.rng.standard_normal((rows, cols)) / math.sqrt(rows))
@@ -86,7 +137,7 @@ class Weights:
         return self.store(0.1 * self.rng.standard_normal(n))
 
     def store(self, x: np.ndarray) -> np.ndarray:
-        return storage(x, self.dtype)
+        return storage(x, act_dtype(self.dtype))
 
 
 def storage(x: np.ndarray, dtype: str) -> np.ndarray:
@@ -94,12 +145,19 @@ def storage(x: np.ndarray, dtype: str) -> np.ndarray:
     return from_f32(np.asarray(x, np.float64), dtype)
 
 
+def lin(num: Num, f: dict, x, name: str) -> np.ndarray:
+    """The numpy twin of `linear`."""
+    if f"{name}.scale" in f:
+        return num.mul(num.matmul(x, f[name]), f[f"{name}.scale"])
+    return num.matmul(x, f[name])
+
+
 class Num:
     """numpy numerics with the IR's rounding: every op's result is rounded to the model's dtype;
     composites (layernorm, softmax, gelu, ...) are computed in float64 and rounded once."""
 
     def __init__(self, dtype: str):
-        self.dtype = dtype
+        self.dtype = act_dtype(dtype)
 
     def r(self, x) -> np.ndarray:
         return storage(x, self.dtype).astype(np.float64)

@@ -23,7 +23,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.common import Num, Text, Weights, causal_attention, check_config, graph, ty
+from models.common import (
+    Num,
+    Text,
+    Weights,
+    act_dtype,
+    causal_attention,
+    check_config,
+    declarations,
+    graph,
+    lin,
+    linear,
+    quantize,
+    ty,
+)
 
 
 @dataclass
@@ -67,10 +80,10 @@ def param_shapes(c: GPT2Config) -> dict[str, tuple[int, ...]]:
 
 def module_text(c: GPT2Config) -> str:
     check_config(c)
-    dt, d, S, H = c.dtype, c.d_model, c.max_seq, c.heads
+    dt, d, S, H = act_dtype(c.dtype), c.d_model, c.max_seq, c.heads
     head = [f"# GPT-2: {c.layers} layers, d_model {d}, {H} heads, ffn {c.ffn}, vocab {c.vocab}, max_seq {S}"]
     head.append("module gpt2")
-    head += [f"param @{n} : {ty(dt, *s)}" for n, s in param_shapes(c).items()]
+    head += declarations(param_shapes(c), c.dtype)
     for i in range(c.layers):
         head += [f"state @cache.{i}.k : {ty(dt, S, d)}", f"state @cache.{i}.v : {ty(dt, S, d)}"]
     return "\n".join(head) + "\n\n" + _prefill(c) + "\n" + _decode(c)
@@ -78,11 +91,11 @@ def module_text(c: GPT2Config) -> str:
 
 def _block(c: GPT2Config, t: Text, x: str, i: int, n: int, kv) -> str:
     """One layer on n rows; kv(k, v) stores the new keys/values and returns (keys, values, mask)."""
-    dt, d, H, dh = c.dtype, c.d_model, c.heads, c.head_dim
+    dt, d, H, dh = act_dtype(c.dtype), c.d_model, c.heads, c.head_dim
     h = f"transformer.h.{i}"
     ln = t.op(f"layernorm(%{x}, @{h}.ln_1.weight, @{h}.ln_1.bias) {{eps = {c.eps}}}", "ln")
     qkv = t.op(
-        f"add(%{t.op(f'matmul(%{ln}, @{h}.attn.c_attn.weight)', 'qkv')}, @{h}.attn.c_attn.bias)", "qkv"
+        f"add(%{linear(t, ln, f'{h}.attn.c_attn.weight', c.dtype, 'qkv')}, @{h}.attn.c_attn.bias)", "qkv"
     )
     q, k, v = (
         t.op(f"slice(%{qkv}) {{axis = 1, start = {j * d}, stop = {(j + 1) * d}}}", n_)
@@ -102,22 +115,22 @@ def _block(c: GPT2Config, t: Text, x: str, i: int, n: int, kv) -> str:
     p = t.op(f"softmax(%{t.op(f'where(%{mask}, %{ninf}, %{ss})', 's')}) {{axis = -1}}", "p")
     o = t.op(f"matmul(%{p}, %{vh})", "o")
     o2 = t.op(f"reshape(%{t.op(f'transpose(%{o}) {{perm = [1, 0, 2]}}', 'o')}) : {ty(dt, n, d)}", "o")
-    a = t.op(f"add(%{t.op(f'matmul(%{o2}, @{h}.attn.c_proj.weight)', 'a')}, @{h}.attn.c_proj.bias)", "a")
+    a = t.op(f"add(%{linear(t, o2, f'{h}.attn.c_proj.weight', c.dtype, 'a')}, @{h}.attn.c_proj.bias)", "a")
     x1 = t.op(f"add(%{x}, %{a})", "x")
     ln2 = t.op(f"layernorm(%{x1}, @{h}.ln_2.weight, @{h}.ln_2.bias) {{eps = {c.eps}}}", "ln")
-    fc = t.op(f"add(%{t.op(f'matmul(%{ln2}, @{h}.mlp.c_fc.weight)', 'fc')}, @{h}.mlp.c_fc.bias)", "fc")
+    fc = t.op(f"add(%{linear(t, ln2, f'{h}.mlp.c_fc.weight', c.dtype, 'fc')}, @{h}.mlp.c_fc.bias)", "fc")
     g = t.op(f'gelu(%{fc}) {{approximate = "tanh"}}', "g")
-    m = t.op(f"add(%{t.op(f'matmul(%{g}, @{h}.mlp.c_proj.weight)', 'm')}, @{h}.mlp.c_proj.bias)", "m")
+    m = t.op(f"add(%{linear(t, g, f'{h}.mlp.c_proj.weight', c.dtype, 'm')}, @{h}.mlp.c_proj.bias)", "m")
     return t.op(f"add(%{x1}, %{m})", "x")
 
 
 def _head(c: GPT2Config, t: Text, x: str) -> str:
     ln = t.op(f"layernorm(%{x}, @transformer.ln_f.weight, @transformer.ln_f.bias) {{eps = {c.eps}}}", "ln")
-    return t.op(f"matmul(%{ln}, @lm_head.weight)", "logits")
+    return linear(t, ln, "lm_head.weight", c.dtype, "logits")
 
 
 def _prefill(c: GPT2Config) -> str:
-    dt, S = c.dtype, c.max_seq
+    dt, S = act_dtype(c.dtype), c.max_seq
     t = Text()
     te = t.op("gather(@transformer.wte.weight, %ids)", "te")
     x = t.op(f"add(%{te}, @transformer.wpe.weight)", "x")
@@ -140,7 +153,7 @@ def _prefill(c: GPT2Config) -> str:
 
 
 def _decode(c: GPT2Config) -> str:
-    dt, S = c.dtype, c.max_seq
+    dt, S = act_dtype(c.dtype), c.max_seq
     t = Text()
     te = t.op("gather(@transformer.wte.weight, %tok)", "te")
     pe = t.op(f"gather(@transformer.wpe.weight, %{t.op('reshape(%pos) : i32[1]', 'p')})", "pe")
@@ -176,7 +189,7 @@ def random_weights(c: GPT2Config, seed: int = 0) -> dict[str, np.ndarray]:
         else:
             out[name] = w.matrix(*shape)
     out["lm_head.weight"] = np.ascontiguousarray(out["transformer.wte.weight"].T)
-    return out
+    return quantize(out, c.dtype)
 
 
 def logits(c: GPT2Config, w: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
@@ -189,14 +202,14 @@ def logits(c: GPT2Config, w: dict[str, np.ndarray], ids: list[int]) -> np.ndarra
     for i in range(c.layers):
         h = f"transformer.h.{i}"
         ln = num.layernorm(x, f[f"{h}.ln_1.weight"], f[f"{h}.ln_1.bias"], c.eps)
-        qkv = num.add(num.matmul(ln, f[f"{h}.attn.c_attn.weight"]), f[f"{h}.attn.c_attn.bias"])
+        qkv = num.add(lin(num, f, ln, f"{h}.attn.c_attn.weight"), f[f"{h}.attn.c_attn.bias"])
         q, k, v = (qkv[:, j * d : (j + 1) * d].reshape(n, H, dh).transpose(1, 0, 2) for j in range(3))
         o = causal_attention(num, q, k, v, 1 / math.sqrt(dh)).transpose(1, 0, 2).reshape(n, d)
-        a = num.add(num.matmul(o, f[f"{h}.attn.c_proj.weight"]), f[f"{h}.attn.c_proj.bias"])
+        a = num.add(lin(num, f, o, f"{h}.attn.c_proj.weight"), f[f"{h}.attn.c_proj.bias"])
         x1 = num.add(x, a)
         ln2 = num.layernorm(x1, f[f"{h}.ln_2.weight"], f[f"{h}.ln_2.bias"], c.eps)
-        fc = num.add(num.matmul(ln2, f[f"{h}.mlp.c_fc.weight"]), f[f"{h}.mlp.c_fc.bias"])
-        m = num.add(num.matmul(num.gelu_tanh(fc), f[f"{h}.mlp.c_proj.weight"]), f[f"{h}.mlp.c_proj.bias"])
+        fc = num.add(lin(num, f, ln2, f"{h}.mlp.c_fc.weight"), f[f"{h}.mlp.c_fc.bias"])
+        m = num.add(lin(num, f, num.gelu_tanh(fc), f"{h}.mlp.c_proj.weight"), f[f"{h}.mlp.c_proj.bias"])
         x = num.add(x1, m)
     ln = num.layernorm(x, f["transformer.ln_f.weight"], f["transformer.ln_f.bias"], c.eps)
-    return num.matmul(ln, f["lm_head.weight"])
+    return lin(num, f, ln, "lm_head.weight")

@@ -20,7 +20,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from isa.diagnostics import error
-from models.common import Num, Text, Weights, check_config, graph, storage, ty
+from models.common import (
+    Num,
+    Text,
+    Weights,
+    act_dtype,
+    check_config,
+    declarations,
+    graph,
+    lin,
+    linear,
+    quantize,
+    storage,
+    ty,
+)
 
 
 @dataclass
@@ -77,31 +90,31 @@ def rope_tables(c: LlamaConfig) -> tuple[np.ndarray, np.ndarray]:
     inv = 1.0 / (c.rope_theta ** (np.arange(0, dh, 2) / dh))
     angles = np.arange(c.max_seq)[:, None] * inv[None, :]
     angles = np.concatenate([angles, angles], axis=1)
-    return storage(np.cos(angles), c.dtype), storage(np.sin(angles), c.dtype)
+    return storage(np.cos(angles), act_dtype(c.dtype)), storage(np.sin(angles), act_dtype(c.dtype))
 
 
 def module_text(c: LlamaConfig) -> str:
     _check(c)
-    dt, S, G, dh = c.dtype, c.max_seq, c.kv_heads, c.head_dim
+    dt, S, G, dh = act_dtype(c.dtype), c.max_seq, c.kv_heads, c.head_dim
     head = [
         f"# Llama: {c.layers} layers, d_model {c.d_model}, {c.heads} heads ({G} kv), ffn {c.ffn}, "
         f"vocab {c.vocab}, max_seq {S}",
         "module llama",
     ]
-    head += [f"param @{n} : {ty(dt, *s)}" for n, s in param_shapes(c).items()]
+    head += declarations(param_shapes(c), c.dtype)
     for i in range(c.layers):
         head += [f"state @cache.{i}.k : {ty(dt, S, G * dh)}", f"state @cache.{i}.v : {ty(dt, S, G * dh)}"]
     return "\n".join(head) + "\n\n" + _prefill(c) + "\n" + _decode(c)
 
 
 def _block(c: LlamaConfig, t: Text, x: str, i: int, n: int, cos: str, sin: str, mask: str, kv) -> str:
-    dt, H, G, dh, S = c.dtype, c.heads, c.kv_heads, c.head_dim, c.max_seq
+    dt, H, G, dh, S = act_dtype(c.dtype), c.heads, c.kv_heads, c.head_dim, c.max_seq
     r = H // G
     p = f"model.layers.{i}"
     h = t.op(f"rmsnorm(%{x}, @{p}.input_layernorm.weight) {{eps = {c.eps}}}", "n")
-    q = t.op(f"matmul(%{h}, @{p}.self_attn.q_proj.weight)", "q")
-    k = t.op(f"matmul(%{h}, @{p}.self_attn.k_proj.weight)", "k")
-    v = t.op(f"matmul(%{h}, @{p}.self_attn.v_proj.weight)", "v")
+    q = linear(t, h, f"{p}.self_attn.q_proj.weight", c.dtype, "q")
+    k = linear(t, h, f"{p}.self_attn.k_proj.weight", c.dtype, "k")
+    v = linear(t, h, f"{p}.self_attn.v_proj.weight", c.dtype, "v")
     q3 = t.op(f"rope(%{t.op(f'reshape(%{q}) : {ty(dt, n, H, dh)}', 'q')}, %{cos}, %{sin})", "q")
     k3 = t.op(f"rope(%{t.op(f'reshape(%{k}) : {ty(dt, n, G, dh)}', 'k')}, %{cos}, %{sin})", "k")
     k2 = t.op(f"reshape(%{k3}) : {ty(dt, n, G * dh)}", "k")
@@ -121,17 +134,17 @@ def _block(c: LlamaConfig, t: Text, x: str, i: int, n: int, cos: str, sin: str, 
     pr = t.op(f"softmax(%{t.op(f'where(%{mask}, %{ninf}, %{ss})', 's')}) {{axis = -1}}", "p")
     o = t.op(f"reshape(%{t.op(f'matmul(%{pr}, %{vh})', 'o')}) : {ty(dt, G, r, n, dh)}", "o")
     o = t.op(f"reshape(%{t.op(f'transpose(%{o}) {{perm = [2, 0, 1, 3]}}', 'o')}) : {ty(dt, n, H * dh)}", "o")
-    x1 = t.op(f"add(%{x}, %{t.op(f'matmul(%{o}, @{p}.self_attn.o_proj.weight)', 'a')})", "x")
+    x1 = t.op(f"add(%{x}, %{linear(t, o, f'{p}.self_attn.o_proj.weight', c.dtype, 'a')})", "x")
     h2 = t.op(f"rmsnorm(%{x1}, @{p}.post_attention_layernorm.weight) {{eps = {c.eps}}}", "n")
-    gate = t.op(f"silu(%{t.op(f'matmul(%{h2}, @{p}.mlp.gate_proj.weight)', 'gate')})", "gate")
-    up = t.op(f"matmul(%{h2}, @{p}.mlp.up_proj.weight)", "up")
-    m = t.op(f"matmul(%{t.op(f'mul(%{gate}, %{up})', 'act')}, @{p}.mlp.down_proj.weight)", "m")
+    gate = t.op(f"silu(%{linear(t, h2, f'{p}.mlp.gate_proj.weight', c.dtype, 'gate')})", "gate")
+    up = linear(t, h2, f"{p}.mlp.up_proj.weight", c.dtype, "up")
+    m = linear(t, t.op(f"mul(%{gate}, %{up})", "act"), f"{p}.mlp.down_proj.weight", c.dtype, "m")
     return t.op(f"add(%{x1}, %{m})", "x")
 
 
 def _head(c: LlamaConfig, t: Text, x: str) -> str:
     n = t.op(f"rmsnorm(%{x}, @model.norm.weight) {{eps = {c.eps}}}", "n")
-    return t.op(f"matmul(%{n}, @lm_head.weight)", "logits")
+    return linear(t, n, "lm_head.weight", c.dtype, "logits")
 
 
 def _mask(c: LlamaConfig, t: Text, n: int, pos: str | None) -> str:
@@ -147,7 +160,7 @@ def _mask(c: LlamaConfig, t: Text, n: int, pos: str | None) -> str:
 
 
 def _prefill(c: LlamaConfig) -> str:
-    dt, S, dh = c.dtype, c.max_seq, c.head_dim
+    dt, S, dh = act_dtype(c.dtype), c.max_seq, c.head_dim
     t = Text()
     x = t.op("gather(@model.embed_tokens.weight, %ids)", "x")
     cos = t.op(f"reshape(@rope.cos) : {ty(dt, S, 1, dh)}", "cos")
@@ -168,7 +181,7 @@ def _prefill(c: LlamaConfig) -> str:
 
 
 def _decode(c: LlamaConfig) -> str:
-    dt, dh = c.dtype, c.head_dim
+    dt, dh = act_dtype(c.dtype), c.head_dim
     t = Text()
     x = t.op("gather(@model.embed_tokens.weight, %tok)", "x")
     p1 = t.op("reshape(%pos) : i32[1]", "p")
@@ -202,7 +215,7 @@ def random_weights(c: LlamaConfig, seed: int = 0) -> dict[str, np.ndarray]:
         else:
             out[name] = w.matrix(*shape)
     out["rope.cos"], out["rope.sin"] = rope_tables(c)
-    return out
+    return quantize(out, c.dtype)
 
 
 def logits(c: LlamaConfig, w: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
@@ -216,19 +229,19 @@ def logits(c: LlamaConfig, w: dict[str, np.ndarray], ids: list[int]) -> np.ndarr
     for i in range(c.layers):
         p = f"model.layers.{i}"
         h = num.rmsnorm(x, f[f"{p}.input_layernorm.weight"], c.eps)
-        q = num.rope(num.matmul(h, f[f"{p}.self_attn.q_proj.weight"]).reshape(n, H, dh), cos, sin)
-        k = num.rope(num.matmul(h, f[f"{p}.self_attn.k_proj.weight"]).reshape(n, G, dh), cos, sin)
-        v = num.matmul(h, f[f"{p}.self_attn.v_proj.weight"]).reshape(n, G, dh)
+        q = num.rope(lin(num, f, h, f"{p}.self_attn.q_proj.weight").reshape(n, H, dh), cos, sin)
+        k = num.rope(lin(num, f, h, f"{p}.self_attn.k_proj.weight").reshape(n, G, dh), cos, sin)
+        v = lin(num, f, h, f"{p}.self_attn.v_proj.weight").reshape(n, G, dh)
         k = np.repeat(k, H // G, axis=1).transpose(1, 0, 2)
         v = np.repeat(v, H // G, axis=1).transpose(1, 0, 2)
         s = num.mul(num.matmul(q.transpose(1, 0, 2), k.transpose(0, 2, 1)), num.r(1 / math.sqrt(dh)))
         s = np.where(np.triu(np.ones((n, n), bool), 1), -np.inf, s)
         o = num.matmul(num.softmax(s), v).transpose(1, 0, 2).reshape(n, H * dh)
-        x1 = num.add(x, num.matmul(o, f[f"{p}.self_attn.o_proj.weight"]))
+        x1 = num.add(x, lin(num, f, o, f"{p}.self_attn.o_proj.weight"))
         h2 = num.rmsnorm(x1, f[f"{p}.post_attention_layernorm.weight"], c.eps)
         act = num.mul(
-            num.silu(num.matmul(h2, f[f"{p}.mlp.gate_proj.weight"])),
-            num.matmul(h2, f[f"{p}.mlp.up_proj.weight"]),
+            num.silu(lin(num, f, h2, f"{p}.mlp.gate_proj.weight")),
+            lin(num, f, h2, f"{p}.mlp.up_proj.weight"),
         )
-        x = num.add(x1, num.matmul(act, f[f"{p}.mlp.down_proj.weight"]))
-    return num.matmul(num.rmsnorm(x, f["model.norm.weight"], c.eps), f["lm_head.weight"])
+        x = num.add(x1, lin(num, f, act, f"{p}.mlp.down_proj.weight"))
+    return lin(num, f, num.rmsnorm(x, f["model.norm.weight"], c.eps), "lm_head.weight")

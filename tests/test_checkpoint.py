@@ -171,6 +171,25 @@ def test_import_errors_name_what_is_missing(tmp_path, capsys):
     assert rc == 1 and "not a safetensors file" in capsys.readouterr().err
 
 
+def test_import_as_int8_quantizes_the_matrices(tmp_path):
+    c = CONFIGS["llama"]
+    w = FAMILIES["llama"][0].random_weights(c, 3)
+    export_checkpoint(str(tmp_path), "llama", c, w)
+    _, c8, text, got = import_checkpoint(str(tmp_path), "i8")
+    assert c8.dtype == "i8" and "param @model.layers.0.mlp.up_proj.weight : i8[32, 48]" in text
+    q, scale = got["model.layers.0.mlp.up_proj.weight"], got["model.layers.0.mlp.up_proj.weight.scale"]
+    assert q.dtype == np.int8 and np.abs(q).max() == 127
+    back = q.astype(np.float64) * scale.astype(np.float64)
+    np.testing.assert_allclose(
+        back, w["model.layers.0.mlp.up_proj.weight"].astype(np.float64), atol=float(scale.max())
+    )
+    program = compile_module(parse(text), named_system("tsp"), got)
+    g = generate_on_emulator(program, [1, 2], 3)
+    assert g.violations == [] and g.ids == greedy(
+        lambda ids: FAMILIES["llama"][0].logits(c8, got, ids), [1, 2], 3
+    )
+
+
 def test_import_from_the_command_line(tmp_path, capsys):
     c = CONFIGS["bert"]
     export_checkpoint(str(tmp_path / "ck"), "bert", c, FAMILIES["bert"][0].random_weights(c, 0), shards=2)

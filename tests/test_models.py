@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -82,6 +84,28 @@ def test_bert_encoder_equals_numpy(system, tp, pp):
         np.testing.assert_allclose(got.astype(np.float64), want, rtol=4e-3, atol=4e-3)
 
 
+@pytest.mark.parametrize("family, tp, pp", [("gpt2", 1, 1), ("llama", 2, 2), ("llama", 4, 1)])
+def test_int8_weights_decode_like_numpy_and_use_less_sram(family, tp, pp):
+    module, config_class = FAMILIES[family]
+    c8 = dataclasses.replace(SMALL[family], dtype="i8")
+    m8, w8, _ = build(family, c8)
+    assert w8["lm_head.weight"].dtype == np.int8 and w8["lm_head.weight.scale"].dtype == np.float16
+    p8 = compile_module(m8, named_system("node"), w8, tp=tp, pp=pp)
+    for prompt in ([5], [3, 7, 1]):
+        tokens = c8.max_seq - len(prompt) + 1
+        g = generate_on_emulator(p8, prompt, tokens)
+        assert g.violations == []
+        assert g.ids == greedy(lambda ids: module.logits(c8, w8, ids), prompt, tokens)
+    m16, w16, _ = build(family, SMALL[family])
+    p16 = compile_module(m16, named_system("node"), w16, tp=tp, pp=pp)
+    params = {pl.name: pl for pl in p8.placements if pl.role == "param"}
+    assert params["lm_head.weight"].dtype == "i8"
+    def param_bytes(p):
+        return sum(pl.words(p.system.chip.lanes) for pl in p.placements if pl.role == "param")
+
+    assert param_bytes(p8) < param_bytes(p16)
+
+
 def test_param_names_follow_hugging_face():
     gpt = FAMILIES["gpt2"][0].param_shapes(SMALL["gpt2"])
     assert "transformer.h.1.attn.c_attn.weight" in gpt and gpt["transformer.wte.weight"] == (64, 32)
@@ -119,7 +143,6 @@ def test_model_compile_generate_from_the_command_line(capsys, tmp_path):
     (["llama", "--heads", "4", "--kv-heads", "3"], "--heads 4 must be a multiple of --kv-heads 3"),
     (["gpt2", "--kv-heads", "2"], "--kv-heads: gpt2 has no grouped-query attention"),
     (["gpt2", "--layers", "0"], "--layers must be at least 1, got 0"),
-    (["llama", "--dtype", "i8"], "--dtype i8: the builders make f16 and bf16 models"),
 ])  # fmt: skip
 def test_bad_model_sizes_are_refused(capsys, tmp_path, argv, message):
     rc, out, err = cli(capsys, "model", *argv, "-o", str(tmp_path / "m.lpu"))
