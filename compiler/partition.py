@@ -180,6 +180,8 @@ class Partitioner:
         self._routes: dict[tuple[int, int], tuple[int, ...]] = {}
         self._adj = {c: system.neighbours(c) for c in range(system.chips)}
         self.views: dict[str, tuple[str, int]] = {}  # a view of a param's columns -> (param, first column)
+        self._local_params: dict[int, tuple[str, tuple | None]] = {}  # id(local param) -> (param, part)
+        self._local_owner: dict[tuple[int, str], Global] = {}  # (chip, local name) -> local param
 
     # -- the whole module ---------------------------------------------------------------------
     def run(self) -> Plan:
@@ -201,6 +203,12 @@ class Partitioner:
                 self.plan.states.append((c, g, s.name))
         for g, st in zip(self.m.graphs, stages):
             self.plan.entries.append(self.entry(g, st))
+        used = set()  # local params some statement reads (a weight cut into column blocks is not)
+        for e in self.plan.entries:
+            for st in e.stmts:
+                refs = st.op.operands if isinstance(st, Local) else (getattr(st, "src", None),)
+                used.update(id(o) for o in refs if isinstance(o, Global))
+        self.plan.params = [p for p in self.plan.params if id(p[1]) in used]
         placed = {name for _, _, name, _ in self.plan.params}
         for g in self.m.params:  # a param nothing uses still has a place (the program carries all weights)
             if g.name not in placed:
@@ -409,6 +417,9 @@ class Partitioner:
                     self.plan.params.append((c, local, base, part))
                 else:
                     local = next(l2 for c2, l2, _, _ in self.plan.params if c2 == c and l2.name == local.name)
+                if local.type.rank == 2:
+                    self._local_params[id(local)] = (base, part)
+                    self._local_owner[c, local.name] = local
                 locals_[c] = local
             self._param_cache[key] = Dist(want, stage, locals_, g.type.dtype, g.type.shape)
         return self._param_cache[key]
@@ -654,10 +665,66 @@ class Partitioner:
         lt = TensorType(dtype, self.local_shape(t.shape, out))
         locals_ = {}
         for c in group:
-            locals_[c] = self.local(
-                c, op.name, [d.locals[c] for d in ds], op.attr_dict, lt, op.result.name, op.loc
-            )
+            operands = [d.locals[c] for d in ds]
+            chunks = self.weight_chunks(operands[1]) if op.name == "matmul" else None
+            if chunks and chunks[0] == 1:  # column blocks: concatenate the results
+                pieces = [
+                    self.local(
+                        c, "matmul", (operands[0], w), {}, TensorType(dtype, lt.shape[:-1] + (hi - lo,))
+                    )
+                    for w, lo, hi in chunks[1]
+                ]
+                locals_[c] = self.concat(c, pieces, len(lt.shape) - 1, dtype)
+                continue
+            if chunks:  # row blocks: multiply the matching columns of x by each, sum in f32, round once
+                x, axis = operands[0], operands[0].type.rank - 1
+                acc = None
+                for w, lo, hi in chunks[1]:
+                    xt = TensorType(x.type.dtype, x.type.shape[:-1] + (hi - lo,))
+                    xs = self.local(c, "slice", (x,), {"axis": axis, "start": lo, "stop": hi}, xt)
+                    y = self.local(c, "matmul", (xs, w), {}, TensorType("f32", lt.shape))
+                    acc = y if acc is None else self.local(c, "add", (acc, y), {}, acc.type)
+                if dtype != "f32":
+                    acc = self.local(c, "cast", (acc,), {"to": dtype}, lt)
+                locals_[c] = acc
+                continue
+            locals_[c] = self.local(c, op.name, operands, op.attr_dict, lt, op.result.name, op.loc)
         return Dist(out, stage, locals_, t.dtype, t.shape)
+
+    def weight_chunks(self, w):
+        """A local weight too large for one MEM slice (a tensor lives in one slice), cut into blocks
+        of whole vectors that fit: (1, [(param, first column, end)]) for column blocks of a whole or
+        column-split weight, (0, [(param, first row, end)]) for row blocks of a row-split one; None
+        when it fits (or cannot be cut: left for the size check to report)."""
+        info = self._local_params.get(id(w))
+        if info is None:
+            return None
+        base, part = info
+        rows, cols = w.type.shape
+        width = DTYPE_BYTES[w.type.dtype]
+        budget = self.chip.mem_slice_bytes * 3 // 4
+        if vectors_of(w.type.shape, self.L) * self.L * width <= budget:
+            return None
+        axis = 1 if part is None or part[0] == 1 else 0
+        start = 0 if part is None else part[1]
+        if axis == 1:  # columns: a block of `block` columns is rows x block/L vectors
+            block = budget // (rows * width) // self.L * self.L
+        else:  # rows: a block of `block` rows is block x ceil(cols/L) vectors; whole vectors of x too
+            block = budget // (-(-cols // self.L) * self.L * width) // self.L * self.L
+        if block < self.L:
+            return None
+        c = next(chip for (chip, _), g2 in self._local_owner.items() if g2 is w)
+        out = []
+        for lo in range(0, cols if axis == 1 else rows, block):
+            hi = min(cols if axis == 1 else rows, lo + block)
+            sub = (axis, start + lo, start + hi)
+            shape = (rows, hi - lo) if axis == 1 else (hi - lo, cols)
+            g = Global("param", f"{base}|{axis}:{sub[1]}:{sub[2]}", TensorType(w.type.dtype, shape), w.loc)
+            known = next((l2 for c2, l2, _, _ in self.plan.params if c2 == c and l2.name == g.name), None)
+            if known is None:
+                self.plan.params.append((c, g, base, sub))
+            out.append((known or g, lo, hi))
+        return axis, out
 
     def decide(self, op: Op):
         """The sharding each operand must have and the result's (see the module docstring)."""

@@ -343,3 +343,30 @@ def test_property_random_graphs_on_random_systems(m, system, data):
     report = check_outputs(program, g.name, inputs, run.outputs)
     assert report.ok, report.lines
     assert check_link_schedule(program) == []
+
+
+BIG_MLP = """module big
+param @w1 : f16[768, 3072]
+param @w2 : f16[3072, 768]
+graph main(%x: f16[2, 768]) -> (f16[2, 768]) {
+  %h = matmul(%x, @w1)
+  %g = gelu(%h)
+  %y = matmul(%g, @w2)
+  return %y
+}
+"""
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_weights_larger_than_a_slice_are_cut_into_blocks(tp):
+    """GPT-2-small's MLP (4.7 MB per weight; a tsp MEM slice holds 2.5 MiB): whole or column-split
+    weights are cut into column blocks, row-split ones into row blocks summed in f32."""
+    m = parse(BIG_MLP)
+    program, _ = compile_and_check(m, named_system("node"), tp, 1)
+    parts = {name: sorted(pl.part for pl in program.placements if pl.name == name and pl.chip == 0)
+             for name in ("w1", "w2")}  # fmt: skip
+    limit = program.system.chip.mem_slice_bytes
+    assert all(pl.words(320) <= limit for pl in program.placements if pl.role == "param")
+    assert len(parts["w1"]) >= 2 and all(p[0] == 1 for p in parts["w1"])
+    assert len(parts["w2"]) >= 2 and all(p[0] == (1 if tp == 1 else 0) for p in parts["w2"])
+    assert weights_from_image(program).keys() == {"w1", "w2"}
