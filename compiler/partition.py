@@ -206,8 +206,14 @@ class Partitioner:
         used = set()  # local params some statement reads (a weight cut into column blocks is not)
         for e in self.plan.entries:
             for st in e.stmts:
-                refs = st.op.operands if isinstance(st, Local) else (getattr(st, "src", None),)
+                if isinstance(st, Local):
+                    refs = st.op.operands
+                elif isinstance(st, LocalCommit):
+                    refs = (st.value,)
+                else:
+                    refs = (st.src,)
                 used.update(id(o) for o in refs if isinstance(o, Global))
+            used.update(id(v) for _, v in e.outputs if isinstance(v, Global))
         self.plan.params = [p for p in self.plan.params if id(p[1]) in used]
         placed = {name for _, _, name, _ in self.plan.params}
         for g in self.m.params:  # a param nothing uses still has a place (the program carries all weights)
