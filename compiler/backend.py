@@ -61,7 +61,9 @@ def compile_module(
         data = None
         if weights is not None:
             whole = np.asarray(weights[name])
-            value = whole if part is None else np.take(whole, np.arange(part[1], part[2]), axis=part[0])
+            value = whole
+            for k in range(0, len(part or ()), 3):  # (axis, start, stop) for each cut axis
+                value = np.take(value, np.arange(part[k + 1], part[k + 2]), axis=part[k])
             data = first[c].vectors_of(to_storage(value, g.type.dtype), g.type.dtype)
         t = first[c].new_tensor(g.name, g.type, "param", data=data)
         symbols[c][g.name] = t

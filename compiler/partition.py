@@ -182,6 +182,11 @@ class Partitioner:
         self.views: dict[str, tuple[str, int]] = {}  # a view of a param's columns -> (param, first column)
         self._local_params: dict[int, tuple[str, tuple | None]] = {}  # id(local param) -> (param, part)
         self._local_owner: dict[tuple[int, str], Global] = {}  # (chip, local name) -> local param
+        self._plan_param: dict[tuple[int, str], Global] = {}  # (chip, local name) -> its plan entry
+
+    def add_param(self, c: int, local: Global, base: str, part) -> None:
+        self.plan.params.append((c, local, base, part))
+        self._plan_param[c, local.name] = local
 
     # -- the whole module ---------------------------------------------------------------------
     def run(self) -> Plan:
@@ -419,10 +424,11 @@ class Partitioner:
                 local = Global(
                     "param", name, TensorType(g.type.dtype, self.local_shape(g.type.shape, want)), g.loc
                 )
-                if not any(c == c2 and local.name == l2.name for c2, l2, _, _ in self.plan.params):
-                    self.plan.params.append((c, local, base, part))
+                known = self._plan_param.get((c, local.name))
+                if known is None:
+                    self.add_param(c, local, base, part)
                 else:
-                    local = next(l2 for c2, l2, _, _ in self.plan.params if c2 == c and l2.name == local.name)
+                    local = known
                 if local.type.rank == 2:
                     self._local_params[id(local)] = (base, part)
                     self._local_owner[c, local.name] = local
@@ -672,65 +678,83 @@ class Partitioner:
         locals_ = {}
         for c in group:
             operands = [d.locals[c] for d in ds]
-            chunks = self.weight_chunks(operands[1]) if op.name == "matmul" else None
-            if chunks and chunks[0] == 1:  # column blocks: concatenate the results
-                pieces = [
-                    self.local(
-                        c, "matmul", (operands[0], w), {}, TensorType(dtype, lt.shape[:-1] + (hi - lo,))
-                    )
-                    for w, lo, hi in chunks[1]
-                ]
-                locals_[c] = self.concat(c, pieces, len(lt.shape) - 1, dtype)
-                continue
-            if chunks:  # row blocks: multiply the matching columns of x by each, sum in f32, round once
-                x, axis = operands[0], operands[0].type.rank - 1
-                acc = None
-                for w, lo, hi in chunks[1]:
-                    xt = TensorType(x.type.dtype, x.type.shape[:-1] + (hi - lo,))
-                    xs = self.local(c, "slice", (x,), {"axis": axis, "start": lo, "stop": hi}, xt)
-                    y = self.local(c, "matmul", (xs, w), {}, TensorType("f32", lt.shape))
-                    acc = y if acc is None else self.local(c, "add", (acc, y), {}, acc.type)
-                if dtype != "f32":
-                    acc = self.local(c, "cast", (acc,), {"to": dtype}, lt)
-                locals_[c] = acc
+            blocks = self.weight_blocks(operands[1]) if op.name == "matmul" else None
+            if blocks:
+                locals_[c] = self.blocked_matmul(c, operands[0], blocks, lt, dtype)
                 continue
             locals_[c] = self.local(c, op.name, operands, op.attr_dict, lt, op.result.name, op.loc)
         return Dist(out, stage, locals_, t.dtype, t.shape)
 
-    def weight_chunks(self, w):
-        """A local weight too large for one MEM slice (a tensor lives in one slice), cut into blocks
-        of whole vectors that fit: (1, [(param, first column, end)]) for column blocks of a whole or
-        column-split weight, (0, [(param, first row, end)]) for row blocks of a row-split one; None
-        when it fits (or cannot be cut: left for the size check to report)."""
+    def blocked_matmul(self, c: int, x: Value, blocks, lt: TensorType, dtype: str) -> Value:
+        """x @ w for a weight cut into blocks: per column block, the rows' products summed in f32 and
+        rounded once (the columns of x that each row block multiplies), then the columns concatenated."""
+        axis = x.type.rank - 1
+        pieces = []
+        for c0, c1, rows in blocks:
+            shape = lt.shape[:-1] + (c1 - c0,)
+            if len(rows) == 1:
+                pieces.append(self.local(c, "matmul", (x, rows[0][0]), {}, TensorType(dtype, shape)))
+                continue
+            acc = None
+            for w, r0, r1 in rows:
+                xt = TensorType(x.type.dtype, x.type.shape[:-1] + (r1 - r0,))
+                xs = self.local(c, "slice", (x,), {"axis": axis, "start": r0, "stop": r1}, xt)
+                y = self.local(c, "matmul", (xs, w), {}, TensorType("f32", shape))
+                acc = y if acc is None else self.local(c, "add", (acc, y), {}, acc.type)
+            if dtype != "f32":
+                acc = self.local(c, "cast", (acc,), {"to": dtype}, TensorType(dtype, shape))
+            pieces.append(acc)
+        return pieces[0] if len(pieces) == 1 else self.concat(c, pieces, len(lt.shape) - 1, dtype)
+
+    def weight_blocks(self, w):
+        """A local weight too large for one MEM slice (a tensor lives in one slice), cut into blocks of
+        whole vectors that fit: [(first column, end, [(block param, first row, end), ...]), ...] in the
+        local weight's coordinates. Column blocks come first (row blocks first for a row-split weight),
+        and a block that is still too large is cut along the other axis too (a 28672-row weight).
+        None when it fits, or cannot be cut (left for the size check to report)."""
         info = self._local_params.get(id(w))
         if info is None:
             return None
         base, part = info
         rows, cols = w.type.shape
+        L = self.L
         width = DTYPE_BYTES[w.type.dtype]
         budget = self.chip.mem_slice_bytes * 3 // 4
-        if vectors_of(w.type.shape, self.L) * self.L * width <= budget:
+
+        def size(r: int, c: int) -> int:
+            return r * -(-c // L) * L * width
+
+        if size(rows, cols) <= budget:
             return None
-        axis = 1 if part is None or part[0] == 1 else 0
-        start = 0 if part is None else part[1]
-        if axis == 1:  # columns: a block of `block` columns is rows x block/L vectors
-            block = budget // (rows * width) // self.L * self.L
-        else:  # rows: a block of `block` rows is block x ceil(cols/L) vectors; whole vectors of x too
-            block = budget // (-(-cols // self.L) * self.L * width) // self.L * self.L
-        if block < self.L:
+        if part is None or part[0] == 1:  # columns first: a block of cb columns is rows x cb/L vectors
+            cb = min(cols, max(L, budget // (rows * width) // L * L))
+            rb = rows if size(rows, cb) <= budget else budget // (-(-cb // L) * L * width) // L * L
+        else:  # rows first (whole vectors of x too)
+            rb = min(rows, max(L, budget // (-(-cols // L) * L * width) // L * L))
+            cb = cols if size(rb, cols) <= budget else budget // (rb * width) // L * L
+        if rb < min(L, rows) or cb < min(L, cols):
             return None
+        offset = {part[0]: part[1]} if part else {}
         c = next(chip for (chip, _), g2 in self._local_owner.items() if g2 is w)
         out = []
-        for lo in range(0, cols if axis == 1 else rows, block):
-            hi = min(cols if axis == 1 else rows, lo + block)
-            sub = (axis, start + lo, start + hi)
-            shape = (rows, hi - lo) if axis == 1 else (hi - lo, cols)
-            g = Global("param", f"{base}|{axis}:{sub[1]}:{sub[2]}", TensorType(w.type.dtype, shape), w.loc)
-            known = next((l2 for c2, l2, _, _ in self.plan.params if c2 == c and l2.name == g.name), None)
-            if known is None:
-                self.plan.params.append((c, g, base, sub))
-            out.append((known or g, lo, hi))
-        return axis, out
+        for c0 in range(0, cols, cb):
+            c1 = min(cols, c0 + cb)
+            row_blocks = []
+            for r0 in range(0, rows, rb):
+                r1 = min(rows, r0 + rb)
+                cuts = []
+                for axis, lo, hi, n in ((0, r0, r1, rows), (1, c0, c1, cols)):
+                    if (lo, hi) != (0, n) or axis in offset:
+                        cuts += [axis, offset.get(axis, 0) + lo, offset.get(axis, 0) + hi]
+                sub = tuple(cuts)
+                name = f"{base}|" + ",".join(f"{a}:{b}:{e}" for a, b, e in zip(sub[::3], sub[1::3], sub[2::3]))
+                g = Global("param", name, TensorType(w.type.dtype, (r1 - r0, c1 - c0)), w.loc)
+                known = self._plan_param.get((c, name))
+                if known is None:
+                    self.add_param(c, g, base, sub)
+                row_blocks.append((known or g, r0, r1))
+            out.append((c0, c1, row_blocks))
+        return out
 
     def decide(self, op: Op):
         """The sharding each operand must have and the result's (see the module docstring)."""

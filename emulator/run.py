@@ -198,11 +198,9 @@ def _holds(pl: Placement, shape: tuple[int, ...]) -> bool:
     """Whether a whole tensor of `shape` has the part `pl` holds."""
     if pl.part is None:
         return tuple(shape) == tuple(pl.shape)
-    axis, start, stop = pl.part
-    return (
-        len(shape) == len(pl.shape)
-        and stop <= shape[axis]
-        and all(a == b for k, (a, b) in enumerate(zip(shape, pl.shape)) if k != axis)
+    cut = {axis: stop for axis, _, stop in pl.cuts()}
+    return len(shape) == len(pl.shape) and all(
+        cut[k] <= a if k in cut else a == b for k, (a, b) in enumerate(zip(shape, pl.shape))
     )
 
 

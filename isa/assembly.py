@@ -123,7 +123,7 @@ def disassemble(p: Program, data: bool = True, order: np.ndarray | None = None) 
     lines += [f"entry {e}" for e in p.entries]
     for pl in p.placements:
         graph = f"{pl.graph} " if pl.role in ("input", "output") else ""
-        part = f" part {pl.part[0]}:{pl.part[1]}:{pl.part[2]}" if pl.part else ""
+        part = " part " + ",".join(f"{a}:{b}:{c}" for a, b, c in pl.cuts()) if pl.part else ""
         lines.append(
             f"{pl.role} {graph}{pl.name} {_type_text(pl.dtype, pl.shape)} @ {pl.chip} {pl.slice} {pl.word}"
             + part
@@ -252,7 +252,7 @@ class _Assembler:
     def parse_placement(self, role: str, line: str, number: int, raw: str) -> Placement:
         m = re.fullmatch(
             r"(\w+)\s+(?:(\w+)\s+)?([\w.]+)\s+(\w+\[[0-9, ]*\])\s+@\s+(\d+)\s+([\w.]+)\s+(\d+)"
-            r"(?:\s+part\s+(\d+):(\d+):(\d+))?",
+            r"(?:\s+part\s+(\d+:\d+:\d+(?:,\d+:\d+:\d+)*))?",
             line,
         )
         if not m or (role in ("input", "output")) != (m.group(2) is not None):
@@ -267,12 +267,14 @@ class _Assembler:
         if dtype not in DTYPES:
             raise self.fail(f"unknown dtype '{dtype}'", number, self.col(raw, m.group(4)))
         shape = tuple(int(d) for d in t.group(2).split(",") if d.strip())
-        part = tuple(int(m.group(k)) for k in (8, 9, 10)) if m.group(8) else None
-        if part is not None and not (
-            part[0] < len(shape) and part[1] < part[2] and part[2] - part[1] == shape[part[0]]
+        part = tuple(int(v) for cut in m.group(8).split(",") for v in cut.split(":")) if m.group(8) else None
+        cuts = [part[k : k + 3] for k in range(0, len(part or ()), 3)]
+        axes = [c[0] for c in cuts]
+        if len(set(axes)) != len(axes) or not all(
+            a < len(shape) and b < c and c - b == shape[a] for a, b, c in cuts
         ):
             raise self.fail(
-                f"'part {part[0]}:{part[1]}:{part[2]}' must name an axis of {m.group(4)} and a range as "
+                f"'part {m.group(8)}' must name distinct axes of {m.group(4)}, each with a range as "
                 "long as that axis",
                 number,
                 self.col(raw, "part"),

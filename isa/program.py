@@ -86,15 +86,28 @@ class Placement:
     slice: str  # a MEM slice name, e.g. "mem.e0"
     word: int
     # a shard: this placement holds value[..., start:stop, ...] along `axis` of the named tensor
-    # (tensor parallelism); None when it holds the whole tensor (replicas may sit on several chips)
-    part: tuple[int, int, int] | None = None
+    # (tensor parallelism), flat triples (axis, start, stop) for each cut axis (a block of a weight
+    # too large for one MEM slice is cut along both); None when it holds the whole tensor (replicas
+    # may sit on several chips)
+    part: tuple[int, ...] | None = None
+
+    def cuts(self) -> list[tuple[int, int, int]]:
+        """The part as (axis, start, stop) triples, one per cut axis."""
+        p = self.part or ()
+        return [tuple(p[k : k + 3]) for k in range(0, len(p), 3)]
 
     def take(self, value: np.ndarray) -> np.ndarray:
         """The part of a whole tensor this placement holds."""
-        if self.part is None:
-            return value
-        axis, start, stop = self.part
-        return np.take(value, np.arange(start, stop), axis=axis)
+        for axis, start, stop in self.cuts():
+            value = np.take(value, np.arange(start, stop), axis=axis)
+        return value
+
+    def index(self) -> tuple[slice, ...]:
+        """Where the part sits in the whole tensor, as an index."""
+        index = [slice(None)] * len(self.shape)
+        for axis, start, stop in self.cuts():
+            index[axis] = slice(start, stop)
+        return tuple(index)
 
     def rows_chunks(self, lanes: int) -> tuple[int, int]:
         cols = self.shape[-1] if self.shape else 1
@@ -188,8 +201,8 @@ class Program:
             if pl.role != role or pl.graph != graph:
                 continue
             dtype, shape = out.setdefault(pl.name, (pl.dtype, list(pl.shape)))
-            if pl.part is not None:
-                shape[pl.part[0]] = max(shape[pl.part[0]], pl.part[2])
+            for axis, _, stop in pl.cuts():
+                shape[axis] = max(shape[axis], stop)
         return {name: (dtype, tuple(shape)) for name, (dtype, shape) in out.items()}
 
     def placement(self, role: str, name: str, graph: str = "") -> Placement:

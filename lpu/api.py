@@ -55,9 +55,7 @@ def weights_from_image(p: Program) -> dict[str, np.ndarray]:
             continue
         value = np.zeros(whole_shapes[name][1], got[0][1].dtype)
         for pl, v in got:  # shards may split different axes (a param used by two ops)
-            index = [slice(None)] * value.ndim
-            index[pl.part[0]] = slice(pl.part[1], pl.part[2])
-            value[tuple(index)] = v
+            value[pl.index()] = v
         out[name] = value
     return out
 

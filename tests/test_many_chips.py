@@ -370,3 +370,27 @@ def test_weights_larger_than_a_slice_are_cut_into_blocks(tp):
     assert len(parts["w1"]) >= 2 and all(p[0] == 1 for p in parts["w1"])
     assert len(parts["w2"]) >= 2 and all(p[0] == (1 if tp == 1 else 0) for p in parts["w2"])
     assert weights_from_image(program).keys() == {"w1", "w2"}
+
+
+TALL = """
+module tall
+param @w : f16[2048, 64]
+graph main(%x: f16[2, 2048]) -> (f16[2, 64]) {
+  %y = matmul(%x, @w)
+  return %y
+}
+"""
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_weights_too_large_in_both_axes_are_cut_into_a_grid_of_blocks(tp):
+    """A column of a [2048, 64] f16 weight (64 KiB) is still larger than a tiny slice's budget: each
+    column block is cut into row blocks too; the placements name both cuts and round-trip."""
+    program, _ = compile_and_check(parse(TALL), tiny_system(2), tp, 1)
+    parts = sorted(pl.part for pl in program.placements if pl.name == "w" and pl.chip == 0)
+    assert len(parts) >= 4 and all(len(p) == 6 and p[0] == 0 and p[3] == 1 for p in parts), parts
+    limit = program.system.chip.mem_slice_bytes
+    assert all(pl.words(16) <= limit for pl in program.placements if pl.role == "param")
+    assert np.array_equal(weights_from_image(program)["w"], random_weights(parse(TALL), 0)["w"])
+    again = from_bytes(to_bytes(program))
+    assert [pl.part for pl in again.placements] == [pl.part for pl in program.placements]

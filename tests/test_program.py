@@ -140,7 +140,9 @@ BASE = (ROOT / "tests" / "asm" / "add.lpuasm").read_text()
     ("entry main", "entry main\nbogus line", "unknown line kind 'bogus'"),
     ("entry main", "entry main\nmap 0 : " + " ".join(["16"] * 16), "map 0 must give each of the 16 lanes"),
     ("input main x f16[2, 8] @ 0 mem.w0 0", "input main x f16[2, 8] @ 0 mem.w0 0 part 1:0:4",
-     "'part 1:0:4' must name an axis of f16[2, 8] and a range as long as that axis"),
+     "'part 1:0:4' must name distinct axes of f16[2, 8], each with a range as long as that axis"),
+    ("input main x f16[2, 8] @ 0 mem.w0 0", "input main x f16[2, 8] @ 0 mem.w0 0 part 1:0:8,1:8:16",
+     "'part 1:0:8,1:8:16' must name distinct axes"),
 ])
 def test_assembler_errors_are_located(old, new, message):
     assert old in BASE
