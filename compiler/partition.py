@@ -37,6 +37,7 @@ Params, inputs and constants cost nothing to split: each chip is given just its 
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -52,6 +53,11 @@ from isa.system import SystemConfig
 
 R, P = "R", "P"  # a split is the axis (an int)
 FREE_OPS = ("constant", "iota")
+MOVE_OPS = ("reshape", "gather", "slice", "transpose", "concat")  # derived from free values: free too
+
+
+def op_is_move(op: Op) -> bool:
+    return op.name in MOVE_OPS
 
 
 @dataclass
@@ -130,6 +136,71 @@ class Dist:
     locals: dict[int, Operand]  # chip -> local value
     dtype: str  # the original dtype (partial sums are held in f32)
     shape: tuple[int, ...]
+
+
+def layer_boundaries(ops: list[Op]) -> set[int] | None:
+    """Where a graph that repeats a block of ops (layers) may be cut: the starts of the repetitions,
+    from the longest run of ops equal to the op `period` places later (equal by name, attributes and
+    types); None when nothing repeats at least twice."""
+    keys: dict[tuple, int] = {}
+    sig = np.array(
+        [
+            keys.setdefault((op.name, op.attrs, op.result.type, tuple(o.type for o in op.operands)), len(keys))
+            for op in ops
+        ],
+        np.int64,
+    )
+    n = len(sig)
+    best = None  # (run length, -period, start)
+    for period in range(2, n // 2 + 1):
+        eq = np.concatenate(([0], (sig[:-period] == sig[period:]).astype(np.int8), [0]))
+        edges = np.flatnonzero(np.diff(eq))
+        if not len(edges):
+            continue
+        starts, ends = edges[::2], edges[1::2]
+        k = int(np.argmax(ends - starts))
+        length = int(ends[k] - starts[k])
+        if length >= period and (best is None or (length, -period) > best[:2]):
+            best = (length, -period, int(starts[k]))
+    if best is None:
+        return None
+    length, period, start = best[0], -best[1], best[2]
+    return set(range(start, start + length + period + 1, period))
+
+
+def balanced_cuts(
+    cost: list[float], param_bytes: list[float], allowed: list[int], pp: int, budget: float
+) -> list[int] | None:
+    """The first op of stages 1 .. pp-1, chosen among `allowed` positions, minimising the costliest
+    stage with every stage's params within `budget` (linear partition by dynamic programming; ties go
+    to the earliest cuts). None when no such choice exists."""
+    n = len(cost)
+    points = [0] + allowed + [n]
+    pre_c = np.concatenate(([0.0], np.cumsum(cost)))
+    pre_p = np.concatenate(([0.0], np.cumsum(param_bytes)))
+    m = len(points)
+    if pp > m - 1:
+        return None
+    inf = float("inf")
+    # best[s][i]: the least max cost of s stages covering ops points[0] .. points[i]
+    best = [[inf] * m for _ in range(pp + 1)]
+    back = [[-1] * m for _ in range(pp + 1)]
+    best[0][0] = 0.0
+    for s in range(1, pp + 1):
+        for i in range(s, m):
+            for j in range(s - 1, i):
+                if best[s - 1][j] == inf or pre_p[points[i]] - pre_p[points[j]] > budget:
+                    continue
+                v = max(best[s - 1][j], pre_c[points[i]] - pre_c[points[j]])
+                if v < best[s][i]:
+                    best[s][i], back[s][i] = v, j
+    if best[pp][m - 1] == inf:
+        return None
+    starts, i = [], m - 1
+    for s in range(pp, 0, -1):
+        i = back[s][i]
+        starts.append(points[i])
+    return sorted(starts)[1:]
 
 
 def vectors_of(shape: tuple[int, ...], lanes: int) -> int:
@@ -227,26 +298,33 @@ class Partitioner:
         return self.plan
 
     def stages(self, g: Graph) -> list[int]:
-        """Contiguous stages balanced by cost; a stage also ends before its params would overflow SRAM."""
+        """Contiguous stages balanced by cost; a stage also ends before its params would overflow SRAM.
+        Where the graph repeats a block of ops (the layers of a transformer), stages are cut only
+        between repetitions, so that stages holding the same number of layers are alike (a
+        timing-only compile schedules each kind of stage once)."""
         ops = g.ops
         if self.pp == 1 or not ops:
             return [0] * len(ops)
         cost = [op_cost(op, self.chip) for op in ops]
-        total = sum(cost) or 1.0
         budget = self.chip.sram_bytes * 0.8
-        out, s, acc, params = [], 0, 0.0, 0.0
+        param_bytes = [0.0] * len(ops)
         seen: set[str] = set()
-        for op, c in zip(ops, cost):
-            p_bytes = 0.0
+        for k, op in enumerate(ops):
             for o in op.operands:
                 if isinstance(o, Global) and o.kind == "param" and o.name not in seen:
-                    p_bytes += o.type.size * DTYPE_BYTES[o.type.dtype] / self.T
+                    seen.add(o.name)
+                    param_bytes[k] += o.type.size * DTYPE_BYTES[o.type.dtype] / self.T
+        cuts = layer_boundaries(ops)
+        if cuts is not None:
+            starts = balanced_cuts(cost, param_bytes, sorted(c for c in cuts if 0 < c < len(ops)), self.pp, budget)
+            if starts is not None:
+                return [bisect.bisect_right(starts, k) for k in range(len(ops))]
+        total = sum(cost) or 1.0
+        out, s, acc, params = [], 0, 0.0, 0.0
+        for op, c, p_bytes in zip(ops, cost, param_bytes):
             full = acc >= total * (s + 1) / self.pp or (params + p_bytes > budget and params > 0)
             if full and s < self.pp - 1 and c > 0:
                 s, params = s + 1, 0.0
-            for o in op.operands:
-                if isinstance(o, Global) and o.kind == "param":
-                    seen.add(o.name)
             params += p_bytes
             acc += c
             out.append(s)
@@ -303,9 +381,10 @@ class Partitioner:
             if op.name in FREE_OPS:
                 self.free[id(op.result)] = ("const", op)
                 continue
-            if op.name in VXM_OPS and all(self.have(o) is None for o in op.operands):
-                # computed from free values only (an int8 weight cast to f16, a scaled table): free
-                # too, computed on each chip for just the part it needs
+            if (op.name in VXM_OPS or op.name in MOVE_OPS) and all(self.have(o) is None for o in op.operands):
+                # computed from free values only (an int8 weight cast to f16, a scaled table, the rope
+                # rows of a decode position): free too, computed on each chip of every stage that needs
+                # it (elementwise ops for just the part it needs) instead of sent from stage to stage
                 self.free[id(op.result)] = ("derived", op)
                 continue
             self.dists[id(op.result)] = self.lower(op, stage)
@@ -343,24 +422,32 @@ class Partitioner:
         return v
 
     def route(self, a: int, b: int) -> tuple[int, ...]:
-        """A shortest path of links from chip a to chip b (lowest chip numbers first on ties)."""
+        """A shortest path of links from chip a to chip b (lowest chip numbers first on ties) through
+        the chips of the stages of a and b where one exists, so that a transfer between two stages
+        touches no third stage's chips (what keeps the stages of a pipeline alike); else through any."""
         key = (a, b)
         if key not in self._routes:
-            prev = {a: None}
-            todo = deque([a])
-            while todo:
-                c = todo.popleft()
-                if c == b:
-                    break
-                for n in self._adj[c]:
-                    if n not in prev:
-                        prev[n] = c
-                        todo.append(n)
-            path = [b]
-            while path[-1] != a:
-                path.append(prev[path[-1]])
-            self._routes[key] = tuple(reversed(path))
+            near = set(self.groups[a // self.T]) | set(self.groups[b // self.T])
+            self._routes[key] = self._bfs(a, b, near) or self._bfs(a, b, None)
         return self._routes[key]
+
+    def _bfs(self, a: int, b: int, allowed: set[int] | None) -> tuple[int, ...] | None:
+        prev = {a: None}
+        todo = deque([a])
+        while todo:
+            c = todo.popleft()
+            if c == b:
+                break
+            for n in self._adj[c]:
+                if n not in prev and (allowed is None or n in allowed):
+                    prev[n] = c
+                    todo.append(n)
+        if b not in prev:
+            return None
+        path = [b]
+        while path[-1] != a:
+            path.append(prev[path[-1]])
+        return tuple(reversed(path))
 
     def transfer(
         self, src: Operand, a: int, b: int, src_vectors=None, dst: Value | None = None, dst_vectors=None
@@ -443,6 +530,17 @@ class Partitioner:
         t = v.type
         lt = TensorType(t.dtype, self.local_shape(t.shape, want))
         locals_ = {}
+        if f[0] == "derived" and op_is_move(f[1]):  # computed whole on each chip, then split locally
+            op = f[1]
+            ds = [self.get(o, R, stage) for o in op.operands]
+            for c in self.groups[stage]:
+                operands = [d.locals[c] for d in ds]
+                locals_[c] = self.local(c, op.name, operands, op.attr_dict, t, op.result.name, op.loc)
+            d = Dist(R, stage, locals_, t.dtype, t.shape)
+            if want != R:
+                d = self.split_locally(d, want)
+            self.cache[key] = d
+            return d
         if f[0] == "derived":
             op = f[1]
             wants = []

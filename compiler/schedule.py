@@ -71,6 +71,7 @@ class _Streams:
 
     def __init__(self):
         self.buckets: dict[tuple, list[tuple[int, int, int, int]]] = {}
+        self.by_key: dict[tuple, list[tuple[int, int, int, int]]] = {}
 
     def free(self, key: tuple[int, int, int], d0: int, d1: int, u0: int, u1: int) -> bool:
         for b in range(d0 // _BUCKET, d1 // _BUCKET + 1):
@@ -82,6 +83,7 @@ class _Streams:
     def add(self, key, d0, d1, u0, u1) -> None:
         for b in range(d0 // _BUCKET, d1 // _BUCKET + 1):
             self.buckets.setdefault((*key, b), []).append((d0, d1, u0, u1))
+        self.by_key.setdefault(key, []).append((d0, d1, u0, u1))
 
 
 def transfers(job: Job) -> list[tuple[int, list[int]]]:
@@ -102,13 +104,14 @@ class Scheduler:
         self.queues: dict[int, _Intervals] = {}
         self.exclusive: dict[tuple, _Intervals] = {}
         self.streams = _Streams()
+        self.keys_of_chip: dict[int, set[tuple]] = {}  # every reservation key a chip has, by table
         for t in tensors:
             if t.landing is None:
                 t.landing = np.full(t.vectors, 0 if t.kind != "temp" else -1, np.int64)
             if t.kind == "state":
                 t.last_read = np.full(t.vectors, -1, np.int64)
 
-    def _data_ready(self, job: Job) -> int:
+    def data_ready(self, job: Job) -> int:
         start = 0
         for nd in job.nodes:
             if nd.mem is None:
@@ -134,7 +137,7 @@ class Scheduler:
         return start
 
     def place(self, job: Job, earliest: int = 0) -> Placed:
-        start = max(earliest, self._data_ready(job))
+        start = max(earliest, self.data_ready(job))
         lo, hi = job.span()
         flows = transfers(job)
         if self._streams(job, flows, start, _Streams()) is None:
@@ -213,19 +216,29 @@ class Scheduler:
             taken.append(found)
         return chosen
 
+    def commit_at(self, job: Job, start: int, streams: dict[int, int]) -> Placed:
+        """Place a job where a search already found it fits (an equal stage, shifted in time)."""
+        lo, hi = job.span()
+        self._commit(job, start, streams, transfers(job), lo, hi)
+        return Placed(start, dict(streams))
+
     def _commit(self, job: Job, start: int, streams, flows, lo: int, hi: int) -> None:
         for nd in job.nodes:
             for key, off, length in _held(nd):
                 if length > 0:
                     s = start + nd.rel + off
                     self.queues.setdefault(key, _Intervals()).add(s, s + length)
+                    self.keys_of_chip.setdefault(nd.chip, set()).add(("q", key))
         for key in job.exclusive:
             self.exclusive.setdefault(key, _Intervals()).add(start + lo, start + hi)
+            self.keys_of_chip.setdefault(key[0], set()).add(("x", key))
         for producer, consumers in flows:
             direction, sid = divmod(streams[producer], self.S)
             for rect in self._rects(job, producer, consumers, start):
                 if rect[0] == direction:
-                    self.streams.add((job.nodes[producer].chip, direction, sid), *rect[1:])
+                    chip = job.nodes[producer].chip
+                    self.streams.add((chip, direction, sid), *rect[1:])
+                    self.keys_of_chip.setdefault(chip, set()).add(("s", (chip, direction, sid)))
         for nd in job.nodes:
             if nd.mem is None:
                 continue
@@ -245,11 +258,16 @@ class Scheduler:
                     t.last_read[idx] = np.maximum(t.last_read[idx], samples)
 
 
-def critical_path_order(jobs: list[Job], tensors: list[Tensor]) -> list[int]:
-    """Jobs in list-scheduling order: among jobs whose inputs are produced, the longest path first.
+def critical_path_order(
+    jobs: list[Job], tensors: list[Tensor], stage_of_chip: dict[int, int] | None = None
+) -> tuple[list[int], list[int], list[set[int]]]:
+    """Jobs in list-scheduling order, the pipeline stage of each and the jobs each waits for: stage by stage, and within a
+    stage, among jobs whose inputs are produced, the longest path (through the stage) first.
 
     A job waits for the jobs that write what it reads (a scatter may write any vector of its
-    tensor); a write into a state waits for every job that reads the state's old value.
+    tensor); a write into a state waits for every job that reads the state's old value. A job's
+    stage is the latest stage of the chips it runs on and of the jobs it waits for, so each stage's
+    jobs come as one block after the blocks of the stages it depends on.
     """
     writers: dict[tuple[int, int], list[int]] = {}
     readers: dict[tuple[int, int], list[int]] = {}
@@ -280,26 +298,31 @@ def critical_path_order(jobs: list[Job], tensors: list[Tensor]) -> list[int]:
                     d.update(r for r in readers.get(key, ()) if r < j)
         d.discard(j)
         deps.append(d)
+    stage = [0] * len(jobs)
+    if stage_of_chip:
+        for j, job in enumerate(jobs):  # lowering order is topological
+            own = max((stage_of_chip.get(nd.chip, 0) for nd in job.nodes), default=0)
+            stage[j] = max([own] + [stage[w] for w in deps[j]])
     users: list[list[int]] = [[] for _ in jobs]
     for j, d in enumerate(deps):
         for w in d:
             users[w].append(j)
     length = [0] * len(jobs)
-    for j in reversed(range(len(jobs))):  # lowering order is topological
+    for j in reversed(range(len(jobs))):
         lo, hi = jobs[j].span()
-        length[j] = (hi - lo) + max((length[u] for u in users[j]), default=0)
+        length[j] = (hi - lo) + max((length[u] for u in users[j] if stage[u] == stage[j]), default=0)
     import heapq
 
     waiting = [len(d) for d in deps]
-    ready = [(-length[j], j) for j in range(len(jobs)) if waiting[j] == 0]
+    ready = [(stage[j], -length[j], j) for j in range(len(jobs)) if waiting[j] == 0]
     heapq.heapify(ready)
     order = []
     while ready:
-        _, j = heapq.heappop(ready)
+        _, _, j = heapq.heappop(ready)
         order.append(j)
         for u in users[j]:
             waiting[u] -= 1
             if waiting[u] == 0:
-                heapq.heappush(ready, (-length[u], u))
+                heapq.heappush(ready, (stage[u], -length[u], u))
     assert len(order) == len(jobs), "the job graph has a cycle"
-    return order
+    return order, stage, deps

@@ -1,0 +1,149 @@
+"""Schedules each kind of pipeline stage once: the symmetry a timing-only compile exploits.
+
+The scheduler places jobs stage by stage (compiler/schedule.critical_path_order), and
+every job of stage s starts no earlier than the stage's *release*: the first cycle at
+which anything from an earlier stage can be used in it. So the placement of a stage's
+block of jobs is a function of
+
+- the jobs themselves (their instructions, queues, positions, relative cycles, the
+  tensors they read and write, the links they hold),
+- the reservations already made, on the chips those jobs touch, that end after the
+  release (queues, links, matrix planes, stream rectangles), and
+- when the vectors the block reads from outside it landed (and, for a state, when its
+  old value was last read), relative to the release,
+
+and nothing else: the list scheduler's search looks at nothing more. Two blocks that
+are equal in all of these once chips, tensors and links are renamed in order of first
+use and times are taken relative to the release are placed identically, shifted by
+the difference of their releases. `StageMemo` computes that canonical form as a key;
+the second block with a known key is not searched but committed at the shifted cycles.
+This is exact by construction (tests compare with scheduling every stage), and it is
+what makes the repeated layers of a deep pipeline cheap: stages holding the same
+number of layers, with hand-offs over alike links, are searched once.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+
+import numpy as np
+
+from compiler.jobs import Job
+from compiler.schedule import Placed, Scheduler
+
+
+def release_of(sched: Scheduler, jobs: list[Job], block: list[int], deps: list[set[int]], earlier: set[int]) -> int:
+    """The first cycle anything from an earlier stage can be used in this block: the earliest data
+    readiness of its jobs that wait only for jobs of earlier blocks (and for at least one)."""
+    ready = [sched.data_ready(jobs[j]) for j in block if deps[j] and deps[j] <= earlier]
+    return min(ready, default=0)
+
+
+class StageMemo:
+    """Placements of blocks already searched, by canonical key."""
+
+    def __init__(self):
+        self.known: dict[bytes, list[tuple[int, dict[int, int]]]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, sched: Scheduler, jobs: list[Job], block: list[int], release: int) -> bytes:
+        """The block's canonical form: chips, queues, links and tensors renamed in order of first use,
+        times relative to the release; only the resources the block uses are looked at (no other
+        reservation can move it). Queues are renamed, not kept: two queues at the same position are
+        interchangeable (a hand-off leaves over link 3 of one chip and link 4 of the next)."""
+        chips: dict[int, int] = {}
+        queues: dict[tuple, int] = {}
+        tensors: dict[int, int] = {}
+        links: dict[int, int] = {}
+        used: dict[tuple, tuple] = {}  # raw reservation key -> canonical
+        flow_chips: dict[int, None] = {}
+
+        def chip_of(c: int) -> int:
+            return chips.setdefault(c, len(chips))
+
+        def queue(key: tuple) -> tuple:
+            if key not in used:
+                if key[0] == "link":
+                    used[key] = ("link", links.setdefault(key[1], len(links)), chip_of(key[2]))
+                else:
+                    used[key] = ("q", chip_of(key[0]), queues.setdefault(key, len(queues)))
+            return used[key]
+
+        out: list = []
+        exclusive: dict[tuple, tuple] = {}
+        for j in block:
+            job = jobs[j]
+            nodes = []
+            for nd in job.nodes:
+                mem = None
+                if nd.mem is not None:
+                    t_id, first, step = nd.mem
+                    mem = (tensors.setdefault(t_id, len(tensors)), first, step)
+                if nd.inputs:
+                    for _, p in nd.inputs:
+                        flow_chips.setdefault(job.nodes[p].chip, None)
+                nodes.append(
+                    (
+                        nd.mnemonic,
+                        queue((nd.chip, nd.queue)),
+                        nd.x,
+                        nd.n,
+                        mem,
+                        nd.rel,
+                        nd.dynamic,
+                        tuple(p for _, p in nd.inputs),
+                        tuple((queue(k), off, length) for k, off, length in nd.holds),
+                    )
+                )
+            for k in job.exclusive:
+                exclusive.setdefault(k, (chip_of(k[0]), *k[1:]))
+            out.append((tuple(nodes), tuple(exclusive[k] for k in job.exclusive)))
+        h = hashlib.sha256(repr(out).encode())
+        # when what the block reads from outside landed, relative to the release (earlier is as good
+        # as at the release: no job of the block starts before it)
+        for t_id in tensors:
+            t = sched.tensors[t_id]
+            land = t.landing
+            h.update(np.where(land < 0, -1, np.maximum(land - release, 0)).astype(np.int64).tobytes())
+            if t.last_read is not None:
+                h.update(np.maximum(t.last_read - release, -1).astype(np.int64).tobytes())
+            h.update(b"|")
+        # reservations of the resources the block uses that end after the release
+        for table, keys in ((sched.queues, used), (sched.exclusive, exclusive)):
+            for raw, canon in keys.items():
+                iv = table.get(raw)
+                if iv is None:
+                    continue
+                k = bisect.bisect_right(iv.ends, release)
+                body = [(a - release, b - release) for a, b in zip(iv.starts[k:], iv.ends[k:])]
+                if body:
+                    h.update(repr((canon, body)).encode())
+        for chip in flow_chips:  # streams are tried lowest first: every stream of the chip, by number
+            for kind, key in sorted(k for k in sched.keys_of_chip.get(chip, ()) if k[0] == "s"):
+                rects = [r for r in sched.streams.by_key.get(key, ()) if r[1] + r[3] >= release]
+                if rects:
+                    body = [(r[0] - release, r[1] - release, r[2], r[3]) for r in rects]
+                    h.update(repr((chips[chip], key[1:], body)).encode())
+        return h.digest()
+
+    def place(
+        self, sched: Scheduler, jobs: list[Job], block: list[int], release: int, use: bool = True
+    ) -> dict[int, Placed]:
+        """Place a block: committed at known relative cycles when an equal block was searched before,
+        else searched job by job (and remembered)."""
+        key = self.key(sched, jobs, block, release) if use else None
+        known = self.known.get(key) if key is not None else None
+        placed: dict[int, Placed] = {}
+        if known is not None:
+            self.hits += 1
+            for j, (rel, streams) in zip(block, known):
+                placed[j] = sched.commit_at(jobs[j], release + rel, streams)
+            return placed
+        self.misses += 1
+        for j in block:
+            placed[j] = sched.place(jobs[j], release)
+        if key is not None:
+            self.known[key] = [(placed[j].start - release, placed[j].streams) for j in block]
+        return placed
