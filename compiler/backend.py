@@ -441,7 +441,11 @@ def candidates(chips: int) -> list[tuple[int, int]]:
 
 
 def search(
-    module: Module, system: SystemConfig, weights: dict[str, np.ndarray] | None, chips: int
+    module: Module,
+    system: SystemConfig,
+    weights: dict[str, np.ndarray] | None,
+    chips: int,
+    timing_only: bool = False,
 ) -> tuple[Candidate, list[Candidate], str]:
     """Compile every candidate split on at most `chips` chips; the winner has the fewest cycles of its
     schedule (exact, not estimated), then the fewest chips. Returns (winner, all candidates, why)."""
@@ -451,7 +455,7 @@ def search(
     for tp, pp in candidates(chips):
         c = Candidate(tp, pp)
         try:
-            p = compile_module(module, system, weights, tp=tp, pp=pp)
+            p = compile_module(module, system, weights, tp=tp, pp=pp, timing_only=timing_only)
         except LpuError as e:
             c.problem = e.diagnostics[0].message
         else:

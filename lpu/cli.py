@@ -92,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
         help="use at most N chips; without --tp/--pp, try the (tp, pp) splits and keep the fastest "
         "(default: all chips of the system)",
     )
+    k.add_argument(
+        "--timing-only",
+        action="store_true",
+        help="no weights: schedule alike pipeline stages once and reuse their placement (the same "
+        "program, for configurations too large to search stage by stage)",
+    )
     k.set_defaults(run=cmd_compile)
 
     a = sub.add_parser("asm", help="assemble a program listing (as lpu inspect prints it) into a program")
@@ -247,6 +253,8 @@ def cmd_compile(args) -> int:
     module = parse_file(args.model)
     system = resolve_system(args.system)
     weights = None
+    if args.timing_only and (args.weights or args.random_weights is not None):
+        raise error("--timing-only compiles without weights: drop -w/--random-weights")
     if args.weights:
         weights = check_arrays(load_npz(args.weights), module.params, filename=args.weights, what="param")
     elif args.random_weights is not None:
@@ -257,12 +265,12 @@ def cmd_compile(args) -> int:
     if tp is None:
         from compiler.backend import search
 
-        best, tried, why = search(module, system, weights, args.chips or system.chips)
+        best, tried, why = search(module, system, weights, args.chips or system.chips, args.timing_only)
         print(_candidates_table(tried, best, system.chip.clock_mhz))
         print(f"chose tp={best.tp} pp={best.pp}: {why}")
         program = best.program
     else:
-        program = compile_module(module, system, weights, tp=tp, pp=pp)
+        program = compile_module(module, system, weights, tp=tp, pp=pp, timing_only=args.timing_only)
     save(program, args.output)
     cycles = program.length()
     clock = system.chip.clock_mhz
@@ -274,6 +282,13 @@ def cmd_compile(args) -> int:
         f"{'s' if system.chips != 1 else ''} of {system.name}{split}"
         + ("" if weights is not None else " (no weights: give them to lpu run with -w)")
     )
+    memo = program.meta.get("timing_only")
+    if memo:
+        total = memo["stage_blocks_searched"] + memo["stage_blocks_reused"]
+        print(
+            f"timing-only: {memo['stage_blocks_searched']} of {total} stage blocks searched, "
+            f"{memo['stage_blocks_reused']} placed like an alike stage"
+        )
     return 0
 
 
@@ -383,8 +398,14 @@ def cmd_run(args) -> int:
         )
     weights = None
     params = program.whole("param")
+    timing_only = False
     if args.weights:
         weights = _check_placed(load_npz(args.weights), params, args.weights, "param")
+    elif params and program.meta.get("timing_only") and not args.check:
+        # timing needs no values: every read is checked against its intended source all the same
+        timing_only = True
+        weights = {name: np.zeros(shape, STORAGE[dtype]) for name, (dtype, shape) in params.items()}
+        print("timing-only program without weights: params are zeros, timing is checked in full")
     elif params and not program.meta.get("weights", True):
         raise error(
             "the program was compiled without weights; give them with -w WEIGHTS.npz", filename=args.program
@@ -421,7 +442,8 @@ def cmd_run(args) -> int:
             "links busy"
         )
     for k, out in enumerate(result.outputs):
-        print(f"out{k} : {_summary(out)}")
+        if not timing_only:
+            print(f"out{k} : {_summary(out)}")
     if args.output:
         save_npz(args.output, {f"out{k}": o for k, o in enumerate(result.outputs)})
     failed = False
