@@ -145,7 +145,9 @@ def layer_boundaries(ops: list[Op]) -> set[int] | None:
     keys: dict[tuple, int] = {}
     sig = np.array(
         [
-            keys.setdefault((op.name, op.attrs, op.result.type, tuple(o.type for o in op.operands)), len(keys))
+            keys.setdefault(
+                (op.name, op.attrs, op.result.type, tuple(o.type for o in op.operands)), len(keys)
+            )
             for op in ops
         ],
         np.int64,
@@ -316,12 +318,13 @@ class Partitioner:
                     param_bytes[k] += o.type.size * DTYPE_BYTES[o.type.dtype] / self.T
         cuts = layer_boundaries(ops)
         if cuts is not None:
-            starts = balanced_cuts(cost, param_bytes, sorted(c for c in cuts if 0 < c < len(ops)), self.pp, budget)
+            allowed = sorted(c for c in cuts if 0 < c < len(ops))
+            starts = balanced_cuts(cost, param_bytes, allowed, self.pp, budget)
             if starts is not None:
                 return [bisect.bisect_right(starts, k) for k in range(len(ops))]
         total = sum(cost) or 1.0
         out, s, acc, params = [], 0, 0.0, 0.0
-        for op, c, p_bytes in zip(ops, cost, param_bytes):
+        for c, p_bytes in zip(cost, param_bytes):
             full = acc >= total * (s + 1) / self.pp or (params + p_bytes > budget and params > 0)
             if full and s < self.pp - 1 and c > 0:
                 s, params = s + 1, 0.0
@@ -845,7 +848,8 @@ class Partitioner:
                     if (lo, hi) != (0, n) or axis in offset:
                         cuts += [axis, offset.get(axis, 0) + lo, offset.get(axis, 0) + hi]
                 sub = tuple(cuts)
-                name = f"{base}|" + ",".join(f"{a}:{b}:{e}" for a, b, e in zip(sub[::3], sub[1::3], sub[2::3]))
+                triples = zip(sub[::3], sub[1::3], sub[2::3])
+                name = f"{base}|" + ",".join(f"{a}:{b}:{e}" for a, b, e in triples)
                 g = Global("param", name, TensorType(w.type.dtype, (r1 - r0, c1 - c0)), w.loc)
                 known = self._plan_param.get((c, name))
                 if known is None:

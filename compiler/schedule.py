@@ -261,8 +261,9 @@ class Scheduler:
 def critical_path_order(
     jobs: list[Job], tensors: list[Tensor], stage_of_chip: dict[int, int] | None = None
 ) -> tuple[list[int], list[int], list[set[int]]]:
-    """Jobs in list-scheduling order, the pipeline stage of each and the jobs each waits for: stage by stage, and within a
-    stage, among jobs whose inputs are produced, the longest path (through the stage) first.
+    """Jobs in list-scheduling order, the pipeline stage of each and the jobs each waits for: stage
+    by stage, and within a stage, among jobs whose inputs are produced, the longest path (through
+    the stage) first.
 
     A job waits for the jobs that write what it reads (a scatter may write any vector of its
     tensor); a write into a state waits for every job that reads the state's old value. A job's

@@ -33,7 +33,9 @@ from compiler.jobs import Job
 from compiler.schedule import Placed, Scheduler
 
 
-def release_of(sched: Scheduler, jobs: list[Job], block: list[int], deps: list[set[int]], earlier: set[int]) -> int:
+def release_of(
+    sched: Scheduler, jobs: list[Job], block: list[int], deps: list[set[int]], earlier: set[int]
+) -> int:
     """The first cycle anything from an earlier stage can be used in this block: the earliest data
     readiness of its jobs that wait only for jobs of earlier blocks (and for at least one)."""
     ready = [sched.data_ready(jobs[j]) for j in block if deps[j] and deps[j] <= earlier]
@@ -121,7 +123,7 @@ class StageMemo:
                 if body:
                     h.update(repr((canon, body)).encode())
         for chip in flow_chips:  # streams are tried lowest first: every stream of the chip, by number
-            for kind, key in sorted(k for k in sched.keys_of_chip.get(chip, ()) if k[0] == "s"):
+            for _, key in sorted(k for k in sched.keys_of_chip.get(chip, ()) if k[0] == "s"):
                 rects = [r for r in sched.streams.by_key.get(key, ()) if r[1] + r[3] >= release]
                 if rects:
                     body = [(r[0] - release, r[1] - release, r[2], r[3]) for r in rects]

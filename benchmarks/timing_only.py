@@ -1,0 +1,111 @@
+"""Timing-only compilation: compile time as layers and chips grow, against a full compile.
+
+    python benchmarks/timing_only.py [--runs 3]
+
+A toy Llama (d_model 64, 4 heads, 2 key/value heads) on the `rack` system. Two sweeps:
+layers grow on a fixed pipeline (tp=2, pp=4), and layers and stages grow together (one
+layer per stage, tp=2: 8 to 32 chips). For each: the cycles of a decode step, instructions,
+the compile time of a full compile (every stage searched) and of `--timing-only` (alike
+stage blocks searched once), the ratio of the two, and how many stage blocks were searched
+and reused. Every timing-only program is checked to be the full one, table for table.
+Medians of runs; the machine is shared and noisy.
+
+Last, the 70B-parameter configuration of issue 6 (80 layers, d_model 8192, 64 heads, 8
+key/value heads, ffn 28672, vocab 32000 on dragonfly:8, tp=8 pp=72): in f16 its params do
+not fit 576 chips, and the compiler says so; the int8 compile is tried and what stops it is
+printed, with the time it took to get there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from compiler import parse
+from compiler.backend import compile_module
+from isa.diagnostics import LpuError
+from isa.system import named_system
+from models.llama import LlamaConfig, module_text
+
+TABLES = ("entry", "chip", "queue", "cycle", "opcode", "n", "fields", "src", "src_off", "src_step")
+
+
+def toy(layers: int) -> LlamaConfig:
+    return LlamaConfig(layers=layers, d_model=64, heads=4, kv_heads=2, ffn=128, vocab=128, max_seq=8)
+
+
+def measure(layers: int, tp: int, pp: int, runs: int) -> dict:
+    m = parse(module_text(toy(layers)))
+    system = named_system("rack")
+    times = {False: [], True: []}
+    programs = {}
+    for _ in range(runs):
+        for fast in (False, True):
+            t = time.perf_counter()
+            programs[fast] = compile_module(m, system, None, tp=tp, pp=pp, timing_only=fast)
+            times[fast].append(time.perf_counter() - t)
+    full, fast = programs[False], programs[True]
+    assert all(np.array_equal(getattr(full, k), getattr(fast, k)) for k in TABLES), "timing-only differs"
+    memo = fast.meta["timing_only"]
+    return {
+        "layers": layers,
+        "chips": tp * pp,
+        "split": f"{tp}x{pp}",
+        "cycles": fast.length("decode"),
+        "instructions": len(fast),
+        "full_s": statistics.median(times[False]),
+        "fast_s": statistics.median(times[True]),
+        "searched": memo["stage_blocks_searched"],
+        "reused": memo["stage_blocks_reused"],
+    }
+
+
+def table(rows: list[dict], title: str) -> None:
+    print(title)
+    print(
+        f"{'layers':>6} {'chips':>5} {'tp x pp':>7} {'decode cyc':>10} {'instr':>8} {'full s':>7} "
+        f"{'t-only s':>8} {'ratio':>6} {'searched':>8} {'reused':>6} {'growth':>6}"
+    )
+    base = rows[0]["fast_s"]
+    for r in rows:
+        print(
+            f"{r['layers']:>6} {r['chips']:>5} {r['split']:>7} {r['cycles']:>10} {r['instructions']:>8} "
+            f"{r['full_s']:>7.2f} {r['fast_s']:>8.2f} {r['full_s'] / r['fast_s']:>5.2f}x "
+            f"{r['searched']:>8} {r['reused']:>6} {r['fast_s'] / base:>5.2f}x"
+        )
+    print()
+
+
+def seventy_b() -> None:
+    big = dict(layers=80, d_model=8192, heads=64, kv_heads=8, ffn=28672, vocab=32000, max_seq=16)
+    system = named_system("dragonfly:8")
+    for dtype in ("f16", "i8"):
+        m = parse(module_text(LlamaConfig(**big, dtype=dtype)))
+        t = time.perf_counter()
+        try:
+            p = compile_module(m, system, None, tp=8, pp=72, timing_only=True)
+        except LpuError as e:
+            message = e.diagnostics[0].message
+            took = time.perf_counter() - t
+            print(f"70B {dtype} on dragonfly:8 (tp=8 pp=72): refused after {took:.1f} s: {message}")
+        else:
+            print(f"70B {dtype}: {p.length()} cycles, compiled in {time.perf_counter() - t:.1f} s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--skip-70b", action="store_true")
+    args = ap.parse_args()
+    table([measure(n, 2, 4, args.runs) for n in (4, 8, 16)], "layers grow, 8 chips (tp=2, pp=4):")
+    rows = [measure(n, 2, n, args.runs) for n in (4, 8, 16)]
+    table(rows, "one layer per stage, tp=2 (chips = 2 x layers):")
+    if not args.skip_70b:
+        seventy_b()
+
+
+if __name__ == "__main__":
+    main()
