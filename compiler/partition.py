@@ -256,6 +256,7 @@ class Partitioner:
         self._local_params: dict[int, tuple[str, tuple | None]] = {}  # id(local param) -> (param, part)
         self._local_owner: dict[tuple[int, str], Global] = {}  # (chip, local name) -> local param
         self._plan_param: dict[tuple[int, str], Global] = {}  # (chip, local name) -> its plan entry
+        self._block_cache: dict[tuple, tuple[int, ...]] = {}
 
     def add_param(self, c: int, local: Global, base: str, part) -> None:
         self.plan.params.append((c, local, base, part))
@@ -612,10 +613,15 @@ class Partitioner:
         return (shape[axis] // self.T) % self.L == 0
 
     def _block_vectors(self, shape, axis: int, r: int) -> tuple[int, ...]:
-        index = vector_index(tuple(shape), self.L)
-        block = shape[axis] // self.T
-        piece = np.take(index, np.arange(r * block, (r + 1) * block), axis=axis)
-        return tuple(dict.fromkeys(int(v) for v in piece.reshape(-1)))
+        """The vectors that hold block r of a split along `axis`, in order of first element."""
+        key = (tuple(shape), axis, r)
+        if key not in self._block_cache:
+            index = vector_index(tuple(shape), self.L)
+            block = shape[axis] // self.T
+            piece = np.take(index, np.arange(r * block, (r + 1) * block), axis=axis).reshape(-1)
+            values, first = np.unique(piece, return_index=True)
+            self._block_cache[key] = tuple(int(v) for v in values[np.argsort(first, kind="stable")])
+        return self._block_cache[key]
 
     def all_gather(self, d: Dist) -> Dist:
         """Every chip gets every block: whole vectors go straight into place when the blocks are whole
