@@ -187,6 +187,9 @@ def compile_module(
         "tp": tp,
         "pp": pp,
         "stages": [list(g) for g in plan.groups],
+        # where each instruction comes from: an op of the module (text and IR location) per instruction
+        "ops": [f"{name} @ {loc}" if loc else name for name, loc in emitter.ops],
+        "op_of": emitter.row_op,
         "sram_bytes_per_chip": [sram.get(c, 0) for c in range(system.chips)] if system.chips <= 64 else None,
     }
     if timing_only:
@@ -240,7 +243,9 @@ def _lower_statements(ep, lows: dict, system: SystemConfig) -> None:
         if isinstance(stmt, Local):
             low = lows[stmt.chip]
             low.op_index, low.op_name = stmt.index, stmt.what
+            low.op_loc = str(stmt.op.loc) if stmt.op.loc is not None and stmt.index >= 0 else ""
             low.lower_op(stmt.op)
+            low.op_loc = ""
         elif isinstance(stmt, Transfer):
             links.transfer(stmt)
         elif isinstance(stmt, Place):

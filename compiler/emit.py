@@ -122,6 +122,8 @@ class Emitter:
         self.tensors = tensors
         self.base = base  # tensor id -> first word
         self.rows: list[Row] = []
+        self.ops: dict[tuple[str, str], int] = {}  # (op text, IR location) -> index
+        self.row_op: list[int] = []  # per row, the index of the op it comes from
         # tensor id -> per vector: (instruction row, its vector index), or None for image data
         self.writer: dict[int, list[tuple[int, int] | None]] = {}
 
@@ -163,6 +165,8 @@ class Emitter:
         return cuts
 
     def emit(self, job: Job, placed: Placed, entry: int) -> None:
+        key = (job.name, job.loc)
+        origin = self.ops.setdefault(key, len(self.ops))  # the IR op each instruction comes from
         groups = _groups(job)
         cuts: dict[int, set[int]] = {}
         for nd in job.nodes:
@@ -177,6 +181,7 @@ class Emitter:
             for s, e in zip(bounds[:-1], bounds[1:]):
                 pieces[k].append((s, e, len(self.rows)))
                 self.rows.append(self._row(job, k, s, e, placed, entry, pieces))
+                self.row_op.append(origin)
 
     def _row(self, job: Job, k: int, s: int, e: int, placed: Placed, entry: int, pieces) -> Row:
         nd = job.nodes[k]

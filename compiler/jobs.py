@@ -49,6 +49,7 @@ class Job:
     nodes: list[Node] = field(default_factory=list)
     exclusive: list[tuple] = field(default_factory=list)  # resources held for the whole job (an MXM plane)
     op_index: int = -1  # the IR op it lowers (for the listing's comments)
+    loc: str = ""  # that op's place in the .lpu text (file:line:col), "" for collectives
 
     def add(self, node: Node) -> int:
         self.nodes.append(node)

@@ -148,6 +148,7 @@ class Lowering:
         self.values: dict[int, Tensor] = {}
         self.op_index = -1
         self.op_name = ""
+        self.op_loc = ""  # the IR location of the op being lowered ("" for collectives)
 
     # -- places ------------------------------------------------------------------------------
     def _slice_order(self) -> list[str]:
@@ -296,6 +297,7 @@ class Lowering:
                 nd.after.append((p, prev.spec.busy_cycles(prev.n)))
             last[key] = k
         job.op_index = self.op_index
+        job.loc = self.op_loc
         job.exclusive = [(self.chip_index, *key) for key in job.exclusive]
         align(job)
         self.jobs.append(job)

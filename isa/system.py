@@ -39,6 +39,11 @@ class SystemConfig:
     link_latency_cycles: int = 220
     link_gbps: float = 100.0
     rx_buffer_depth: int = 1  # vectors a receiver may hold before its RECV takes them
+    # for the estimates of `lpu report` (not for timing): a chip's power draw (about 300 W per TSP
+    # chip, shared/reference/groq-tsp.md), and a GPU to compare with (defaults: an H100-class part)
+    chip_power_w: float = 300.0
+    gpu_memory_gbps: float = 3350.0  # GB/s of memory bandwidth
+    gpu_tflops: float = 989.0  # dense f16/bf16 peak
 
     def __post_init__(self) -> None:
         for key, message in _problems(self):
@@ -78,6 +83,10 @@ def _problems(s: SystemConfig):
         yield "system.link_latency_cycles", f"must be a positive integer, got {s.link_latency_cycles!r}"
     if isinstance(s.link_gbps, bool) or not isinstance(s.link_gbps, (int, float)) or not s.link_gbps > 0:
         yield "system.link_gbps", f"must be a positive number, got {s.link_gbps!r}"
+    for key in ("chip_power_w", "gpu_memory_gbps", "gpu_tflops"):
+        v = getattr(s, key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            yield f"system.{key}", f"must be a positive number, got {v!r}"
     if not isinstance(s.rx_buffer_depth, int) or s.rx_buffer_depth < 1:
         yield "system.rx_buffer_depth", f"must be a positive integer, got {s.rx_buffer_depth!r}"
     degree = [0] * s.chips
@@ -212,7 +221,18 @@ def named_system(name: str) -> SystemConfig:
 
 # -- TOML ----------------------------------------------------------------------
 
-SYSTEM_KEYS = ("name", "chips", "links", "link_latency_cycles", "link_gbps", "rx_buffer_depth")
+ESTIMATE_KEYS = ("chip_power_w", "gpu_memory_gbps", "gpu_tflops")  # for lpu report's estimates
+SYSTEM_KEYS = (
+    "name",
+    "chips",
+    "links",
+    "link_latency_cycles",
+    "link_gbps",
+    "rx_buffer_depth",
+    "chip_power_w",
+    "gpu_memory_gbps",
+    "gpu_tflops",
+)
 
 
 def load_system(path: str) -> SystemConfig:
@@ -284,6 +304,7 @@ def parse_system(raw: bytes, filename: str) -> SystemConfig:
             link_latency_cycles=system_table.get("link_latency_cycles", 220),
             link_gbps=system_table.get("link_gbps", 100.0),
             rx_buffer_depth=system_table.get("rx_buffer_depth", 1),
+            **{k: system_table[k] for k in ESTIMATE_KEYS if k in system_table},
         )
     except ChipConfigError as e:
         table, _, key = e.key.partition(".")

@@ -113,6 +113,18 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--cycles", metavar="A:B", help="only instructions issued in cycles A..B-1")
     n.set_defaults(run=cmd_inspect)
 
+    rp = sub.add_parser("report", help="cycles, busy units, SRAM, links, lower bound, critical path")
+    rp.add_argument("program", metavar="PROG.lpuprog")
+    rp.add_argument("--entry", metavar="NAME", help="entry point (default: decode, main, or the first)")
+    rp.add_argument("--json", action="store_true", help="print one JSON object")
+    rp.add_argument("--plot", metavar="FILE.png", help="also draw a Gantt chart and utilisation (matplotlib)")
+    rp.set_defaults(run=cmd_report)
+
+    tr = sub.add_parser("trace", help="write a Perfetto / chrome://tracing trace of the schedule")
+    tr.add_argument("program", metavar="PROG.lpuprog")
+    tr.add_argument("-o", "--output", metavar="TRACE.json", required=True)
+    tr.set_defaults(run=cmd_trace)
+
     r = sub.add_parser("run", help="emulate a program cycle by cycle and check its timing")
     r.add_argument("program", metavar="PROG.lpuprog")
     r.add_argument("--entry", metavar="NAME", help="entry point (default: the only one, or main)")
@@ -347,6 +359,43 @@ def cmd_asm(args) -> int:
     program = assemble(text, args.listing)
     save(program, args.output)
     print(f"wrote {args.output}: {len(program)} instructions")
+    return 0
+
+
+def cmd_report(args) -> int:
+    import json
+
+    from isa.program import load
+    from lpu.report import render, report
+
+    program = load(args.program)
+    r = report(program, args.entry)
+    if args.json:
+        print(json.dumps(r.to_json(), sort_keys=True))
+    else:
+        sys.stdout.write(render(r))
+    if args.plot:
+        from lpu.plot import plot
+
+        plot(program, r, args.plot)
+        if not args.json:
+            print(f"wrote {args.plot}")
+    return 0
+
+
+def cmd_trace(args) -> int:
+    import json
+
+    from isa.files import write_atomically
+    from isa.program import load
+    from lpu.trace import trace_events
+
+    program = load(args.program)
+    trace = trace_events(program)
+    data = json.dumps(trace, separators=(",", ":")).encode()
+    write_atomically(args.output, lambda f: f.write(data), ".json")
+    count = sum(1 for e in trace["traceEvents"] if e.get("ph") == "X")
+    print(f"wrote {args.output}: {count} instructions on {len(set(program.chip.tolist()))} chips")
     return 0
 
 

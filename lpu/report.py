@@ -1,0 +1,367 @@
+"""What a compiled program does, from the program file alone: cycles, busy units, SRAM, links, the
+lower bound on cycles and the critical path, and for decoders the cost per token.
+
+Nothing here runs the emulator: every number comes from the instruction tables (the schedule is
+static), and tests hold the busy and total cycles equal to what the emulator measures.
+
+The lower bound is the largest of four bounds that hold for *any* schedule of the same
+instructions, not only this one:
+
+- critical path: the longest chain through the intended sources (a consumer samples vector i no
+  earlier than the producer's vector arrives: its functional delay, the hops between the two
+  queues' positions, the link's serialisation and latency), ending with the last instruction's
+  own time;
+- MEM ports: a slice's one port serves one access per cycle, so cycles >= its busy cycles;
+- matrix units: likewise for each matrix-unit queue;
+- links: a link direction carries one vector per serialisation time.
+
+The ratio of the schedule to the bound says how much room a better scheduler could find at
+most (1.0: none).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from isa.program import Program, source_slots
+from isa.spec import BY_CODE, DTYPE_BYTES, OPS, Unit
+
+BOUND_NAMES = ("critical_path", "mem_ports", "matrix_units", "links")
+
+
+@dataclass
+class PathStep:
+    """One op on the critical path: its text and IR location, the cycle its first instruction on the
+    path can start at the earliest, and how many of the path's instructions it has."""
+
+    op: str
+    earliest_cycle: int
+    instructions: int
+
+
+@dataclass
+class Report:
+    entry: str
+    entries: dict[str, int]  # cycles of every entry
+    cycles: int
+    seconds: float
+    clock_mhz: float
+    chips: int
+    busy: dict[str, int]  # busy cycles per unit kind (the emulator's `busy`)
+    busy_fraction: dict[str, float]  # per unit kind: busy cycles / (cycles x queues of that kind)
+    busy_fraction_per_chip: dict[int, dict[str, float]]
+    sram_bytes_max_per_chip: int
+    sram_per_chip: dict[int, dict[str, int]]  # weights, state, activations (chips <= 64 systems)
+    link_bytes: dict[str, int]  # "a->b" (chips of a system link, the direction) -> bytes this entry
+    bounds: dict[str, int]
+    lower_bound_cycles: int
+    binding_bound: str
+    bound_ratio: float
+    critical_path: list[PathStep] = field(default_factory=list)
+    latency_per_token_s: float | None = None
+    tokens_per_s: float | None = None
+    energy_per_token_j: float | None = None  # an estimate: chips x chip power x latency
+    gpu: dict | None = None  # a roofline estimate of the same decode step on the system's GPU
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["busy_fraction_per_chip"] = {str(k): v for k, v in self.busy_fraction_per_chip.items()}
+        out["sram_per_chip"] = {str(k): v for k, v in self.sram_per_chip.items()}
+        return out
+
+
+def _tables():
+    top = max(BY_CODE) + 1
+    dskew, dfunc, fixed, per = (np.zeros(top, np.int64) for _ in range(4))
+    for s in OPS:
+        dskew[s.code], dfunc[s.code], fixed[s.code], per[s.code] = (
+            s.dskew,
+            s.dfunc,
+            s.busy_fixed,
+            s.busy_per_vector,
+        )
+    return dskew, dfunc, fixed, per
+
+
+def default_entry(p: Program) -> str:
+    for name in ("decode", "main"):
+        if name in p.entries:
+            return name
+    return p.entries[0]
+
+
+def report(p: Program, entry: str | None = None) -> Report:
+    """The report of one entry (default: `decode`, else `main`, else the first)."""
+    entry = entry or default_entry(p)
+    if entry not in p.entries:
+        from isa.diagnostics import error
+
+        raise error(f"the program has no entry '{entry}' (it has {', '.join(p.entries)})")
+    e = p.entries.index(entry)
+    sel = np.nonzero(p.entry == e)[0]
+    chip_cfg = p.system.chip
+    clock = chip_cfg.clock_mhz
+    cycles = p.length(entry)
+    queues = chip_cfg.queue_table()
+    unit_of_queue = np.array([list(Unit).index(q.unit) for q in queues], np.int64)
+    dskew, dfunc, fixed, per = _tables()
+    code = p.opcode[sel].astype(np.int64)
+    n = p.n[sel].astype(np.int64)
+    busy = fixed[code] + per[code] * n
+    units = unit_of_queue[p.queue[sel]]
+    chips_here = sorted(set(p.chip[sel].tolist())) or [0]
+    used = int(p.meta.get("tp", 1)) * int(p.meta.get("pp", 1)) if "tp" in p.meta else len(chips_here)
+
+    busy_by_unit = {u.value: int(busy[units == k].sum()) for k, u in enumerate(Unit)}
+    per_kind = {u.value: sum(1 for q in queues if q.unit is u) for u in Unit}
+    denom = max(cycles, 1)
+    fraction = {
+        u: busy_by_unit[u] / (denom * per_kind[u] * len(chips_here)) if per_kind[u] else 0.0
+        for u in busy_by_unit
+        if busy_by_unit[u]
+    }
+    per_chip: dict[int, dict[str, float]] = {}
+    for c in chips_here:
+        mine = p.chip[sel] == c
+        per_chip[c] = {
+            u.value: float(busy[mine & (units == k)].sum()) / (denom * per_kind[u.value])
+            for k, u in enumerate(Unit)
+            if per_kind[u.value] and busy[mine & (units == k)].sum()
+        }
+
+    sram_list = p.meta.get("sram_bytes_per_chip")
+    sram_max = max(sram_list) if sram_list else int(p.meta.get("sram_bytes_max_per_chip", 0))
+    sram_per_chip: dict[int, dict[str, int]] = {}
+    if sram_list:
+        for c, total in enumerate(sram_list):
+            if not total:
+                continue
+            w = sum(
+                pl.words(chip_cfg.lanes) * chip_cfg.lanes
+                for pl in p.placements
+                if pl.chip == c and pl.role == "param"
+            )
+            s = sum(
+                pl.words(chip_cfg.lanes) * chip_cfg.lanes
+                for pl in p.placements
+                if pl.chip == c and pl.role == "state"
+            )
+            sram_per_chip[c] = {
+                "weights": w,
+                "state": s,
+                "activations": max(0, total - w - s),
+                "total": total,
+            }
+
+    link_bytes, link_bound = _links(p, e)
+    bounds = {
+        "critical_path": 0,
+        "mem_ports": _queue_bound(p, sel, busy, units, Unit.MEM),
+        "matrix_units": _queue_bound(p, sel, busy, units, Unit.MXM),
+        "links": link_bound,
+    }
+    path_cycles, path = _critical_path(p, sel, dskew, dfunc, fixed, per)
+    bounds["critical_path"] = path_cycles
+    binding = max(BOUND_NAMES, key=lambda k: (bounds[k], -BOUND_NAMES.index(k)))
+    lower = bounds[binding]
+    r = Report(
+        entry=entry,
+        entries={name: p.length(name) for name in p.entries},
+        cycles=cycles,
+        seconds=cycles / (clock * 1e6),
+        clock_mhz=clock,
+        chips=used,
+        busy=busy_by_unit,
+        busy_fraction=fraction,
+        busy_fraction_per_chip=per_chip,
+        sram_bytes_max_per_chip=int(sram_max),
+        sram_per_chip=sram_per_chip,
+        link_bytes=link_bytes,
+        bounds=bounds,
+        lower_bound_cycles=lower,
+        binding_bound=binding,
+        bound_ratio=cycles / lower if lower else 1.0,
+        critical_path=path,
+    )
+    if "decode" in p.entries and entry == "decode":
+        r.latency_per_token_s = r.seconds
+        r.tokens_per_s = 1.0 / r.seconds if r.seconds else None
+        r.energy_per_token_j = used * p.system.chip_power_w * r.seconds
+        r.gpu = gpu_roofline(p)
+    return r
+
+
+def _queue_bound(p: Program, sel, busy, units, unit: Unit) -> int:
+    """The busiest queue of a unit kind: its instructions alone need that many cycles."""
+    mine = units == list(Unit).index(unit)
+    if not mine.any():
+        return 0
+    keys = p.chip[sel][mine].astype(np.int64) * 100_000 + p.queue[sel][mine]
+    _, inverse = np.unique(keys, return_inverse=True)
+    return int(np.bincount(inverse, weights=busy[mine]).max())
+
+
+def _links(p: Program, e: int) -> tuple[dict[str, int], int]:
+    from lpu.api import link_vectors
+
+    per: dict[tuple[int, int], int] = {}
+    for v in link_vectors(p):
+        if p.entry[v.recv] == e:
+            per[(v.src_chip, v.dst_chip)] = per.get((v.src_chip, v.dst_chip), 0) + 1
+    wire = p.system.vector_wire_bytes
+    ser = p.system.link_cycles_per_vector
+    return {f"{a}->{b}": k * wire for (a, b), k in sorted(per.items())}, max(
+        (k * ser for k in per.values()), default=0
+    )
+
+
+def _critical_path(p: Program, sel, dskew, dfunc, fixed, per) -> tuple[int, list[PathStep]]:
+    """The longest chain of intended sources, as (cycles, the ops along it)."""
+    if not len(sel):
+        return 0, []
+    index = {int(i): k for k, i in enumerate(sel)}
+    code = p.opcode[sel].astype(np.int64)
+    n = p.n[sel].astype(np.int64)
+    dur = np.maximum(fixed[code] + per[code] * n, dfunc[code] + n)
+    xs = np.array([q.x for q in p.system.chip.queue_table()], np.int64)
+    ser, latency = p.system.link_cycles_per_vector, p.system.link_latency_cycles
+    preds: list[list[tuple[int, int]]] = [[] for _ in sel]
+    for k, i in enumerate(sel):
+        spec = BY_CODE[int(p.opcode[i])]
+        slots = source_slots(spec)
+        for s, slot in enumerate(slots):
+            src = int(p.src[i, s])
+            j = index.get(src)
+            if src < 0 or j is None:
+                continue
+            off, step = int(p.src_off[i, s]), int(p.src_step[i, s])
+            lag = off + max(0, (int(n[k]) - 1) * (step - 1))  # the latest producer vector, less i
+            pc = int(p.opcode[src])
+            if slot == "link":
+                gap = int(dskew[pc]) + ser + latency - int(dskew[code[k]]) + lag
+            else:
+                hops = abs(int(xs[p.queue[i]]) - int(xs[p.queue[src]])) if slot in spec.operands else 0
+                gap = int(dfunc[pc]) + hops - int(dskew[code[k]]) + lag
+            preds[k].append((j, gap))
+    order = np.lexsort((np.arange(len(sel)), p.cycle[sel]))  # producers first in any valid schedule
+    earliest = np.zeros(len(sel), np.int64)
+    via = np.full(len(sel), -1, np.int64)
+    for k in order:
+        for j, gap in preds[k]:
+            t = earliest[j] + gap
+            if t > earliest[k]:
+                earliest[k], via[k] = t, j
+    ends = earliest + dur
+    last = int(np.argmax(ends))
+    chain = []
+    k = last
+    while k >= 0 and len(chain) <= len(sel):
+        chain.append(k)
+        k = int(via[k])
+    chain.reverse()
+    ops = p.meta.get("ops")
+    op_of = p.meta.get("op_of")
+    steps: list[PathStep] = []
+    for k in chain:
+        i = int(sel[k])
+        text = ops[op_of[i]] if ops and op_of and i < len(op_of) else BY_CODE[int(p.opcode[i])].mnemonic
+        if steps and steps[-1].op == text:
+            steps[-1].instructions += 1
+        else:
+            steps.append(PathStep(text, int(earliest[k]), 1))
+    return int(ends[last]), steps
+
+
+def gpu_roofline(p: Program) -> dict | None:
+    """One decode step of the program's module on the system's GPU, as a roofline: every weight and
+    the state read once from memory, every matmul at peak; the slower of the two. An estimate."""
+    text = p.meta.get("module")
+    if not text:
+        return None
+    from compiler import parse
+
+    m = parse(text, "<program>")
+    g = m.graph("decode")
+    weight_bytes = sum(math.prod(x.type.shape) * DTYPE_BYTES[x.type.dtype] for x in m.params)
+    state_bytes = sum(math.prod(x.type.shape) * DTYPE_BYTES[x.type.dtype] for x in m.states)
+    flops = 0
+    for op in g.ops:
+        if op.name == "matmul":
+            a = op.operands[0].type.shape
+            flops += 2 * math.prod(op.result.type.shape) * a[-1]
+    s = p.system
+    memory_s = (weight_bytes + state_bytes) / (s.gpu_memory_gbps * 1e9)
+    compute_s = flops / (s.gpu_tflops * 1e12)
+    latency = max(memory_s, compute_s)
+    return {
+        "memory_gbps": s.gpu_memory_gbps,
+        "tflops": s.gpu_tflops,
+        "bytes_per_token": weight_bytes + state_bytes,
+        "flops_per_token": flops,
+        "latency_per_token_s": latency,
+        "tokens_per_s": 1.0 / latency if latency else None,
+        "bound": "memory" if memory_s >= compute_s else "compute",
+    }
+
+
+def render(r: Report) -> str:
+    """The report as text."""
+    lines = []
+    others = ", ".join(f"{k} {v}" for k, v in r.entries.items() if k != r.entry)
+    lines.append(
+        f"entry {r.entry}: {r.cycles} cycles = {r.seconds * 1e6:.3f} us at {r.clock_mhz:g} MHz on {r.chips} "
+        f"chip{'s' if r.chips != 1 else ''}" + (f" (other entries: {others} cycles)" if others else "")
+    )
+    lines.append(
+        f"lower bound: {r.lower_bound_cycles} cycles ({r.binding_bound} binds); the schedule is "
+        f"{r.bound_ratio:.2f}x the bound"
+    )
+    lines.append("  bounds: " + ", ".join(f"{k} {v}" for k, v in r.bounds.items()))
+    lines.append(
+        "busy: "
+        + ", ".join(
+            f"{u} {b} cycles ({100 * r.busy_fraction.get(u, 0):.1f}% of its queues)"
+            for u, b in r.busy.items()
+            if b
+        )
+    )
+    if len(r.busy_fraction_per_chip) > 1:
+        lines.append("busy per chip (fraction of each kind's queues):")
+        for c, f in list(r.busy_fraction_per_chip.items())[:16]:
+            lines.append(f"  chip {c}: " + ", ".join(f"{u} {100 * v:.1f}%" for u, v in f.items()))
+        if len(r.busy_fraction_per_chip) > 16:
+            lines.append(f"  ... {len(r.busy_fraction_per_chip) - 16} more chips (--json has them all)")
+    lines.append(f"SRAM: at most {r.sram_bytes_max_per_chip} bytes on a chip")
+    for c, s in list(r.sram_per_chip.items())[:16]:
+        lines.append(
+            f"  chip {c}: weights {s['weights']}, state {s['state']}, activations {s['activations']} bytes"
+        )
+    if r.link_bytes:
+        total = sum(r.link_bytes.values())
+        lines.append(f"links: {total} bytes over {len(r.link_bytes)} link directions")
+        for k, v in list(r.link_bytes.items())[:16]:
+            lines.append(f"  {k}: {v} bytes")
+    if r.critical_path:
+        lines.append(f"critical path ({len(r.critical_path)} ops):")
+        for s in r.critical_path[:40]:
+            plural = "s" if s.instructions != 1 else ""
+            lines.append(f"  {s.earliest_cycle:8d}  {s.op}  ({s.instructions} instruction{plural})")
+        if len(r.critical_path) > 40:
+            lines.append(f"  ... {len(r.critical_path) - 40} more ops")
+    if r.latency_per_token_s is not None:
+        lines.append(
+            f"per token: {r.latency_per_token_s * 1e6:.3f} us latency, {r.tokens_per_s:,.0f} tokens/s "
+            f"(one sequence); energy about {r.energy_per_token_j * 1e3:.3f} mJ per token (estimate: "
+            f"{r.chips} chips at the system's chip power for the latency)"
+        )
+    if r.gpu:
+        g = r.gpu
+        lines.append(
+            f"GPU roofline estimate ({g['memory_gbps']:g} GB/s, {g['tflops']:g} TFLOPS): "
+            f"{g['latency_per_token_s'] * 1e6:.3f} us per token, {g['tokens_per_s']:,.0f} tokens/s "
+            f"({g['bound']} bound: {g['bytes_per_token']} bytes, {g['flops_per_token']} flops per token)"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,167 @@
+"""Views of a program from the file alone: the report (busy units, cycles, the lower bound and the
+critical path, per-token figures), the Perfetto trace and the plot."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import ROOT
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from compiler import parse
+from compiler.backend import compile_module
+from emulator.run import Emulator
+from isa.assembly import assemble
+from isa.diagnostics import LpuError
+from isa.system import named_system
+from lpu.arrays import random_inputs, random_weights
+from lpu.cli import main
+from lpu.report import BOUND_NAMES, report
+from lpu.strategies import CHIP_OPS, chips, modules, systems_of
+from lpu.trace import instruction_events, trace_events
+from models import FAMILIES
+from models.llama import LlamaConfig
+
+GPT = ROOT / "examples" / "gpt_block.lpu"
+LLAMA = LlamaConfig(layers=2, d_model=32, heads=4, kv_heads=2, ffn=64, vocab=64, max_seq=8)
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    m = parse(FAMILIES["llama"][0].module_text(LLAMA), "llama.lpu")
+    w = FAMILIES["llama"][0].random_weights(LLAMA, 0)
+    return compile_module(m, named_system("node"), w, tp=2, pp=2), m, w
+
+
+@pytest.fixture(scope="module")
+def block():
+    m = parse(GPT.read_text(), str(GPT))
+    w = random_weights(m, 0)
+    return compile_module(m, named_system("tsp"), w), m, w
+
+
+def emulated(program, m, entry):
+    inputs = {
+        "prefill": {"ids": np.arange(1, LLAMA.max_seq + 1, dtype=np.int32), "len": np.array(3, np.int32)},
+        "decode": {"tok": np.array([5], np.int32), "pos": np.array(3, np.int32)},
+    }.get(entry) or random_inputs(m, m.graph(entry), 0)
+    return Emulator(program).run(entry, inputs)
+
+
+@pytest.mark.parametrize("which, entry", [("block", "main"), ("decoder", "decode"), ("decoder", "prefill")])
+def test_report_agrees_with_the_emulator(which, entry, request):
+    program, m, _ = request.getfixturevalue(which)
+    run = emulated(program, m, entry)
+    assert run.violations == []
+    r = report(program, entry)
+    assert r.cycles == run.cycles
+    assert {k: v for k, v in r.busy.items() if v} == {k: v for k, v in run.busy.items() if v}
+    assert r.lower_bound_cycles <= r.cycles and r.bound_ratio >= 1.0
+    assert r.binding_bound in BOUND_NAMES and r.bounds[r.binding_bound] == r.lower_bound_cycles
+
+
+def test_report_of_a_decoder_has_per_token_figures(decoder):
+    program, _, _ = decoder
+    r = report(program)
+    assert r.entry == "decode" and r.chips == 4
+    assert r.latency_per_token_s == pytest.approx(r.cycles / 900e6)
+    assert r.tokens_per_s == pytest.approx(1 / r.latency_per_token_s)
+    assert r.energy_per_token_j == pytest.approx(4 * 300.0 * r.latency_per_token_s)
+    assert r.gpu["bound"] == "memory" and r.gpu["latency_per_token_s"] > 0
+    assert r.link_bytes and all(v % program.system.vector_wire_bytes == 0 for v in r.link_bytes.values())
+    sram = r.sram_per_chip[0]
+    assert (
+        sram["weights"] > 0
+        and sram["state"] > 0
+        and sum(sram[k] for k in ("weights", "state", "activations")) == sram["total"]
+    )
+    # the critical path names ops of the module, with their place in the text
+    assert any("@ llama.lpu:" in s.op for s in r.critical_path)
+    assert [s.earliest_cycle for s in r.critical_path] == sorted(s.earliest_cycle for s in r.critical_path)
+
+
+TIGHT = """lpuprog 1
+system tiny
+entry main
+input main x f16[2, 8] @ 0 mem.w0 0
+output main out0 f16[2, 8] @ 0 mem.e0 0
+     0 main       0    0 mem.w0  read addr=0 step=2 dst=E1 dt=f16 n=2 <- mem:image@0
+     1 main       2    0 vxm.q0  add a=E1 b=E1 dst=E2 dt=f16 n=2 <- a:#0 b:#0
+     2 main       4    0 mem.e0  write addr=0 step=2 a=E2 dt=f16 n=2 <- a:#1
+"""
+
+
+def test_the_bound_of_a_program_that_cannot_be_faster_is_its_length():
+    """read -> add -> write, each vector taken the cycle it arrives: nothing can start earlier, so the
+    critical path is the schedule and the ratio is 1.0."""
+    p = assemble(TIGHT, "tight.lpuasm")
+    run = Emulator(p).run("main", {"x": np.ones((2, 8), np.float32)})
+    assert run.violations == [] and run.cycles == 8
+    r = report(p)
+    assert (r.cycles, r.lower_bound_cycles, r.bound_ratio, r.binding_bound) == (8, 8, 1.0, "critical_path")
+    assert [s.op for s in r.critical_path] == ["read", "add", "write"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(modules(max_ops=6, ops=CHIP_OPS, max_graphs=1), chips(), st.integers(0, 3))
+def test_property_the_lower_bound_is_never_above_the_schedule(m, chip, seed):
+    try:
+        program = compile_module(m, systems_of(chip), random_weights(m, seed))
+    except LpuError:
+        assume(False)
+    for entry in program.entries:
+        r = report(program, entry)
+        assert 0 <= r.lower_bound_cycles <= r.cycles, (r.bounds, r.cycles)
+        assert all(v <= r.cycles for v in r.bounds.values())
+
+
+def test_trace_is_valid_trace_event_json_with_every_instruction_once(decoder):
+    program, _, _ = decoder
+    trace = json.loads(json.dumps(trace_events(program)))
+    events = trace["traceEvents"]
+    assert isinstance(events, list) and events
+    phases = {"X", "M", "s", "f", "C"}
+    for e in events:
+        assert e["ph"] in phases and isinstance(e["pid"], int)
+        if e["ph"] == "X":
+            assert isinstance(e["tid"], int) and e["ts"] >= 0 and e["dur"] > 0 and isinstance(e["name"], str)
+            assert {"id", "entry", "cycle", "text", "op"} <= set(e["args"])
+        if e["ph"] == "C":
+            assert e["ts"] >= 0 and all(isinstance(v, (int, float)) for v in e["args"].values())
+        if e["ph"] == "M":
+            assert e["name"] in ("process_name", "thread_name", "process_sort_index", "thread_sort_index")
+    ids = np.sort(instruction_events(trace))
+    assert np.array_equal(ids, np.arange(len(program)))
+    starts = {e["id"] for e in events if e["ph"] == "s"}
+    finishes = {e["id"] for e in events if e["ph"] == "f"}
+    assert starts and starts == finishes  # every flow arrow has both ends
+    names = {e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "process_name"}
+    assert names == {f"chip {c}" for c in range(4)}
+
+
+def test_cli_report_trace_and_plot(tmp_path, capsys, decoder):
+    from isa.program import save
+
+    program, _, _ = decoder
+    prog = tmp_path / "d.lpuprog"
+    save(program, str(prog))
+    assert main(["report", str(prog), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    for key in ("cycles", "seconds", "lower_bound_cycles", "bound_ratio", "binding_bound", "chips",
+                "sram_bytes_max_per_chip", "latency_per_token_s", "tokens_per_s"):  # fmt: skip
+        assert key in got, key
+    assert got["cycles"] == program.length("decode") and got["chips"] == 4
+    assert main(["report", str(prog), "--entry", "prefill"]) == 0
+    out = capsys.readouterr().out
+    assert "entry prefill:" in out and "lower bound:" in out and "critical path" in out
+    assert main(["report", str(prog), "--entry", "nope"]) == 1
+    assert "has no entry 'nope'" in capsys.readouterr().err
+    trace = tmp_path / "t.json"
+    assert main(["trace", str(prog), "-o", str(trace)]) == 0
+    assert len(instruction_events(json.loads(trace.read_text()))) == len(program)
+    png = tmp_path / "g.png"
+    assert main(["report", str(prog), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
