@@ -84,6 +84,8 @@ class Allocator:
             chips = -(-total // self.chip.sram_bytes)
             many = len({c for c, _ in self.high}) > 1
             names = sorted(f"chip {c} {s}" if many else s for c, s in over)
+            if len(names) > 6:  # name the first few: a 400-slice list helps nobody
+                names = names[:6] + [f"{len(names) - 6} more"]
             raise error(
                 f"the model does not fit in SRAM: {missing} more bytes are needed in "
                 f"{len(over)} MEM slice{'s' if len(over) != 1 else ''} ({', '.join(names)}); "

@@ -115,10 +115,14 @@ def _type_text(dtype: str, shape) -> str:
     return f"{dtype}[{', '.join(str(d) for d in shape)}]"
 
 
-def disassemble(p: Program, data: bool = True, order: np.ndarray | None = None) -> str:
+def disassemble(p: Program, data: bool = True, order: np.ndarray | None = None, header: bool = True) -> str:
+    """The listing; `header=False` gives the instruction lines alone."""
     chip = p.system.chip
     queues = chip.queue_table()
     mem_names = chip.mem_slice_names()
+    if not header:
+        order = listing_order(p) if order is None else order
+        return "".join(_instruction_line(p, int(i), queues) + "\n" for i in order)
     lines = ["lpuprog 1", _system_line(p.system)]
     lines += [f"entry {e}" for e in p.entries]
     for pl in p.placements:
@@ -143,11 +147,15 @@ def disassemble(p: Program, data: bool = True, order: np.ndarray | None = None) 
     if order is None:
         order = listing_order(p)
     for i in order:
-        lines.append(
-            f"{int(i):6d} {p.entries[int(p.entry[i])]:<10} {int(p.cycle[i]):6d} {int(p.chip[i]):4d} "
-            f"{queues[int(p.queue[i])].name:<12} {instruction_text(p, int(i))}"
-        )
+        lines.append(_instruction_line(p, int(i), queues))
     return "\n".join(lines) + "\n"
+
+
+def _instruction_line(p: Program, i: int, queues) -> str:
+    return (
+        f"{i:6d} {p.entries[int(p.entry[i])]:<10} {int(p.cycle[i]):6d} {int(p.chip[i]):4d} "
+        f"{queues[int(p.queue[i])].name:<12} {instruction_text(p, i)}"
+    )
 
 
 def listing_order(p: Program) -> np.ndarray:

@@ -6,6 +6,10 @@ The Python API mirrors the command line::
     m = lpu.parse(open("mlp.lpu").read(), "mlp.lpu")   # verified IR, or LpuError
     print(lpu.print_module(m))                          # canonical text
     outs = lpu.evaluate(m, "main", inputs, weights)     # the numpy reference
+    prog = lpu.compile(m, lpu.resolve_system("tsp"), weights)
+    r = lpu.report(prog)                                # cycles, lower bound, critical path, ...
+    t = lpu.instructions(prog).where(unit="MXM")        # the instruction table, filtered
+    json.dump(lpu.trace(prog), open("trace.json", "w")) # Perfetto / chrome://tracing
 """
 
 from compiler.backend import compile_module as compile
@@ -20,6 +24,9 @@ from isa.program import Program
 from isa.program import load as load_program
 from isa.program import save as save_program
 from isa.system import SystemConfig, resolve_system
+from lpu.report import Report, report
+from lpu.table import Table, instructions
+from lpu.trace import trace_events as trace
 
 __all__ = [
     "Diagnostic",
@@ -28,17 +35,22 @@ __all__ = [
     "Module",
     "Program",
     "Reference",
+    "Report",
     "RunResult",
     "SystemConfig",
+    "Table",
     "TensorType",
     "compile",
     "evaluate",
+    "instructions",
     "load_program",
     "parse",
     "parse_file",
     "print_module",
+    "report",
     "resolve_system",
     "save_program",
+    "trace",
     "verify",
 ]
 __version__ = "0.1.0"

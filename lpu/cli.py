@@ -111,6 +111,13 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--chip", type=int, metavar="C", help="only instructions of chip C")
     n.add_argument("--unit", metavar="U", help="only a unit kind (MEM, VXM, ...) or one queue (vxm.q0)")
     n.add_argument("--cycles", metavar="A:B", help="only instructions issued in cycles A..B-1")
+    n.add_argument(
+        "--tensor",
+        metavar="NAME",
+        help="where a param, state, input, output or value lives and every instruction touching it",
+    )
+    n.add_argument("--waves", metavar="A:B", help="a per-cycle line trace of cycles A..B-1, a column per queue")
+    n.add_argument("--entry", metavar="NAME", help="the entry for --waves (default: decode, main or the first)")
     n.set_defaults(run=cmd_inspect)
 
     rp = sub.add_parser("report", help="cycles, busy units, SRAM, links, lower bound, critical path")
@@ -362,6 +369,14 @@ def cmd_asm(args) -> int:
     return 0
 
 
+def _range(text: str, flag: str) -> tuple[int, int]:
+    lo, _, hi = text.partition(":")
+    try:
+        return (int(lo) if lo else 0), (int(hi) if hi else 1 << 62)
+    except ValueError:
+        raise error(f"{flag} {text}: expected A:B with integers") from None
+
+
 def cmd_report(args) -> int:
     import json
 
@@ -404,7 +419,23 @@ def cmd_inspect(args) -> int:
     from isa.program import load
 
     program = load(args.program)
+    if args.waves:
+        from lpu.inspect import line_trace
+        from lpu.report import default_entry
+
+        lo, hi = _range(args.waves, "--waves")
+        entry = args.entry or default_entry(program)
+        if entry not in program.entries:
+            raise error(f"--entry {entry}: the program has {', '.join(program.entries)}")
+        sys.stdout.write(line_trace(program, entry, lo, hi, args.chip))
+        return 0
     order = listing_order(program)
+    if args.tensor:
+        from lpu.inspect import tensor_instructions
+
+        where, touching = tensor_instructions(program, args.tensor)
+        print("\n".join(f"# {w}" for w in where))
+        order = touching
     queues = program.system.chip.queue_table()
     if args.chip is not None:
         order = order[program.chip[order] == args.chip]
@@ -420,14 +451,9 @@ def cmd_inspect(args) -> int:
             raise error(f"--unit {unit}: not a unit kind ({', '.join(sorted(kinds))}) or a queue name")
         order = order[np.isin(program.queue[order], keep)]
     if args.cycles:
-        lo, _, hi = args.cycles.partition(":")
-        try:
-            lo_c = int(lo) if lo else 0
-            hi_c = int(hi) if hi else 1 << 62
-        except ValueError:
-            raise error(f"--cycles {args.cycles}: expected A:B with integers") from None
+        lo_c, hi_c = _range(args.cycles, "--cycles")
         order = order[(program.cycle[order] >= lo_c) & (program.cycle[order] < hi_c)]
-    sys.stdout.write(disassemble(program, data=args.data, order=order))
+    sys.stdout.write(disassemble(program, data=args.data, order=order, header=not args.tensor))
     return 0
 
 

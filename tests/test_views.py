@@ -165,3 +165,76 @@ def test_cli_report_trace_and_plot(tmp_path, capsys, decoder):
     png = tmp_path / "g.png"
     assert main(["report", str(prog), "--plot", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tensor_view_follows_a_param_from_sram_through_the_streams(block):
+    from lpu.inspect import tensor_instructions
+
+    program, _, _ = block
+    where, ids = tensor_instructions(program, "w_qkv")
+    assert len(where) == 1 and where[0].startswith("param w_qkv f16[64, 192]: chip 0 mem.")
+    mnemonics = {program.spec(int(i)).mnemonic for i in ids}
+    assert "read" in mnemonics and "lw" in mnemonics  # read from SRAM, loaded into a matrix unit
+    assert list(program.cycle[ids]) == sorted(program.cycle[ids])
+    where, ids = tensor_instructions(program, "%qkv")
+    assert where == ["%qkv: computed by %qkv = matmul @ " + str(GPT) + ":16:10"]
+    assert "mm" in {program.spec(int(i)).mnemonic for i in ids}
+    with pytest.raises(LpuError, match="no tensor 'nope'"):
+        tensor_instructions(program, "nope")
+
+
+def test_tensor_view_follows_a_value_over_the_links(decoder):
+    from lpu.api import link_vectors
+    from lpu.inspect import tensor_instructions
+
+    program, _, _ = decoder
+    sends = {v.send: v.recv for v in link_vectors(program)}
+    _, ids = tensor_instructions(program, "cache.0.k")
+    assert len(ids)
+    touched = set(ids.tolist())
+    assert all(sends[s] in touched for s in touched if s in sends)  # a sent vector's receive is listed
+
+
+def test_line_trace_shows_each_busy_queue_cycle_by_cycle():
+    from lpu.inspect import line_trace
+
+    text = line_trace(assemble(TIGHT, "tight.lpuasm"), "main", 0, 6)
+    assert text.splitlines() == [
+        "cycle   mem.w0  vxm.q0  mem.e0",
+        "    0     read       .       .",
+        "    1        =       .       .",
+        "    2        .     add       .",
+        "    3        .       =       .",
+        "    4        .       .   write",
+        "    5        .       .       =",
+    ]
+    with pytest.raises(LpuError, match="the range is empty"):
+        line_trace(assemble(TIGHT, "tight.lpuasm"), "main", 5, 5)
+
+
+def test_cli_inspect_tensor_and_waves(tmp_path, capsys, block):
+    from isa.program import save
+
+    program, _, _ = block
+    prog = tmp_path / "b.lpuprog"
+    save(program, str(prog))
+    assert main(["inspect", str(prog), "--tensor", "w_qkv"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("# param w_qkv") and all(" main " in line for line in out[1:])
+    assert main(["inspect", str(prog), "--waves", "0:10"]) == 0
+    assert capsys.readouterr().out.startswith("cycle ")
+    assert main(["inspect", str(prog), "--waves", "x:y"]) == 1
+    assert "expected A:B with integers" in capsys.readouterr().err
+
+
+def test_instruction_table_api(block):
+    import lpu
+
+    program, _, _ = block
+    t = lpu.instructions(program)
+    assert len(t) == len(program)
+    mxm = t.where(unit="MXM")
+    assert set(mxm["mnemonic"]) <= {"lw", "iw", "mm", "acc"} and len(mxm)
+    assert sum(t.sum_by("unit", "busy").values()) == sum(lpu.report(program).busy.values())
+    row = t.where(t["id"] == 0).rows()[0]
+    assert row["id"] == 0 and row["op"] and "Table(" in repr(t)
