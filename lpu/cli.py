@@ -116,8 +116,8 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="where a param, state, input, output or value lives and every instruction touching it",
     )
-    n.add_argument("--waves", metavar="A:B", help="a per-cycle line trace of cycles A..B-1, a column per queue")
-    n.add_argument("--entry", metavar="NAME", help="the entry for --waves (default: decode, main or the first)")
+    n.add_argument("--waves", metavar="A:B", help="a per-cycle line trace of cycles A..B-1, a queue a column")
+    n.add_argument("--entry", metavar="NAME", help="the entry for --waves (default: decode, main, the first)")
     n.set_defaults(run=cmd_inspect)
 
     rp = sub.add_parser("report", help="cycles, busy units, SRAM, links, lower bound, critical path")
