@@ -30,6 +30,9 @@ def write_atomically(path: str, write: Callable[[BinaryIO], None], suffix: str =
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # as an ordinary open() would have made it (mkstemp gives 0600)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
