@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(BIN)/lpu model gpt2 --layers 4 --d-model 64 --heads 4 --vocab 128 --max-seq 16 -o out/gpt2.lpu -w out/gpt2.npz
 	$(BIN)/lpu compile out/gpt2.lpu --system node --tp 4 --pp 2 -w out/gpt2.npz -o out/gpt2.lpuprog
 	$(BIN)/lpu generate out/gpt2.lpuprog --prompt-ids 1,2,3,4 --tokens 8 --check
+	$(BIN)/lpu report out/gpt2.lpuprog
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -31,6 +32,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/many_chips.py
 	$(BIN)/python benchmarks/transformers.py
 	$(BIN)/python benchmarks/mutation.py
+	$(BIN)/python benchmarks/timing_only.py
+	$(BIN)/python benchmarks/views.py
 
 docs: $(STAMP)
 	$(BIN)/python -m isa.docs > docs/isa.md
