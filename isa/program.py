@@ -245,7 +245,6 @@ def system_to_dict(s: SystemConfig) -> dict:
         "link_latency_cycles": s.link_latency_cycles,
         "link_gbps": s.link_gbps,
         "rx_buffer_depth": s.rx_buffer_depth,
-        "chip_power_w": s.chip_power_w,
         "gpu_memory_gbps": s.gpu_memory_gbps,
         "gpu_tflops": s.gpu_tflops,
     }
@@ -261,7 +260,7 @@ def system_from_dict(d: dict) -> SystemConfig:
         link_latency_cycles=d["link_latency_cycles"],
         link_gbps=d["link_gbps"],
         rx_buffer_depth=d["rx_buffer_depth"],
-        **{k: d[k] for k in ("chip_power_w", "gpu_memory_gbps", "gpu_tflops") if k in d},
+        **{k: d[k] for k in ("gpu_memory_gbps", "gpu_tflops") if k in d},
     )
 
 

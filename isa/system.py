@@ -28,6 +28,9 @@ from isa.files import read_bytes
 WIRE_OVERHEAD_BYTES = 8  # a 320-byte vector travels as 328 bytes (ISCA 2022)
 
 
+ESTIMATE_KEYS = ("gpu_memory_gbps", "gpu_tflops")  # for lpu report's GPU comparison
+
+
 @dataclass(frozen=True)
 class SystemConfig:
     """Chips of one kind, the links between them, and the links' timing."""
@@ -39,9 +42,8 @@ class SystemConfig:
     link_latency_cycles: int = 220
     link_gbps: float = 100.0
     rx_buffer_depth: int = 1  # vectors a receiver may hold before its RECV takes them
-    # for the estimates of `lpu report` (not for timing): a chip's power draw (about 300 W per TSP
-    # chip, shared/reference/groq-tsp.md), and a GPU to compare with (defaults: an H100-class part)
-    chip_power_w: float = 300.0
+    # for `lpu report`'s comparison only (not for timing): a GPU (defaults: an H100-class part);
+    # a chip's power is the chip's own `power_watts`
     gpu_memory_gbps: float = 3350.0  # GB/s of memory bandwidth
     gpu_tflops: float = 989.0  # dense f16/bf16 peak
 
@@ -83,7 +85,7 @@ def _problems(s: SystemConfig):
         yield "system.link_latency_cycles", f"must be a positive integer, got {s.link_latency_cycles!r}"
     if isinstance(s.link_gbps, bool) or not isinstance(s.link_gbps, (int, float)) or not s.link_gbps > 0:
         yield "system.link_gbps", f"must be a positive number, got {s.link_gbps!r}"
-    for key in ("chip_power_w", "gpu_memory_gbps", "gpu_tflops"):
+    for key in ESTIMATE_KEYS:
         v = getattr(s, key)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
             yield f"system.{key}", f"must be a positive number, got {v!r}"
@@ -221,7 +223,6 @@ def named_system(name: str) -> SystemConfig:
 
 # -- TOML ----------------------------------------------------------------------
 
-ESTIMATE_KEYS = ("chip_power_w", "gpu_memory_gbps", "gpu_tflops")  # for lpu report's estimates
 SYSTEM_KEYS = (
     "name",
     "chips",
@@ -229,7 +230,6 @@ SYSTEM_KEYS = (
     "link_latency_cycles",
     "link_gbps",
     "rx_buffer_depth",
-    "chip_power_w",
     "gpu_memory_gbps",
     "gpu_tflops",
 )

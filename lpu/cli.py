@@ -132,6 +132,24 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("-o", "--output", metavar="TRACE.json", required=True)
     tr.set_defaults(run=cmd_trace)
 
+    fz = sub.add_parser("fuzz", help="differential fuzzing: random modules compiled, emulated and compared")
+    fz.add_argument("--examples", type=int, default=200, metavar="N", help="cases to try (default 200)")
+    fz.add_argument("--seed", type=int, default=0, metavar="S", help="the same seed gives the same cases")
+    fz.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop starting rounds after this")
+    fz.add_argument(
+        "--system", metavar="PRESET|FILE.toml", help="this system with random splits (default: random chips)"
+    )
+    fz.add_argument("--jobs", type=int, default=1, metavar="J", help="processes (default 1)")
+    fz.add_argument(
+        "--mutate", type=int, nargs="?", const=20, metavar="K",
+        help="mutation campaign: K random single mutations of each compiled case (default 20)",
+    )  # fmt: skip
+    fz.add_argument("--out", default="fuzz-failures", metavar="DIR", help="where failing cases are written")
+    fz.add_argument("--replay", metavar="CASE.lpu", help="check a written case again (with --system, --seed)")
+    fz.add_argument("--tp", type=int, default=1, help="with --replay: the case's split")
+    fz.add_argument("--pp", type=int, default=1, help="with --replay: the case's split")
+    fz.set_defaults(run=cmd_fuzz)
+
     r = sub.add_parser("run", help="emulate a program cycle by cycle and check its timing")
     r.add_argument("program", metavar="PROG.lpuprog")
     r.add_argument("--entry", metavar="NAME", help="entry point (default: the only one, or main)")
@@ -375,6 +393,64 @@ def _range(text: str, flag: str) -> tuple[int, int]:
         return (int(lo) if lo else 0), (int(hi) if hi else 1 << 62)
     except ValueError:
         raise error(f"{flag} {text}: expected A:B with integers") from None
+
+
+def cmd_fuzz(args) -> int:
+    import time
+
+    from isa.system import resolve_system
+    from lpu import fuzz
+
+    system = resolve_system(args.system) if args.system else None
+    if args.replay:
+        if system is None:
+            raise error("--replay needs the case's --system (the .toml written beside it, or a preset)")
+        problem = fuzz.replay(args.replay, system, args.tp, args.pp, args.seed)
+        if problem:
+            print(f"{args.replay}: fails: {problem}", file=sys.stderr)
+            return 1
+        print(f"{args.replay}: passes (compiled, emulated with no violations, outputs match the reference)")
+        return 0
+    for name, v in (("--examples", args.examples), ("--jobs", args.jobs)):
+        if v < 1:
+            raise error(f"{name} must be at least 1, got {v}")
+    if args.mutate is not None and args.mutate < 1:
+        raise error(f"--mutate must be at least 1, got {args.mutate}")
+    started = time.monotonic()
+    outcome = fuzz.campaign(
+        args.examples,
+        args.seed,
+        system,
+        jobs=args.jobs,
+        time_budget=args.time_budget,
+        mutate=args.mutate or 0,
+        progress=lambda done, total, o: fuzz.report_progress(done, total, o, started),
+    )
+    took = time.monotonic() - started
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    where = args.system or "random chips"
+    if args.mutate:
+        rate = outcome.kill_rate
+        print(
+            f"mutation: {outcome.cases} programs on {where}, {outcome.mutants} mutants: "
+            f"{outcome.caught_timing} caught by timing, {outcome.caught_values} by values, "
+            f"{outcome.equivalent} equivalent, {len(outcome.survivors)} survived; kill rate "
+            + (f"{rate:.4f}" if rate is not None else "n/a")
+            + f" ({took:.1f} s)"
+        )
+        for k, (case, what) in enumerate(outcome.survivors[:20]):
+            path, command = fuzz.write_case(case, args.out, f"survivor-{args.seed}-{k}", f"survived: {what}")
+            print(f"survivor {what}: {path}\n  {command}", file=sys.stderr)
+        return 1 if outcome.survivors else 0
+    print(
+        f"fuzz: {outcome.cases} cases on {where} in {took:.1f} s "
+        f"({outcome.cases / max(took, 1e-9):.0f} cases/s), {len(outcome.failures)} failed"
+    )
+    for k, (case, problem) in enumerate(outcome.failures):
+        path, command = fuzz.write_case(case, args.out, f"failure-{args.seed}-{k}", problem)
+        print(f"failed: {problem}\n  shrunk case: {path}\n  reproduce: {command}", file=sys.stderr)
+    return 1 if outcome.failures else 0
 
 
 def cmd_report(args) -> int:

@@ -189,7 +189,7 @@ def report(p: Program, entry: str | None = None) -> Report:
     if "decode" in p.entries and entry == "decode":
         r.latency_per_token_s = r.seconds
         r.tokens_per_s = 1.0 / r.seconds if r.seconds else None
-        r.energy_per_token_j = used * p.system.chip_power_w * r.seconds
+        r.energy_per_token_j = used * chip_cfg.power_watts * r.seconds
         r.gpu = gpu_roofline(p)
     return r
 
