@@ -53,6 +53,10 @@ def compile_module(
     L = chip.lanes
     if timing_only and weights is not None:
         raise error("a timing-only compile takes no weights")
+    if weights is not None:
+        missing = [g.name for g in module.params if g.name not in weights]
+        if missing:
+            raise error(f"no weights given for {', '.join('@' + n for n in missing[:8])}")
     m = decompose(module)
     _check_params(m, chip, tp * pp)
     plan = partition(m, system, tp, pp)

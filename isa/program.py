@@ -36,6 +36,7 @@ import io
 import json
 import math
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -510,7 +511,7 @@ def from_bytes(data: bytes, filename: str = "<program>") -> Program:
     try:
         z = zipfile.ZipFile(io.BytesIO(data))
         names = set(z.namelist())
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+    except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError):
         raise bad(
             "not a program file (.lpuprog): it is not a complete zip archive; is it truncated?"
         ) from None
@@ -519,7 +520,7 @@ def from_bytes(data: bytes, filename: str = "<program>") -> Program:
             header = json.loads(z.read("header.json"))
         except KeyError:
             raise bad("not a program file: it has no header.json") from None
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, UnicodeDecodeError):
+        except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, UnicodeDecodeError):
             raise bad("the program's header is damaged") from None
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             raise bad("not a program file: its header does not say format 'lpuprog'")
@@ -535,7 +536,7 @@ def from_bytes(data: bytes, filename: str = "<program>") -> Program:
                 raise bad(f"the program lacks its '{name}' table")
             try:
                 blob = z.read(f"{name}.npy")
-            except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+            except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError):
                 raise bad(f"the program's '{name}' table is damaged (checksum or length)") from None
             if hashlib.sha256(blob).hexdigest() != digests[name]:
                 raise bad(f"the program's '{name}' table does not match its checksum: the file was modified")
