@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/mutation.py
 	$(BIN)/python benchmarks/timing_only.py
 	$(BIN)/python benchmarks/views.py
+	$(BIN)/python benchmarks/fuzz.py
 
 docs: $(STAMP)
 	$(BIN)/python -m isa.docs > docs/isa.md

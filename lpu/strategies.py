@@ -442,3 +442,48 @@ def blocks(draw, dtypes=("f16", "bf16")):
     from compiler import parse
 
     return parse(text, "block.lpu")
+
+
+# -- compiled programs and their mutations ----------------------------------------------------------
+
+
+@st.composite
+def compiled(draw, system=None, max_ops: int = 6):
+    """(program, module, weights) for a random module compiled for a random small chip, or for
+    `system` with a random (tp, pp) split. Modules the compiler refuses for a documented limit
+    (SRAM, one MEM slice, streams, lanes moved by a run-time amount) are filtered out."""
+    from hypothesis import assume
+
+    from compiler.backend import compile_module
+    from isa.diagnostics import LpuError
+    from lpu.arrays import random_weights
+
+    m = draw(modules(max_ops=max_ops, ops=CHIP_OPS, max_graphs=1))
+    assume(
+        not any(
+            op.name == "update_slice" and op.attr("axis") % op.result.type.rank == op.result.type.rank - 1
+            for g in m.graphs
+            for op in g.ops
+        )
+    )
+    if system is None:
+        system, (tp, pp) = systems_of(draw(chips())), (1, 1)
+    else:
+        tp, pp = draw(splits(system))
+    w = random_weights(m, draw(st.integers(0, 3)))
+    try:
+        program = compile_module(m, system, w, tp=tp, pp=pp)
+    except LpuError:
+        assume(False)
+    return program, m, w
+
+
+@st.composite
+def mutations(draw, program):
+    """One random single mutation of `program`, as `lpu fuzz --mutate` makes them: an issue cycle
+    +-1..3, a stream field, an address by one vector, a send or receive moved or re-targeted.
+    Returns (what changed, the mutated program)."""
+    from lpu.mutate import mutants
+
+    seed = draw(st.integers(0, 2**31 - 1))
+    return next(iter(mutants(program, 1, seed)))

@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from compiler import parse_file
+from compiler.reference import Reference
+from emulator.run import Emulator
+from isa.diagnostics import LpuError
 from isa.system import load_system, named_system
 from lpu import fuzz
+from lpu.arrays import random_inputs
 from lpu.cli import main
+from lpu.strategies import compiled, mutations
 
 
 def test_a_seeded_campaign_of_200_cases_on_tiny_passes():
@@ -84,3 +92,19 @@ def test_cli_fuzz_passes_and_says_how_fast(capsys):
     assert main(["fuzz", "--examples", "40", "--seed", "5", "--system", "tiny"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("fuzz: ") and "cases/s" in out and "0 failed" in out
+
+
+@settings(max_examples=15, deadline=None)
+@given(compiled(system=named_system("tiny")), st.data())
+def test_property_public_strategies_give_runnable_programs_and_real_mutations(case, data):
+    program, m, w = case
+    g = m.graphs[0]
+    inputs = random_inputs(m, g, 0)
+    try:
+        Reference(m, w).run(g.name, inputs)
+    except LpuError:
+        assume(False)
+    assert Emulator(program).run(g.name, inputs).violations == []
+    what, mutant = data.draw(mutations(program))
+    changed = ~np.all(mutant.fields == program.fields, axis=1) | (mutant.cycle != program.cycle)
+    assert changed.sum() == 1, what  # exactly one instruction differs
