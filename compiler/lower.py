@@ -509,26 +509,10 @@ class Lowering:
 
     def move(self, srcs: list[Tensor], t: TensorType, which: np.ndarray, index: np.ndarray) -> Tensor:
         """out element e = srcs[which[e]] element index[e] (flat, row-major)."""
-        L = self.L
         out = self.new_tensor("moved", t, avoid={s.slice for s in srcs})
         which = np.asarray(which).reshape(-1)
         index = np.asarray(index).reshape(-1)
-        plan = []  # per output vector: list of (src tensor, src vector, map)
-        for r in range(out.rows):
-            for c in range(out.chunks):
-                sources: dict[tuple[int, int], list[int]] = {}
-                for lane in range(L):
-                    col = 0 if out.splat else c * L + lane
-                    if col >= out.cols:
-                        continue
-                    e = r * out.cols + col
-                    s = srcs[int(which[e])]
-                    se = int(index[e])
-                    sr, sc = divmod(se, s.cols)
-                    sv = sr * s.chunks + sc // L
-                    s_lane = lane if s.splat else sc % L
-                    sources.setdefault((int(which[e]), sv), [-1] * L)[lane] = s_lane
-                plan.append([(srcs[k], sv, m) for (k, sv), m in sorted(sources.items())])
+        plan = self._move_plan(srcs, out, which, index)
         # runs of whole vectors copied unchanged become one copy pipeline
         v = 0
         while v < len(plan):
@@ -551,6 +535,45 @@ class Lowering:
             self._gather(out, v, plan[v])
             v += 1
         return out
+
+    def _move_plan(self, srcs: list[Tensor], out: Tensor, which: np.ndarray, index: np.ndarray):
+        """Per output vector, its sources in order: [(src tensor, src vector, lane map), ...], a
+        lane map giving for each output lane the source lane (-1: none). Built with numpy over every
+        (vector, lane) at once."""
+        L = self.L
+        vec = np.arange(out.rows * out.chunks)
+        r, c = np.divmod(vec, out.chunks)
+        lane = np.arange(L)
+        col = np.zeros((len(vec), L), np.int64) if out.splat else c[:, None] * L + lane[None, :]
+        valid = col < out.cols
+        e = np.where(valid, r[:, None] * out.cols + col, 0)
+        k = which[e]
+        se = index[e]
+        cols = np.array([s.cols for s in srcs], np.int64)[k]
+        chunks = np.array([s.chunks for s in srcs], np.int64)[k]
+        splat = np.array([s.splat for s in srcs], bool)[k]
+        sr, sc = np.divmod(se, cols)
+        sv = sr * chunks + sc // L
+        s_lane = np.where(splat, np.broadcast_to(lane, valid.shape), sc % L)
+        plan = []
+        for v in range(len(vec)):
+            ok = valid[v]
+            if not ok.any():
+                plan.append([])
+                continue
+            keys = np.stack([k[v][ok], sv[v][ok]], axis=1)
+            uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+            inverse = inverse.reshape(-1)
+            lanes_ok = lane[ok]
+            src_lanes = s_lane[v][ok]
+            entry = []
+            for g, (kk, vv) in enumerate(uniq.tolist()):
+                m = np.full(L, -1, np.int64)
+                sel = inverse == g
+                m[lanes_ok[sel]] = src_lanes[sel]
+                entry.append((srcs[kk], vv, m.tolist()))
+            plan.append(entry)
+        return plan
 
     def _is_copy(self, sources, v: int, out: Tensor) -> bool:
         if len(sources) != 1:
