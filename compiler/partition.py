@@ -385,7 +385,11 @@ class Partitioner:
             if op.name in FREE_OPS:
                 self.free[id(op.result)] = ("const", op)
                 continue
-            if (op.name in VXM_OPS or op.name in MOVE_OPS) and all(self.have(o) is None for o in op.operands):
+            if (
+                (op.name in VXM_OPS or op.name in MOVE_OPS)
+                and all(self.have(o) is None for o in op.operands)
+                and not self._large_table(op)
+            ):
                 # computed from free values only (an int8 weight cast to f16, a scaled table, the rope
                 # rows of a decode position): free too, computed on each chip of every stage that needs
                 # it (elementwise ops for just the part it needs) instead of sent from stage to stage
@@ -409,6 +413,14 @@ class Partitioner:
             root = self.groups[stage][0]
             self.e.outputs.append((root, d.locals[root]))
         return self.e
+
+    def _large_table(self, op: Op) -> bool:
+        """A gather from a table too large to copy to every chip (an embedding): not free, so that it
+        is looked up once, split by columns and cut into row blocks."""
+        if op.name != "gather":
+            return False
+        t = op.operands[0].type
+        return vectors_of(t.shape, self.L) * self.L * DTYPE_BYTES[t.dtype] > self.chip.mem_slice_bytes * 3 // 4
 
     def stage_of_value(self, v: Operand, default: int) -> int:
         if isinstance(v, Global) and v.kind == "state":
@@ -789,6 +801,10 @@ class Partitioner:
             if blocks:
                 locals_[c] = self.blocked_matmul(c, operands[0], blocks, lt, dtype)
                 continue
+            rows = self.weight_blocks(operands[0], rows_only=True) if op.name == "gather" else None
+            if rows:
+                locals_[c] = self.blocked_gather(c, operands[1], rows[0][2], lt)
+                continue
             locals_[c] = self.local(c, op.name, operands, op.attr_dict, lt, op.result.name, op.loc)
         return Dist(out, stage, locals_, t.dtype, t.shape)
 
@@ -813,7 +829,32 @@ class Partitioner:
             pieces.append(acc)
         return pieces[0] if len(pieces) == 1 else self.concat(c, pieces, len(lt.shape) - 1, dtype)
 
-    def weight_blocks(self, w):
+    def blocked_gather(self, c: int, ids: Value, rows, lt: TensorType) -> Value:
+        """gather(table, ids) for a table cut into row blocks: each block looks up the ids clipped into
+        its rows, and each row of the result is taken from the block that holds its id (the blocks
+        in order, the last one whose first row is <= the id)."""
+        n = ids.type.shape
+        i32 = TensorType("i32", ())
+        shape_1 = TensorType("bool", n + (1,)) if lt.rank == len(n) + 1 else None
+        out = None
+        for w, r0, r1 in rows:
+            lo = self.local(c, "constant", (), {"value": r0}, i32)
+            hi = self.local(c, "constant", (), {"value": r1 - r0 - 1}, i32)
+            zero = self.local(c, "constant", (), {"value": 0}, i32)
+            rel = self.local(c, "sub", (ids, lo), {}, ids.type)
+            rel = self.local(c, "min", (self.local(c, "max", (rel, zero), {}, ids.type), hi), {}, ids.type)
+            got = self.local(c, "gather", (w, rel), {}, lt)
+            if out is None:
+                out = got
+                continue
+            below = self.local(c, "constant", (), {"value": r0 - 1}, i32)
+            mine = self.local(c, "greater", (ids, below), {}, TensorType("bool", n))
+            if shape_1 is not None:
+                mine = self.local(c, "reshape", (mine,), {}, shape_1)
+            out = self.local(c, "where", (mine, got, out), {}, lt)
+        return out
+
+    def weight_blocks(self, w, rows_only: bool = False):
         """A local weight too large for one MEM slice (a tensor lives in one slice), cut into blocks of
         whole vectors that fit: [(first column, end, [(block param, first row, end), ...]), ...] in the
         local weight's coordinates. Column blocks come first (row blocks first for a row-split weight),
@@ -833,13 +874,15 @@ class Partitioner:
 
         if size(rows, cols) <= budget:
             return None
-        if part is None or part[0] == 1:  # columns first: a block of cb columns is rows x cb/L vectors
+        if rows_only:  # a gather table: blocks of whole rows
+            rb, cb = max(1, budget // (-(-cols // L) * L * width)), cols
+        elif part is None or part[0] == 1:  # columns first: a block of cb columns is rows x cb/L vectors
             cb = min(cols, max(L, budget // (rows * width) // L * L))
             rb = rows if size(rows, cb) <= budget else budget // (-(-cb // L) * L * width) // L * L
         else:  # rows first (whole vectors of x too)
             rb = min(rows, max(L, budget // (-(-cols // L) * L * width) // L * L))
             cb = cols if size(rb, cols) <= budget else budget // (rb * width) // L * L
-        if rb < min(L, rows) or cb < min(L, cols):
+        if not rows_only and (rb < min(L, rows) or cb < min(L, cols)):
             return None
         offset = {part[0]: part[1]} if part else {}
         c = next(chip for (chip, _), g2 in self._local_owner.items() if g2 is w)
@@ -877,6 +920,12 @@ class Partitioner:
             return self._elementwise(op, haves)
         if name == "matmul":
             return self._matmul(op, haves)
+        if name == "gather" and haves[0] is None and op.operands[0].type.rank == 2:
+            # a table that is a param: each chip looks up its own columns of it (free to split), the
+            # rows come out split on their last axis
+            table = op.operands[0].type
+            if table.shape[1] % self.T == 0:
+                return [1, R], op.result.type.rank - 1
         h = haves[0]
         if name in ("reduce_sum", "reduce_max"):
             x = op.operands[0].type

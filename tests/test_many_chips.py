@@ -394,3 +394,35 @@ def test_weights_too_large_in_both_axes_are_cut_into_a_grid_of_blocks(tp):
     assert np.array_equal(weights_from_image(program)["w"], random_weights(parse(TALL), 0)["w"])
     again = from_bytes(to_bytes(program))
     assert [pl.part for pl in again.placements] == [pl.part for pl in program.placements]
+
+
+EMBEDDING = """
+module emb
+param @table : f16[1500, 64]
+graph main(%ids: i32[5]) -> (f16[5, 64]) {
+  %x = gather(@table, %ids)
+  %y = mul(%x, %x)
+  return %y
+}
+"""
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_a_gather_table_larger_than_a_slice_is_split_by_columns_and_cut_into_row_blocks(tp):
+    """An embedding table is not copied to every chip: tensor parallelism splits its columns (each
+    chip looks up its own), and a table still larger than a slice is cut into blocks of rows, each
+    looked up with the ids clipped into it; every row comes from the block that holds its id."""
+    m = parse(EMBEDDING)
+    w = random_weights(m, 0)
+    program = compile_module(m, tiny_system(2), w, tp=tp, pp=1)
+    parts = sorted(pl.part for pl in program.placements if pl.name == "table" and pl.chip == 0)
+    assert len(parts) >= 2 and all(p[0] == 0 for p in parts)  # row blocks
+    if tp == 2:
+        assert all(p[3:] == (1, 0, 32) for p in parts)  # of chip 0's columns
+    limit = program.system.chip.mem_slice_bytes
+    assert all(pl.words(16) * 16 <= limit for pl in program.placements if pl.role == "param")
+    inputs = {"ids": np.array([0, 1499, 700, 17, 1024], np.int32)}  # first, last, and across blocks
+    run = Emulator(program).run("main", inputs)
+    assert run.violations == []
+    assert check_outputs(program, "main", inputs, run.outputs).ok
+    assert np.array_equal(weights_from_image(program)["table"], w["table"])
