@@ -292,6 +292,8 @@ def check(p: Program) -> None:
         or p.src_off.shape != (n_ins, MAX_SOURCES)
     ):
         raise ProgramError(-1, "the instruction table's columns have different lengths")
+    if _all_valid(p):  # the common case, in numpy; anything doubtful goes through the loop below
+        return
     for i in range(n_ins):
         code = int(p.opcode[i])
         if code not in BY_CODE:
@@ -345,6 +347,91 @@ def check(p: Program) -> None:
                 continue
             if not (s in (NONE, IMAGE, UNCHECKED, ADDRESS) or 0 <= s < n_ins):
                 raise ProgramError(i, f"source {slots[k]} names instruction {s}, which does not exist")
+
+
+def _all_valid(p: Program) -> bool:
+    """Whether every instruction passes the checks of `check`, decided per opcode over whole columns.
+    True only when the loop would raise nothing (it is never less strict); False sends the program
+    through the loop, which names the first bad instruction."""
+    chip = p.system.chip
+    queues = chip.queue_table()
+    n_ins = len(p)
+    if not n_ins:
+        return True
+    S, lanes = chip.streams_per_direction, chip.lanes
+    code = p.opcode.astype(np.int64)
+    if code.min() < 0 or code.max() > max(BY_CODE) or not np.isin(code, list(BY_CODE)).all():
+        return False
+    if (
+        p.entry.min() < 0
+        or p.entry.max() >= len(p.entries)
+        or p.chip.min() < 0
+        or p.chip.max() >= p.system.chips
+    ):
+        return False
+    if p.queue.min() < 0 or p.queue.max() >= len(queues) or p.cycle.min() < 0:
+        return False
+    if p.n.min() < 1 or p.n.max() > 1 << 24:
+        return False
+    units = list(Unit)
+    queue_unit = np.array([units.index(q.unit) for q in queues], np.int64)[p.queue]
+    n = p.n.astype(np.int64)
+    for c in np.unique(code).tolist():
+        spec = BY_CODE[c]
+        rows = code == c
+        if spec.unit is not Unit.ICU and (queue_unit[rows] != units.index(spec.unit)).any():
+            return False
+        f = p.fields[rows]
+        v = {}
+        for k, name in enumerate(spec.operands):
+            col = f[:, k]
+            v[name] = col
+            kind = FIELDS[name].kind
+            limit = {
+                "stream": 2 * S,
+                "dtype": len(DTYPES),
+                "link": chip.c2c_links,
+                "addr": chip.words_per_slice,
+            }.get(kind)
+            if kind.startswith("enum:"):
+                limit = len(ENUMS[kind[5:]])
+            if limit is not None and (col.min() < 0 or col.max() >= limit):
+                return False
+        if (f[:, len(spec.operands) :] != 0).any():
+            return False
+        nn = n[rows]
+        m = spec.mnemonic
+        if "addr" in v and m in ("read", "write"):
+            width = np.array([DTYPE_BYTES[d] for d in DTYPES], np.int64)[v["dt"]]
+            if (v["addr"] + nn * width - 1 >= chip.words_per_slice).any():
+                return False
+        if m == "lw" and ((v["row"] < 0) | (v["row"] + nn > chip.mxm_k_i8)).any():
+            return False
+        if "slot" in v and ((v["slot"] < 0) | (v["slot"] + nn > chip.mxm_acc_slots)).any():
+            return False
+        if m == "mm":
+            ok_dt = np.isin(v["dt"], [DTYPES.index(d) for d in ("i8", "f16", "bf16")])
+            if not ok_dt.all() or (v["kof"] < 0).any() or (v["kof"] >= lanes).any():
+                return False
+        if "k" in v and ((v["k"] <= -lanes) | (v["k"] >= lanes)).any():
+            return False
+        if "lane" in v and ((v["lane"] < 0) | (v["lane"] >= lanes)).any():
+            return False
+        if "map" in v and ((v["map"] < 0) | (v["map"] >= len(p.maps))).any():
+            return False
+        if m == "trans" and (nn % 16).any():
+            return False
+        slots = len(source_slots(spec))
+        src = p.src[rows]
+        if (src[:, slots:] != NONE).any() or (p.src_off[rows][:, slots:] != 0).any():
+            return False
+        if (p.src_step[rows][:, slots:] != 1).any():
+            return False
+        used = src[:, :slots]
+        special = np.isin(used, [NONE, IMAGE, UNCHECKED, ADDRESS])
+        if not (special | ((used >= 0) & (used < n_ins))).all():
+            return False
+    return True
 
 
 def _check_ranges(i: int, spec: OpSpec, v: dict, n: int, chip: ChipConfig, n_maps: int, lanes: int):

@@ -215,3 +215,37 @@ def test_nothing_loads_data_with_pickle_or_eval():
             if re.search(pattern, text):
                 offenders.append(f"{path.relative_to(ROOT)}: {pattern}")
     assert offenders == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_property_the_fast_program_check_is_never_less_strict_than_the_loop(program_bytes, data):
+    """`check` decides most programs with whole-column numpy tests and sends doubtful ones through the
+    per-instruction loop: on damaged tables (a random value in a random cell) both verdicts agree."""
+    import isa.program as prog
+
+    p = from_bytes(program_bytes, "x.lpuprog")
+    table = data.draw(
+        st.sampled_from(["fields", "src", "src_off", "src_step", "cycle", "n", "queue", "opcode", "chip"])
+    )
+    a = getattr(p, table).copy()
+    flat = a.reshape(-1)
+    k = data.draw(st.integers(0, len(flat) - 1))
+    flat[k] = data.draw(st.sampled_from([-5, -4, -1, 0, 1, 2, 15, 16, 17, 63, 64, 1 << 20, int(flat[k]) + 1]))
+    setattr(p, table, a)
+
+    def verdict() -> str | None:
+        try:
+            prog.check(p)
+        except prog.ProgramError as e:
+            return e.message
+        return None
+
+    fast = verdict()
+    real = prog._all_valid
+    prog._all_valid = lambda _p: False
+    try:
+        slow = verdict()
+    finally:
+        prog._all_valid = real
+    assert fast == slow
