@@ -99,7 +99,29 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--skip-70b", action="store_true")
+    ap.add_argument(
+        "--big",
+        metavar="OUT.lpuprog",
+        help="also compile a 64-layer toy Llama on 512 chips of dragonfly:8 (tp=8 pp=64, minutes); save it",
+    )
     args = ap.parse_args()
+    if args.big:
+        c = LlamaConfig(layers=64, d_model=64, heads=8, kv_heads=8, ffn=128, vocab=128, max_seq=8)
+        t = time.perf_counter()
+        p = compile_module(
+            parse(module_text(c)), named_system("dragonfly:8"), None, tp=8, pp=64, timing_only=True
+        )
+        took = time.perf_counter() - t
+        memo = p.meta["timing_only"]
+        print(
+            f"64 layers on 512 chips of dragonfly:8: {len(p)} instructions, decode "
+            f"{p.length('decode')} cycles, compiled in {took:.0f} s; {memo['stage_blocks_searched']} "
+            "stage blocks searched, "
+            f"{memo['stage_blocks_reused']} reused"
+        )
+        from isa.program import save
+
+        save(p, args.big)
     table([measure(n, 2, 4, args.runs) for n in (4, 8, 16)], "layers grow, 8 chips (tp=2, pp=4):")
     rows = [measure(n, 2, n, args.runs) for n in (4, 8, 16)]
     table(rows, "one layer per stage, tp=2 (chips = 2 x layers):")

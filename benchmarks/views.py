@@ -52,7 +52,25 @@ def median_time(fn, runs: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--program", metavar="PROG.lpuprog", help="measure this program file instead (one run)")
     args = ap.parse_args()
+    if args.program:
+        t = time.perf_counter()
+        p = load(args.program)
+        t_load = time.perf_counter() - t
+        t = time.perf_counter()
+        r = report(p)
+        t_report = time.perf_counter() - t
+        t = time.perf_counter()
+        events = trace_events(p)
+        t_trace = time.perf_counter() - t
+        print(
+            f"{args.program}: {len(p)} instructions on {r.chips} chips; load {t_load:.1f} s, report "
+            f"{t_report:.1f} s ({1e6 * t_report / len(p):.1f} us per instruction; bound ratio "
+            f"{r.bound_ratio:.2f}, {r.binding_bound}), trace {len(events['traceEvents'])} events built in "
+            f"{t_trace:.1f} s"
+        )
+        return
     print(
         f"{'program':<26} {'instr':>7} {'load s':>7} {'report s':>8} {'x load':>6} {'trace s':>7} "
         f"{'x load':>6} {'table s':>7} {'x load':>6} {'report ms/1k':>12}"
