@@ -249,3 +249,28 @@ def test_property_the_fast_program_check_is_never_less_strict_than_the_loop(prog
     finally:
         prog._all_valid = real
     assert fast == slow
+
+
+def test_input_files_with_wrong_shapes_dtypes_or_names_are_refused(tmp_path, capsys):
+    model = tmp_path / "mlp.lpu"
+    model.write_text(SMALL)
+    prog = tmp_path / "mlp.lpuprog"
+    assert main(["compile", str(model), "--random-weights", "0", "-o", str(prog)]) == 0
+    capsys.readouterr()
+    cases = {
+        "shape": {"x": np.zeros((4, 31), np.float32)},
+        "missing": {},
+        "extra": {"x": np.zeros((4, 32), np.float32), "y": np.zeros(3, np.float32)},
+        "dtype": {"x": np.array([["a"] * 32] * 4)},
+    }
+    for what, arrays in cases.items():
+        path = tmp_path / f"{what}.npz"
+        np.savez(path, **arrays)
+        out = tmp_path / "out.npz"
+        code = main(["run", str(prog), "--inputs", str(path), "-o", str(out)])
+        err = capsys.readouterr().err
+        assert code == 1 and "error:" in err and "Traceback" not in err, (what, err)
+        assert path.name in err, (what, err)
+        assert not out.exists()
+    np.savez(tmp_path / "good.npz", x=np.zeros((4, 32), np.float32))
+    assert main(["run", str(prog), "--inputs", str(tmp_path / "good.npz"), "--check"]) == 0
