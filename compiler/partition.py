@@ -420,7 +420,8 @@ class Partitioner:
         if op.name != "gather":
             return False
         t = op.operands[0].type
-        return vectors_of(t.shape, self.L) * self.L * DTYPE_BYTES[t.dtype] > self.chip.mem_slice_bytes * 3 // 4
+        size = vectors_of(t.shape, self.L) * self.L * DTYPE_BYTES[t.dtype]
+        return size > self.chip.mem_slice_bytes * 3 // 4
 
     def stage_of_value(self, v: Operand, default: int) -> int:
         if isinstance(v, Global) and v.kind == "state":
