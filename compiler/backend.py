@@ -97,7 +97,7 @@ def compile_module(
             low = Lowering(chip, tensors, symbols[c], c)
             # every entry starts from the state after the params were placed, with constants of its
             # own: a chip's lowering depends on its own statements only (so alike stages lower alike)
-            low.maps, low._rr, low.jobs = maps, dict(first[c]._rr), jobs
+            low.maps, low._rr, low.jobs, low.pinned = maps, dict(first[c]._rr), jobs, first[c].pinned
             lows[c] = low
         inputs = []
         for c, name, v, part in ep.inputs:

@@ -146,6 +146,7 @@ class Lowering:
         self.maps: dict[tuple[int, ...], int] = {}
         self._consts: dict[tuple, Tensor] = {}
         self.values: dict[int, Tensor] = {}
+        self.pinned: dict[str, int] = {}  # bytes held for good per slice (shared by a chip's lowerings)
         self.op_index = -1
         self.op_name = ""
         self.op_loc = ""  # the IR location of the op being lowered ("" for collectives)
@@ -213,10 +214,25 @@ class Lowering:
         avoid: set[str] = frozenset(),
         data: np.ndarray | None = None,
     ) -> Tensor:
+        where = self.pick_slice(avoid)
+        cols = t.shape[-1] if t.shape else 1
+        size = math.prod(t.shape[:-1]) * -(-cols // self.L) * self.L * DTYPE_BYTES[t.dtype]
+        room = self.chip.mem_slice_bytes
+        if kind in ("param", "const", "state"):  # held for good: never more than a slice can take
+            if self.pinned.get(where, 0) + size > room:
+                free = [s for s in self.slices if s not in avoid]
+                where = min(free, key=lambda s: (self.pinned.get(s, 0), self.slices.index(s)), default=where)
+            self.pinned[where] = self.pinned.get(where, 0) + size
+        elif self.pinned.get(where, 0) + size > room * 3 // 4:
+            # a slice mostly held by weights has no room for large temporaries: the next that has
+            for _ in range(len(self.slices) - 1):
+                s = self.pick_slice(avoid)
+                if self.pinned.get(s, 0) + size <= room * 3 // 4:
+                    where = s
+                    break
         tensor = Tensor(
-            len(self.tensors), name, t.dtype, t.shape, self.pick_slice(avoid), kind, self.L, data,
-            chip=self.chip_index,
-        )  # fmt: skip
+            len(self.tensors), name, t.dtype, t.shape, where, kind, self.L, data, chip=self.chip_index
+        )
         self.tensors.append(tensor)
         return tensor
 

@@ -150,15 +150,23 @@ class Scheduler:
             (self.queues, key, nd.rel + off, length) for nd in job.nodes for key, off, length in _held(nd)
         ]
         held += [(self.exclusive, key, lo, hi - lo) for key in job.exclusive]
-        held = [h for h in held if h[3] > 0]
+        # only reservations of resources someone already holds can conflict (the tables do not change
+        # during the search); each as (starts, ends, offset, cycles)
+        busy = []
+        for table, key, off, length in held:
+            iv = table.get(key)
+            if iv is not None and length > 0:
+                busy.append((iv.starts, iv.ends, off, length))
+        bisect_left = bisect.bisect_left
         while True:
             moved = False
-            for table, key, off, length in held:  # move to the first fit of each in turn until all fit
-                iv = table.get(key)
-                if iv is None:
-                    continue
-                t = iv.first_fit(start + off, length)
-                if t != start + off:
+            for starts, ends, off, length in busy:  # move to the first fit of each in turn until all fit
+                t = start + off
+                k = bisect_left(ends, t + 1)
+                if k < len(starts) and starts[k] < t + length:  # a conflict: the first fit after it
+                    while k < len(starts) and starts[k] < t + length:
+                        t = max(t, ends[k])
+                        k += 1
                     start, moved = t - off, True
             if moved:
                 continue
