@@ -194,13 +194,11 @@ def compile_module(
         # where each instruction comes from: an op of the module (text and IR location) per instruction
         "ops": [f"{name} @ {loc}" if loc else name for name, loc in emitter.ops],
         "op_of": emitter.row_op,
-        "sram_bytes_per_chip": [sram.get(c, 0) for c in range(system.chips)] if system.chips <= 64 else None,
+        "sram_bytes_per_chip": [sram.get(c, 0) for c in range(system.chips)],
+        "sram_bytes_max_per_chip": max(sram.values(), default=0),
     }
     if timing_only:
         meta["timing_only"] = {"stage_blocks_searched": memo.misses, "stage_blocks_reused": memo.hits}
-    if meta["sram_bytes_per_chip"] is None:
-        meta["sram_bytes_max_per_chip"] = max(sram.values(), default=0)
-        del meta["sram_bytes_per_chip"]
     return Program(
         system,
         entries,

@@ -335,10 +335,12 @@ def render(r: Report) -> str:
         if len(r.busy_fraction_per_chip) > 16:
             lines.append(f"  ... {len(r.busy_fraction_per_chip) - 16} more chips (--json has them all)")
     lines.append(f"SRAM: at most {r.sram_bytes_max_per_chip} bytes on a chip")
-    for c, s in list(r.sram_per_chip.items())[:16]:
+    for c, s in list(r.sram_per_chip.items())[:8]:
         lines.append(
             f"  chip {c}: weights {s['weights']}, state {s['state']}, activations {s['activations']} bytes"
         )
+    if len(r.sram_per_chip) > 8:
+        lines.append(f"  ... {len(r.sram_per_chip) - 8} more chips (--json has them all)")
     if r.link_bytes:
         total = sum(r.link_bytes.values())
         lines.append(f"links: {total} bytes over {len(r.link_bytes)} link directions")
