@@ -136,25 +136,21 @@ def report(p: Program, entry: str | None = None) -> Report:
     sram_max = max(sram_list) if sram_list else int(p.meta.get("sram_bytes_max_per_chip", 0))
     sram_per_chip: dict[int, dict[str, int]] = {}
     if sram_list:
+        held = {"param": {}, "state": {}}
+        for pl in p.placements:
+            if pl.role in held:
+                held[pl.role][pl.chip] = (
+                    held[pl.role].get(pl.chip, 0) + pl.words(chip_cfg.lanes) * chip_cfg.lanes
+                )
         for c, total in enumerate(sram_list):
-            if not total:
-                continue
-            w = sum(
-                pl.words(chip_cfg.lanes) * chip_cfg.lanes
-                for pl in p.placements
-                if pl.chip == c and pl.role == "param"
-            )
-            s = sum(
-                pl.words(chip_cfg.lanes) * chip_cfg.lanes
-                for pl in p.placements
-                if pl.chip == c and pl.role == "state"
-            )
-            sram_per_chip[c] = {
-                "weights": w,
-                "state": s,
-                "activations": max(0, total - w - s),
-                "total": total,
-            }
+            if total:
+                w, s = held["param"].get(c, 0), held["state"].get(c, 0)
+                sram_per_chip[c] = {
+                    "weights": w,
+                    "state": s,
+                    "activations": max(0, total - w - s),
+                    "total": total,
+                }
 
     link_bytes, link_bound = _links(p, e)
     bounds = {
