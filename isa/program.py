@@ -277,12 +277,24 @@ class ProgramError(Exception):
         self.message = message
 
 
+def field_limit(name: str, chip: ChipConfig) -> int | None:
+    """Values of a field must lie in 0 .. limit - 1 (None: any value; other rules check it)."""
+    kind = FIELDS[name].kind
+    if kind.startswith("enum:"):
+        return len(ENUMS[kind[5:]])
+    return {
+        "stream": 2 * chip.streams_per_direction,
+        "dtype": len(DTYPES),
+        "link": chip.c2c_links,
+        "addr": chip.words_per_slice,
+    }.get(kind)
+
+
 def check(p: Program) -> None:
     """Every instruction must make sense on its chip; raises ProgramError naming the first that does not."""
     chip = p.system.chip
     queues = chip.queue_table()
     lanes = chip.lanes
-    S = chip.streams_per_direction
     n_ins = len(p)
     columns = [p.entry, p.chip, p.queue, p.cycle, p.opcode, p.n]
     if (
@@ -321,15 +333,7 @@ def check(p: Program) -> None:
         for k, name in enumerate(spec.operands):
             v = int(p.fields[i, k])
             values[name] = v
-            kind = FIELDS[name].kind
-            limit = {
-                "stream": 2 * S,
-                "dtype": len(DTYPES),
-                "link": chip.c2c_links,
-                "addr": chip.words_per_slice,
-            }.get(kind)
-            if kind.startswith("enum:"):
-                limit = len(ENUMS[kind[5:]])
+            limit = field_limit(name, chip)
             if limit is not None and not 0 <= v < limit:
                 raise ProgramError(i, f"{spec.mnemonic} field {name} = {v} is out of range 0..{limit - 1}")
         for k in range(len(spec.operands), MAX_FIELDS):
@@ -358,7 +362,7 @@ def _all_valid(p: Program) -> bool:
     n_ins = len(p)
     if not n_ins:
         return True
-    S, lanes = chip.streams_per_direction, chip.lanes
+    lanes = chip.lanes
     code = p.opcode.astype(np.int64)
     if code.min() < 0 or code.max() > max(BY_CODE) or not np.isin(code, list(BY_CODE)).all():
         return False
@@ -386,15 +390,7 @@ def _all_valid(p: Program) -> bool:
         for k, name in enumerate(spec.operands):
             col = f[:, k]
             v[name] = col
-            kind = FIELDS[name].kind
-            limit = {
-                "stream": 2 * S,
-                "dtype": len(DTYPES),
-                "link": chip.c2c_links,
-                "addr": chip.words_per_slice,
-            }.get(kind)
-            if kind.startswith("enum:"):
-                limit = len(ENUMS[kind[5:]])
+            limit = field_limit(name, chip)
             if limit is not None and (col.min() < 0 or col.max() >= limit):
                 return False
         if (f[:, len(spec.operands) :] != 0).any():
