@@ -587,6 +587,11 @@ def load(path: str) -> Program:
     return from_bytes(read_bytes(path, "program"), path)
 
 
+# what reading a damaged zip can raise: a bad header, a broken deflate stream, an unknown
+# compression method or an "encrypted" flag bit flipped on, a truncated member
+_DAMAGED = (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, NotImplementedError, RuntimeError)
+
+
 def from_bytes(data: bytes, filename: str = "<program>") -> Program:
     def bad(message: str) -> LpuError:
         return error(message, filename=filename)
@@ -594,7 +599,7 @@ def from_bytes(data: bytes, filename: str = "<program>") -> Program:
     try:
         z = zipfile.ZipFile(io.BytesIO(data))
         names = set(z.namelist())
-    except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError):
+    except _DAMAGED:
         raise bad(
             "not a program file (.lpuprog): it is not a complete zip archive; is it truncated?"
         ) from None
@@ -603,7 +608,7 @@ def from_bytes(data: bytes, filename: str = "<program>") -> Program:
             header = json.loads(z.read("header.json"))
         except KeyError:
             raise bad("not a program file: it has no header.json") from None
-        except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, UnicodeDecodeError):
+        except _DAMAGED:
             raise bad("the program's header is damaged") from None
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             raise bad("not a program file: its header does not say format 'lpuprog'")
@@ -619,7 +624,7 @@ def from_bytes(data: bytes, filename: str = "<program>") -> Program:
                 raise bad(f"the program lacks its '{name}' table")
             try:
                 blob = z.read(f"{name}.npy")
-            except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError):
+            except _DAMAGED:
                 raise bad(f"the program's '{name}' table is damaged (checksum or length)") from None
             if hashlib.sha256(blob).hexdigest() != digests[name]:
                 raise bad(f"the program's '{name}' table does not match its checksum: the file was modified")
