@@ -129,7 +129,12 @@ def test_property_damaged_program_files_are_refused_cleanly(program_bytes, data)
         raw[k : k + 64] = bytes(min(64, len(raw) - k))
     else:
         raw = bytearray(data.draw(st.binary(max_size=200)))
-    accepted_or_refused(from_bytes, bytes(raw), "x.lpuprog")
+    try:
+        q = from_bytes(bytes(raw), "x.lpuprog")
+    except LpuError as e:
+        assert "error:" in e.render()
+    else:  # a flip in zip bookkeeping that changes nothing: never a different program
+        assert to_bytes(q) == program_bytes
 
 
 def tampered(program_bytes: bytes, name: str, content: bytes) -> bytes:
