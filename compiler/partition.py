@@ -807,7 +807,12 @@ class Partitioner:
                 locals_[c] = self.blocked_gather(c, operands[1], rows[0][2], lt)
                 continue
             locals_[c] = self.local(c, op.name, operands, op.attr_dict, lt, op.result.name, op.loc)
-        return Dist(out, stage, locals_, t.dtype, t.shape)
+        d = Dist(out, stage, locals_, t.dtype, t.shape)
+        if op.name == "gather" and isinstance(out, int):
+            # the rows looked up by columns are gathered at once: what follows an embedding (a norm,
+            # the residual stream) sees whole rows, as it would from a table every chip holds
+            return self.all_gather(d)
+        return d
 
     def blocked_matmul(self, c: int, x: Value, blocks, lt: TensorType, dtype: str) -> Value:
         """x @ w for a weight cut into blocks: per column block, the rows' products summed in f32 and
