@@ -883,6 +883,9 @@ class Lowering:
         out = self.new_tensor(op.result.name or "mm", out_t, avoid={a.slice, b.slice})
         M, K = a.shape[-2], a.shape[-1]
         kt = self.chip.mxm_k(a.dtype)
+        # weight-only quantisation: b's int8 rows are converted on the VXM on their way to the
+        # matrix unit (read -> cvt -> lw), so no converted copy is stored
+        dequant = dict(op.attrs).get("dequant")
         batch = out_t.shape[:-2]
         a_b, b_b = _batch_index(a.shape[:-2], batch), _batch_index(b.shape[:-2], batch)
         slots = self.chip.mxm_acc_slots
@@ -895,7 +898,7 @@ class Lowering:
                 ncs = list(range(nc0, min(nc0 + per_side, out.chunks)))
                 for m0 in range(0, M, slots):
                     rows = min(slots, M - m0)
-                    self._matmul_block(a, b, out, ab, bb, bi, ncs, m0, rows, M, K, kt)
+                    self._matmul_block(a, b, out, ab, bb, bi, ncs, m0, rows, M, K, kt, dequant)
         return out
 
     def side(self) -> str:
@@ -903,7 +906,7 @@ class Lowering:
         self._rr["plane"] += 1
         return ("w", "e")[k]
 
-    def _matmul_block(self, a, b, out, ab, bb, bi, ncs, m0, rows, M, K, kt):
+    def _matmul_block(self, a, b, out, ab, bb, bi, ncs, m0, rows, M, K, kt, dequant=None):
         """Column chunks `ncs` of rows m0 .. m0 + rows, one plane each on one side, for all K-tiles."""
         side = self.side()
         planes = list(range(len(ncs)))
@@ -922,6 +925,9 @@ class Lowering:
                 q_lw, q_iw, _ = queues[j]
                 # weight rows k0 .. k0 + k_rows of b's batch bb, column chunk nc
                 rd_w = self.read(job, b, (bb * K + k0) * b.chunks + nc, k_rows, b.chunks)
+                if dequant:
+                    to = {"dt": DTYPES.index(b.dtype), "to": DTYPES.index(dequant)}
+                    rd_w = self.unit(job, "cvt", self.vxm_queue(), k_rows, [("a", rd_w)], **to)
                 lw = self.unit(job, "lw", q_lw, k_rows, [("a", rd_w)], row=0)
                 if prev_iw[j] is not None:
                     job.nodes[lw].after.append((prev_iw[j], 1 - job.nodes[lw].spec.dskew))

@@ -788,7 +788,11 @@ class Partitioner:
     # -- ops --------------------------------------------------------------------------------------
     def lower(self, op: Op, stage: int) -> Dist:
         wants, out = self.decide(op)
-        ds = [self.get(o, w, stage) for o, w in zip(op.operands, wants)]
+        param = self._dequantised(op)
+        if param is not None:  # x @ cast(W): W stays int8 in SRAM, converted as it is loaded
+            ds = [self.get(op.operands[0], wants[0], stage), self.get(param, wants[1], stage)]
+        else:
+            ds = [self.get(o, w, stage) for o, w in zip(op.operands, wants)]
         t = op.result.type
         group = self.groups[stage]
         dtype = t.dtype
@@ -799,8 +803,12 @@ class Partitioner:
         for c in group:
             operands = [d.locals[c] for d in ds]
             blocks = self.weight_blocks(operands[1]) if op.name == "matmul" else None
+            dequant = op.operands[1].type.dtype if param is not None else None
             if blocks:
-                locals_[c] = self.blocked_matmul(c, operands[0], blocks, lt, dtype)
+                locals_[c] = self.blocked_matmul(c, operands[0], blocks, lt, dtype, dequant)
+                continue
+            if dequant:
+                locals_[c] = self.dequant_matmul(c, operands[0], operands[1], lt, dequant)
                 continue
             rows = self.weight_blocks(operands[0], rows_only=True) if op.name == "gather" else None
             if rows:
@@ -814,21 +822,49 @@ class Partitioner:
             return self.all_gather(d)
         return d
 
-    def blocked_matmul(self, c: int, x: Value, blocks, lt: TensorType, dtype: str) -> Value:
+    def _dequantised(self, op: Op) -> Global | None:
+        """The int8 param W of `matmul(x, cast(W))`, the weight-only-quantised projection."""
+        if op.name != "matmul":
+            return None
+        f = self.free.get(id(op.operands[1]))
+        if f is None or f[0] != "derived" or f[1].name != "cast":
+            return None
+        w = f[1].operands[0]
+        if isinstance(w, Global) and w.kind == "param" and w.type.dtype == "i8" and w.type.rank == 2:
+            return w
+        return None
+
+    def dequant_matmul(self, c: int, x: Value, w: Global, t: TensorType, to: str) -> Value:
+        """x @ cast(w, to) as one op: the lowering converts w's vectors on the VXM between SRAM and the
+        matrix unit, so no converted copy of the weight is ever stored (outside the IR's ops: the
+        verifier's matmul takes one operand dtype)."""
+        v = Value(t)
+        attrs = (("dequant", to),)
+        self.e.stmts.append(Local(c, Op("matmul", (x, w), v, attrs, None), self.index, self.what))
+        return v
+
+    def blocked_matmul(
+        self, c: int, x: Value, blocks, lt: TensorType, dtype: str, dequant: str | None = None
+    ) -> Value:
         """x @ w for a weight cut into blocks: per column block, the rows' products summed in f32 and
         rounded once (the columns of x that each row block multiplies), then the columns concatenated."""
         axis = x.type.rank - 1
         pieces = []
         for c0, c1, rows in blocks:
             shape = lt.shape[:-1] + (c1 - c0,)
+            def mm(a: Value, w: Global, t: TensorType) -> Value:
+                if dequant:
+                    return self.dequant_matmul(c, a, w, t, dequant)
+                return self.local(c, "matmul", (a, w), {}, t)
+
             if len(rows) == 1:
-                pieces.append(self.local(c, "matmul", (x, rows[0][0]), {}, TensorType(dtype, shape)))
+                pieces.append(mm(x, rows[0][0], TensorType(dtype, shape)))
                 continue
             acc = None
             for w, r0, r1 in rows:
                 xt = TensorType(x.type.dtype, x.type.shape[:-1] + (r1 - r0,))
                 xs = self.local(c, "slice", (x,), {"axis": axis, "start": r0, "stop": r1}, xt)
-                y = self.local(c, "matmul", (xs, w), {}, TensorType("f32", shape))
+                y = mm(xs, w, TensorType("f32", shape))
                 acc = y if acc is None else self.local(c, "add", (acc, y), {}, acc.type)
             if dtype != "f32":
                 acc = self.local(c, "cast", (acc,), {"to": dtype}, TensorType(dtype, shape))

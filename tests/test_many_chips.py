@@ -426,3 +426,31 @@ def test_a_gather_table_larger_than_a_slice_is_split_by_columns_and_cut_into_row
     assert run.violations == []
     assert check_outputs(program, "main", inputs, run.outputs).ok
     assert np.array_equal(weights_from_image(program)["table"], w["table"])
+
+
+INT8_TALL = """
+module q
+param @w : i8[4096, 64]
+graph main(%x: f16[2, 4096]) -> (f16[2, 64]) {
+  %wf = cast(@w) {to = "f16"}
+  %y = matmul(%x, %wf)
+  return %y
+}
+"""
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_int8_weights_are_converted_on_their_way_to_the_matrix_unit(tp):
+    """x @ cast(W_i8): W stays int8 in SRAM (cut into blocks when larger than a slice) and each vector
+    is converted on the VXM between its read and the weight load; no f16 copy of W is stored."""
+    m = parse(INT8_TALL)
+    program, _ = compile_and_check(m, tiny_system(2), tp, 1)
+    blocks = [pl for pl in program.placements if pl.name == "w" and pl.chip == 0]
+    assert len(blocks) >= 2 and all(pl.dtype == "i8" for pl in blocks)
+    limit = program.system.chip.mem_slice_bytes
+    assert all(pl.words(16) * 16 <= limit for pl in blocks)
+    cvt, lw = BY_MNEMONIC["cvt"].code, BY_MNEMONIC["lw"].code
+    loads = np.nonzero(program.opcode == lw)[0]
+    assert len(loads) and all(program.opcode[program.src[i, 0]] == cvt for i in loads)  # lw <- cvt
+    # the SRAM a chip uses is about the int8 weight, not an f16 copy of it
+    assert max(program.meta["sram_bytes_per_chip"]) < 1.5 * sum(pl.words(16) * 16 for pl in blocks)
