@@ -65,6 +65,7 @@ class Report:
     tokens_per_s: float | None = None
     energy_per_token_j: float | None = None  # an estimate: chips x chip power x latency
     gpu: dict | None = None  # a roofline estimate of the same decode step on the system's GPU
+    timing_only: dict | None = None  # for a --timing-only program: stage blocks searched and reused
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -181,6 +182,7 @@ def report(p: Program, entry: str | None = None) -> Report:
         binding_bound=binding,
         bound_ratio=cycles / lower if lower else 1.0,
         critical_path=path,
+        timing_only=p.meta.get("timing_only"),
     )
     if "decode" in p.entries and entry == "decode":
         r.latency_per_token_s = r.seconds
@@ -354,6 +356,12 @@ def render(r: Report) -> str:
             f"per token: {r.latency_per_token_s * 1e6:.3f} us latency, {r.tokens_per_s:,.0f} tokens/s "
             f"(one sequence); energy about {r.energy_per_token_j * 1e3:.3f} mJ per token (estimate: "
             f"{r.chips} chips at the system's chip power for the latency)"
+        )
+    if r.timing_only:
+        t = r.timing_only
+        lines.append(
+            f"timing-only compile: {t['stage_blocks_searched']} stage blocks searched, "
+            f"{t['stage_blocks_reused']} placed like an alike stage (the program is the full schedule)"
         )
     if r.gpu:
         g = r.gpu

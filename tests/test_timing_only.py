@@ -93,6 +93,16 @@ def test_property_timing_only_equals_full(layers, tp, data):
     assert_same_program(full, fast)
 
 
+def test_report_of_a_timing_only_program_says_what_was_reused():
+    from lpu.report import render, report
+
+    p = compile_module(module_of("llama", llama(8)), named_system("node"), None, tp=1, pp=8, timing_only=True)
+    r = report(p)
+    assert r.chips == 8 and r.latency_per_token_s > 0 and len(r.sram_per_chip) == 8
+    assert r.timing_only == p.meta["timing_only"]
+    assert "stage blocks searched" in render(r)
+
+
 def test_timing_only_takes_no_weights():
     m = module_of("llama", llama(2))
     with pytest.raises(LpuError, match="takes no weights"):
