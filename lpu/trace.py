@@ -2,9 +2,9 @@
 
 One process per chip, one thread (track) per queue, a complete event ("ph": "X") per
 instruction (its mnemonic; operands, source op and IR location in args), a flow arrow from
-each `send` to the `recv` that takes its vectors, and counter tracks for the SRAM a chip holds
-while an entry runs (its pinned tensors: params, states, inputs and outputs) and for the vectors
-in flight on its links. Time is in microseconds at the chip clock; every entry is laid after the
+each `send` to the `recv` that takes its vectors, and counter tracks for the SRAM in use on a
+chip (its pinned tensors, and each temporary from the write that fills it to its last read) and
+for the vectors in flight on its links. Time is in microseconds at the chip clock; every entry is laid after the
 previous one (`entry_offset_us` in the metadata). Opens in ui.perfetto.dev and chrome://tracing.
 """
 
@@ -107,23 +107,17 @@ def trace_events(p: Program) -> dict:
             events.append(
                 {"ph": "C", "name": "vectors on links", "pid": c, "ts": t / clock, "args": {"vectors": level}}
             )
-    # SRAM in use: what each entry pins on each chip for the whole run
-    lanes = chip_cfg.lanes
+    # SRAM in use: what an entry pins (params, states, its inputs and outputs) for the whole run,
+    # and every other write from its cycle until the last read of what it wrote
     for name in p.entries:
-        start, end = offset[name], offset[name] + p.length(name)
-        for c in chips:
-            pinned = sum(
-                pl.words(lanes) * lanes
-                for pl in p.placements
-                if pl.chip == c and (pl.role in ("param", "state") or pl.graph == name)
-            )
-            for t, value in ((start, pinned), (end, 0)):
+        for c, changes in sram_in_use(p, name).items():
+            for t, value in changes:
                 events.append(
                     {
                         "ph": "C",
-                        "name": "SRAM pinned bytes",
+                        "name": "SRAM in use",
                         "pid": c,
-                        "ts": t / clock,
+                        "ts": (t + offset[name]) / clock,
                         "args": {"bytes": value},
                     }
                 )
@@ -137,6 +131,64 @@ def trace_events(p: Program) -> dict:
             "instructions": len(p),
         },
     }
+
+
+def sram_in_use(p: Program, entry: str) -> dict[int, list[tuple[int, int]]]:
+    """Per chip, (cycle, bytes in use) at every change during one entry: pinned tensors from cycle 0
+    to the end, a temporary from the write that fills it to the last read of what it wrote
+    (constants in the SRAM image are not counted). Never more than the allocation's footprint."""
+    import bisect
+
+    from isa.program import source_slots
+    from isa.spec import BY_MNEMONIC, DTYPE_BYTES, DTYPES
+
+    chip_cfg = p.system.chip
+    lanes = chip_cfg.lanes
+    queues = chip_cfg.queue_table()
+    e = p.entries.index(entry)
+    end = p.length(entry)
+    pinned: dict[tuple[int, str], list[tuple[int, int]]] = {}
+    base: dict[int, int] = {}
+    for pl in p.placements:
+        if pl.role in ("param", "state") or pl.graph == entry:
+            words = pl.words(lanes)
+            pinned.setdefault((pl.chip, pl.slice), []).append((pl.word, pl.word + words))
+            base[pl.chip] = base.get(pl.chip, 0) + words * lanes
+    for spans in pinned.values():
+        spans.sort()
+    write, read = BY_MNEMONIC["write"], BY_MNEMONIC["read"]
+    sel = np.nonzero(p.entry == e)[0]
+    last = {}
+    mem_slot = source_slots(read).index("mem")
+    for r in sel[p.opcode[sel] == read.code]:
+        w = int(p.src[r, mem_slot])
+        if w >= 0:
+            last[w] = max(last.get(w, 0), int(p.cycle[r]) + int(p.n[r]))
+    addr_k, dt_k = write.operands.index("addr"), write.operands.index("dt")
+    deltas: dict[int, list[tuple[int, int]]] = {c: [(0, b)] for c, b in base.items()}
+    for w in sel[p.opcode[sel] == write.code]:
+        c, sl = int(p.chip[w]), queues[int(p.queue[w])].slice
+        addr = int(p.fields[w, addr_k])
+        spans = pinned.get((c, sl), ())
+        k = bisect.bisect_right(spans, (addr, 1 << 62)) - 1
+        if k >= 0 and spans[k][0] <= addr < spans[k][1]:
+            continue  # into a pinned tensor: counted from the start
+        size = int(p.n[w]) * DTYPE_BYTES[DTYPES[int(p.fields[w, dt_k])]] * lanes
+        t0 = int(p.cycle[w])
+        deltas.setdefault(c, []).append((t0, size))
+        deltas[c].append((max(last.get(int(w), t0 + int(p.n[w])), t0 + 1), -size))
+    out = {}
+    for c, changes in sorted(deltas.items()):
+        level, series = 0, []
+        for t, d in sorted(changes):
+            level += d
+            if series and series[-1][0] == t:
+                series[-1] = (t, level)
+            else:
+                series.append((t, level))
+        series.append((end, 0))
+        out[c] = series
+    return out
 
 
 def instruction_events(trace: dict) -> np.ndarray:

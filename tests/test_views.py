@@ -140,6 +140,12 @@ def test_trace_is_valid_trace_event_json_with_every_instruction_once(decoder):
     assert starts and starts == finishes  # every flow arrow has both ends
     names = {e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "process_name"}
     assert names == {f"chip {c}" for c in range(4)}
+    # SRAM in use over time: never negative, never above what the allocation reserved on the chip
+    sram = [e for e in events if e["ph"] == "C" and e["name"] == "SRAM in use"]
+    assert {e["pid"] for e in sram} == set(range(4))
+    for e in sram:
+        assert 0 <= e["args"]["bytes"] <= program.meta["sram_bytes_per_chip"][e["pid"]]
+    assert max(e["args"]["bytes"] for e in sram) > min(e["args"]["bytes"] for e in sram if e["args"]["bytes"])
 
 
 def test_cli_report_trace_and_plot(tmp_path, capsys, decoder):
