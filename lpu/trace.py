@@ -4,8 +4,9 @@ One process per chip, one thread (track) per queue, a complete event ("ph": "X")
 instruction (its mnemonic; operands, source op and IR location in args), a flow arrow from
 each `send` to the `recv` that takes its vectors, and counter tracks for the SRAM in use on a
 chip (its pinned tensors, and each temporary from the write that fills it to its last read) and
-for the vectors in flight on its links. Time is in microseconds at the chip clock; every entry is laid after the
-previous one (`entry_offset_us` in the metadata). Opens in ui.perfetto.dev and chrome://tracing.
+for the vectors in flight on its links. Time is in microseconds at the chip clock; every entry
+is laid after the previous one (`entry_offset_us` in the metadata). Opens in ui.perfetto.dev and
+chrome://tracing.
 """
 
 from __future__ import annotations
