@@ -346,11 +346,11 @@ def render(r: Report) -> str:
             lines.append(f"  {k}: {v} bytes")
     if r.critical_path:
         lines.append(f"critical path ({len(r.critical_path)} ops):")
-        for s in r.critical_path[:40]:
+        for s in r.critical_path[:16]:
             plural = "s" if s.instructions != 1 else ""
             lines.append(f"  {s.earliest_cycle:8d}  {s.op}  ({s.instructions} instruction{plural})")
-        if len(r.critical_path) > 40:
-            lines.append(f"  ... {len(r.critical_path) - 40} more ops")
+        if len(r.critical_path) > 16:
+            lines.append(f"  ... {len(r.critical_path) - 16} more ops (--json lists them all)")
     if r.latency_per_token_s is not None:
         lines.append(
             f"per token: {r.latency_per_token_s * 1e6:.3f} us latency, {r.tokens_per_s:,.0f} tokens/s "
