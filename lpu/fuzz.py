@@ -49,7 +49,6 @@ class Case:
 @dataclass
 class Outcome:
     cases: int = 0
-    refused: int = 0  # refused for a documented limit, or inputs the reference refuses too
     failures: list[tuple[Case, str]] = field(default_factory=list)
     # mutation campaigns
     mutants: int = 0
@@ -70,7 +69,7 @@ class Outcome:
 
 
 class _Failed(Exception):
-    pass
+    """Raised inside a hypothesis search so that it shrinks the failing case."""
 
 
 def check_case(case: Case) -> str | None:
