@@ -1,11 +1,13 @@
 """Transformers: emulation time per generated token against the numpy reference, and how compile
 time grows with layers and chips.
 
-    python benchmarks/transformers.py [--runs 3]
+    python benchmarks/transformers.py [--runs 3] [--small]
 
 Per token: one emulated decode step (every value computed, every operand and link checked)
 against one decode step of the numpy reference interpreter on the same module, state and
-weights (medians of the runs' steps; the target is at most 2x). Compile time: medians of runs,
+weights (medians of the runs' steps; the target is at most 2x). Toy widths (d 64, 128) fill a
+fifth of the 320 lanes and the reference's numpy work is tiny; the GPT-2 rows at d 512 and 1024
+show the ratio where the reference has real work. Compile time: medians of runs,
 for a toy Llama with 2, 4 and 8 layers on one chip, and with 4 layers on 1, 2, 4 and 8 chips of
 a node (tp x pp). Wall-clock seconds on a shared machine: read the ratios.
 """
@@ -65,6 +67,7 @@ def compile_time(m, w, system, tp, pp, runs) -> tuple[float, object]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--small", action="store_true", help="only the toy models (the wide ones take minutes)")
     args = ap.parse_args()
     node = named_system("node")
     print("decode step: emulation (all checks) vs the numpy reference interpreter, median of steps")
@@ -72,6 +75,11 @@ def main() -> None:
     gpt2 = ("gpt2 2L d64 h4 v128 seq16", GPT2Config(2, 64, 4, 256, 128, 16), gpt2_text, gpt2_weights)
     llama = ("llama 2L d128 h8 kv2 seq32", LlamaConfig(2, 128, 8, 2, 256, 256, 32), llama_text, llama_weights)
     cases = [(*gpt2, 1, 1), (*gpt2, 2, 2), (*llama, 1, 1), (*llama, 4, 2)]
+    if not args.small:  # wider models: the numpy reference's work grows, the emulator's overheads do not
+        for d in (512, 1024):
+            wide = (f"gpt2 2L d{d} h{d // 64} v256 seq16", GPT2Config(2, d, d // 64, 4 * d, 256, 16))
+            cases.append((*wide, gpt2_text, gpt2_weights, 1, 1))
+        cases.append((*wide, gpt2_text, gpt2_weights, 2, 2))
     for name, c, text, weights, tp, pp in cases:
         m, w = parse(text(c)), weights(c, 0)
         p = compile_module(m, node, w, tp=tp, pp=pp)

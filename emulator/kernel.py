@@ -169,9 +169,19 @@ def _binary(action: int, a: float, b: float) -> float:
 @numba.njit(cache=True)
 def _store(x: float, dt: int) -> float:
     """Round a result the way the reference does: through f32 for float types, then to dt."""
-    if dt <= 2:  # f32, f16, bf16
-        return to_dtype(to_dtype(x, F32), dt)
+    if dt <= 2:  # f32, f16, bf16: the hardware conversion to f32 rounds as to_dtype(x, F32) does
+        y = np.float64(np.float32(x))
+        return y if dt == F32 else to_dtype(y, dt)
     return to_dtype(x, dt)
+
+
+@numba.njit(cache=True, inline="always")
+def _row(alias, x, out, image):
+    """Where the value of step x lives: (out, row) or (image, row)."""
+    a = alias[x]
+    if a >= 0:
+        return out, a
+    return image, -1 - a
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -185,28 +195,39 @@ def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
     one pending write (`pend_prov`, landing at `pend_land`, both -1 when none) that a later access
     commits once it has landed. The word arrays are the caller's, kept across runs: every word a
     write touches is listed in `touched` (the first `n_touched` entries, returned), so the caller
-    resets only those instead of the whole of SRAM."""
+    resets only those instead of the whole of SRAM.
+
+    Values are written once, so a step that only moves a vector (a read, a write, lw, mov, send,
+    recv) copies nothing: `alias[s]` says where its value lives (>= 0: row of `out`, the caller's
+    buffer reused across runs; < 0: row -1 - alias of `image`). The caller reads values through it."""
     steps = action.shape[0]
     rows = iw_rows.shape[1]
-    installed = np.zeros((iw_rows.shape[0], rows, lanes))
     found = np.full(steps, -1, np.int64)  # what each read or gather saw
     bad_address = np.zeros(steps, np.bool_)
+    alias = np.arange(steps)
+    zero = np.zeros(lanes)
+    acc = np.zeros(lanes)  # a matmul's sums (a buffer of its own: no aliasing with `out` in the loop)
     n_touched = 0
     for s in range(steps):
-        out[s, :] = 0.0  # `out` (every vector step's value) is the caller's buffer, reused across runs
         act = action[s]
         a_src = stream_src[s, 0]
         if act == NOTHING:
+            out[s, :] = 0.0
             continue
+        if a_src >= 0:
+            a_arr, a_row = _row(alias, a_src, out, image)
+        else:
+            a_arr, a_row = out, -1
         if mem_kind[s] != 0:
             kind = mem_kind[s]
             if kind <= 2:  # read, write: a static address
                 word = mem_addr[s] + vec[s] * mem_step[s]
             else:  # gather, scatter: lane 0 of the idx vector picks the row
-                idx = out[a_src, 0] if a_src >= 0 else 0.0
+                idx = a_arr[a_row, 0] if a_src >= 0 else 0.0
                 word = mem_addr[s] + np.int64(idx) * mem_step[s] + vec[s] * mem_width[s]
             if word < 0 or word + mem_width[s] > words:
                 bad_address[s] = True
+                out[s, :] = 0.0
                 continue
             flat = slice_base[s] + word
             if pend_land[flat] >= 0 and pend_land[flat] <= sample[s]:
@@ -216,13 +237,17 @@ def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
                 m = prov[flat]
                 found[s] = m
                 if m >= 0:
-                    out[s] = out[m]
+                    alias[s] = alias[m]
                 elif m <= -2:
-                    out[s] = image[-2 - m]
+                    alias[s] = m + 1  # image row -2 - m
+                else:
+                    out[s, :] = 0.0
             else:
                 data = a_src if kind == 2 else stream_src[s, 1]
                 if data >= 0:
-                    out[s] = out[data]
+                    alias[s] = alias[data]
+                else:
+                    out[s, :] = 0.0
                 if pend_land[flat] >= 0:  # an earlier write still in flight lands first
                     prov[flat] = pend_prov[flat]
                 pend_prov[flat] = s
@@ -230,122 +255,154 @@ def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
                 touched[n_touched] = flat
                 n_touched += 1
             continue
-        if act == LW or act == SEND:
+        if act == LW or act == SEND or act == MOV:
             if a_src >= 0:
-                out[s] = out[a_src]
-        elif act == RECV:
+                alias[s] = alias[a_src]
+            else:
+                out[s, :] = 0.0
+            continue
+        if act == RECV:
             if link_src[s] >= 0:
-                out[s] = out[link_src[s]]
-        elif act == SPLAT:
+                alias[s] = alias[link_src[s]]
+            else:
+                out[s, :] = 0.0
+            continue
+        if a_src < 0:
+            a_arr, a_row = zero.reshape(1, lanes), 0
+        if act == SPLAT:
             v = _store(imm[s], dt[s])
             out[s, :] = v
-        elif act == MOV:
-            if a_src >= 0:
-                out[s] = out[a_src]
         elif act >= ADD and act <= MIN or act >= LT and act <= EQ:
             b_src = stream_src[s, 1]
+            if b_src >= 0:
+                b_arr, b_row = _row(alias, b_src, out, image)
+            else:
+                b_arr, b_row = zero.reshape(1, lanes), 0
             for lane_i in range(lanes):
-                a = out[a_src, lane_i] if a_src >= 0 else 0.0
-                b = out[b_src, lane_i] if b_src >= 0 else 0.0
-                r = _binary(act, a, b)
+                r = _binary(act, a_arr[a_row, lane_i], b_arr[b_row, lane_i])
                 out[s, lane_i] = r if act >= LT else _store(r, dt[s])
         elif act == ADDI or act == MULI:
             for lane_i in range(lanes):
-                a = out[a_src, lane_i] if a_src >= 0 else 0.0
-                out[s, lane_i] = _store(_binary(act, a, imm[s]), dt[s])
+                out[s, lane_i] = _store(_binary(act, a_arr[a_row, lane_i], imm[s]), dt[s])
         elif act >= NEG and act <= RECIP:
             for lane_i in range(lanes):
-                a = out[a_src, lane_i] if a_src >= 0 else 0.0
-                out[s, lane_i] = _store(_unary(act, a), dt[s])
+                out[s, lane_i] = _store(_unary(act, a_arr[a_row, lane_i]), dt[s])
         elif act == SEL:
             a_i, b_i = stream_src[s, 1], stream_src[s, 2]
+            if a_i >= 0:
+                t_arr, t_row = _row(alias, a_i, out, image)
+            else:
+                t_arr, t_row = zero.reshape(1, lanes), 0
+            if b_i >= 0:
+                f_arr, f_row = _row(alias, b_i, out, image)
+            else:
+                f_arr, f_row = zero.reshape(1, lanes), 0
             for lane_i in range(lanes):
-                c = out[a_src, lane_i] if a_src >= 0 else 0.0
-                if c != 0.0:
-                    out[s, lane_i] = out[a_i, lane_i] if a_i >= 0 else 0.0
+                if a_arr[a_row, lane_i] != 0.0:
+                    out[s, lane_i] = t_arr[t_row, lane_i]
                 else:
-                    out[s, lane_i] = out[b_i, lane_i] if b_i >= 0 else 0.0
+                    out[s, lane_i] = f_arr[f_row, lane_i]
         elif act == CVT:
             for lane_i in range(lanes):
-                a = out[a_src, lane_i] if a_src >= 0 else 0.0
-                out[s, lane_i] = convert(a, to[s])
+                out[s, lane_i] = convert(a_arr[a_row, lane_i], to[s])
         elif act == IW:
-            w = iw_index[s]
-            for r in range(rows):
-                src = iw_rows[w, r]
-                if src >= 0:
-                    installed[w, r] = out[src]
+            out[s, :] = 0.0  # the rows are read where they live when a matmul uses them
         elif act == MM:
             w = weights[s]
             kk = k_i8 if dt[s] == I8 else k_f16
             integer = dt[s] == I8
             prev = acc_src[s]
+            out[s, :] = 0.0
             if w >= 0:
                 wi = iw_index[w]
-                for n in range(lanes):
-                    total = 0.0
-                    for q in range(kk):
-                        lane_q = kof[s] + q
-                        if lane_q < lanes and a_src >= 0:
-                            total += out[a_src, lane_q] * installed[wi, q, n]
-                    out[s, n] = total if integer else to_dtype(total, F32)
+                # out[s, n] = sum over q of x[q] * W[q, n], q ascending (the order of the reference),
+                # row by row so the inner loop runs along contiguous lanes. Row q of the installed
+                # weights is the value of the lw step that loaded it
+                acc[:] = 0.0
+                if a_src >= 0:
+                    for q in range(min(kk, lanes - kof[s], rows)):
+                        row = iw_rows[wi, q]
+                        xq = a_arr[a_row, kof[s] + q]
+                        if row >= 0:
+                            w_arr, w_row = _row(alias, row, out, image)
+                            wv = w_arr[w_row]
+                            for n in range(lanes):
+                                acc[n] += xq * wv[n]
+                        elif xq - xq != 0.0:  # an unloaded row is zeros: inf or NaN times 0 is NaN
+                            for n in range(lanes):
+                                acc[n] += xq * 0.0
+                out[s, :] = acc
+                if not integer:
+                    for n in range(lanes):
+                        out[s, n] = np.float64(np.float32(out[s, n]))
             if mode[s] == 0:
                 for n in range(lanes):
                     out[s, n] = to_dtype(out[s, n], to[s]) if not integer else to_dtype(out[s, n], I32)
             elif mode[s] == 2 and prev >= 0:
+                p_arr, p_row = _row(alias, prev, out, image)
                 for n in range(lanes):
-                    v = out[prev, n] + out[s, n]
+                    v = p_arr[p_row, n] + out[s, n]
                     out[s, n] = to_dtype(v, I32) if integer else to_dtype(v, F32)
         elif act == ACC:
             m = acc_src[s]
             if m >= 0:
+                m_arr, m_row = _row(alias, m, out, image)
                 for n in range(lanes):
-                    out[s, n] = _store(out[m, n], to[s])
+                    out[s, n] = _store(m_arr[m_row, n], to[s])
+            else:
+                out[s, :] = 0.0
         elif act == SHIFT or act == ROT:
             for lane_i in range(lanes):
                 src_lane = lane_i - k[s]
                 if act == ROT:
                     src_lane = src_lane % lanes
-                if 0 <= src_lane < lanes and a_src >= 0:
-                    out[s, lane_i] = out[a_src, src_lane]
+                out[s, lane_i] = a_arr[a_row, src_lane] if 0 <= src_lane < lanes and a_src >= 0 else 0.0
         elif act == PERM:
-            if a_src >= 0:
-                for lane_i in range(lanes):
-                    from_lane = maps[mapi[s], lane_i]
-                    out[s, lane_i] = out[a_src, from_lane] if from_lane >= 0 else 0.0
+            for lane_i in range(lanes):
+                from_lane = maps[mapi[s], lane_i]
+                out[s, lane_i] = a_arr[a_row, from_lane] if from_lane >= 0 and a_src >= 0 else 0.0
         elif act == BCAST:
-            if a_src >= 0:
-                out[s, :] = out[a_src, lane[s]]
+            out[s, :] = a_arr[a_row, lane[s]] if a_src >= 0 else 0.0
         elif act == LRED:
             if a_src >= 0:
                 if red[s] == 0:
                     total = 0.0
                     for lane_i in range(lanes):
-                        total += out[a_src, lane_i]
+                        total += a_arr[a_row, lane_i]
                     v = _store(total, dt[s])
                 else:
-                    v = out[a_src, 0]
+                    v = a_arr[a_row, 0]
                     for lane_i in range(1, lanes):
-                        x = out[a_src, lane_i]
+                        x = a_arr[a_row, lane_i]
                         if x > v or x != x:
                             v = x
                 out[s, :] = v
+            else:
+                out[s, :] = 0.0
         elif act == TRANS:
             # A block's outputs need all 16 of its inputs: fill the block at its last step
             # (its consumers read from t + dfunc on, after every input has been sampled).
             # Output r, lane 16 g + c = input c, lane 16 g + r (16 x 16 per superlane).
+            out[s, :] = 0.0
             b = trans_block[s]
             if b >= 0 and block_out[b, 15] == s:
                 for r in range(16):
                     dst = block_out[b, r]
-                    for g in range(lanes // 16):
-                        for c in range(16):
-                            src = block_src[b, c]
-                            out[dst, 16 * g + c] = out[src, 16 * g + r] if src >= 0 else 0.0
+                    for c in range(16):
+                        src = block_src[b, c]
+                        if src >= 0:
+                            i_arr, i_row = _row(alias, src, out, image)
+                            for g in range(lanes // 16):
+                                out[dst, 16 * g + c] = i_arr[i_row, 16 * g + r]
+                        else:
+                            for g in range(lanes // 16):
+                                out[dst, 16 * g + c] = 0.0
+        else:
+            out[s, :] = 0.0
     for t in range(n_touched):  # everything in flight has landed when the program ends
         w = touched[t]
         if pend_land[w] >= 0:
             prov[w] = pend_prov[w]
             pend_land[w] = -1
             pend_prov[w] = -1
-    return out, installed, found, bad_address, n_touched
+    return out, alias, found, bad_address, n_touched

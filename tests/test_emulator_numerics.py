@@ -19,7 +19,10 @@ SPECIAL = [0.0, -0.0, 1.0, -1.0, 65504.0, 65519.99, 65520.0, 2.0**-24, 2.0**-25,
 def floats_to_check():
     rng = np.random.default_rng(0)
     wide = rng.standard_normal(5000) * 10.0 ** rng.integers(-30, 30, 5000)
-    return np.concatenate([SPECIAL, wide, rng.standard_normal(2000)])
+    tiny = 2.0 ** np.arange(-152.0, -120.0, 0.37)  # f32 and bf16 subnormals
+    small = 2.0 ** np.arange(-26.0, -12.0, 0.13)  # f16 subnormals
+    ties = np.array([(2 * k + 1) * 2.0**-25 for k in range(8)] + [1 + (2 * k + 1) * 2.0**-9 for k in range(8)])
+    return np.concatenate([SPECIAL, wide, rng.standard_normal(2000), tiny, -tiny, small, -small, ties])
 
 
 @pytest.mark.parametrize("dt, name", [(F32, "f32"), (F16, "f16"), (BF16, "bf16")])
@@ -28,6 +31,19 @@ def test_float_rounding_matches_numpy(dt, name):
     with np.errstate(over="ignore"):
         want = from_f32(xs.astype(np.float32) if name == "bf16" else xs, name).astype(np.float64)
     got = np.array([to_dtype(float(x), dt) for x in xs])
+    same = (got == want) | (np.isnan(got) & np.isnan(want))
+    assert same.all(), (xs[~same][:5], got[~same][:5], want[~same][:5])
+
+
+@pytest.mark.parametrize("dt, name", [(F32, "f32"), (F16, "f16"), (BF16, "bf16")])
+def test_kernel_store_rounds_through_f32_like_the_reference(dt, name):
+    """The kernel rounds a result to f32 with the machine's float32 conversion, then to its dtype."""
+    from emulator.kernel import _store
+
+    xs = np.concatenate([floats_to_check(), [1 + 2.0**-24, 1 + 3 * 2.0**-24, 2.0**-149 * 2.5]])
+    with np.errstate(over="ignore"):
+        want = from_f32(xs.astype(np.float32), name).astype(np.float64)
+    got = np.array([_store(float(x), dt) for x in xs])
     same = (got == want) | (np.isnan(got) & np.isnan(want))
     assert same.all(), (xs[~same][:5], got[~same][:5], want[~same][:5])
 
