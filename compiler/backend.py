@@ -27,7 +27,7 @@ from compiler.schedule import Scheduler, critical_path_order
 from compiler.stages import StageMemo, release_of
 from isa.diagnostics import LpuError, error
 from isa.numerics import to_storage
-from isa.program import Placement, Program
+from isa.program import Placement, Program, ProgramError, check
 from isa.spec import BY_MNEMONIC, DTYPE_BYTES
 from isa.system import SystemConfig
 
@@ -199,7 +199,7 @@ def compile_module(
     }
     if timing_only:
         meta["timing_only"] = {"stage_blocks_searched": memo.misses, "stage_blocks_reused": memo.hits}
-    return Program(
+    program = Program(
         system,
         entries,
         entry,
@@ -220,6 +220,11 @@ def compile_module(
         maps_arr,
         meta,
     )
+    try:  # what the emulator would refuse on load must not leave the compiler
+        check(program)
+    except ProgramError as e:
+        raise AssertionError(f"the compiler emitted an invalid instruction {e.index}: {e.message}") from None
+    return program
 
 
 def _blocks(order: list[int], stage: list[int]) -> list[list[int]]:

@@ -101,7 +101,10 @@ class Allocator:
 
 
 def _groups(job: Job) -> list[int]:
-    """Union of nodes whose vectors correspond one to one (stream edges, acc -> last mm)."""
+    """Union of nodes whose vectors correspond one to one (stream edges, acc -> last mm). A `trans`
+    is not joined to its input: when the read feeding it is cut into pieces (its vectors have
+    different writers), the trans stays one instruction and names the first piece as its source,
+    vector i past that piece's end being vector i - n of the next piece (isa/program.py)."""
     parent = list(range(len(job.nodes)))
 
     def find(a: int) -> int:
@@ -111,6 +114,8 @@ def _groups(job: Job) -> list[int]:
         return a
 
     for k, nd in enumerate(job.nodes):
+        if nd.mnemonic == "trans":  # each output mixes 16 inputs: its input may come in pieces
+            continue
         for _, p in nd.inputs:
             parent[find(k)] = find(p)
         if "acc" in nd.sources:

@@ -528,15 +528,21 @@ class Lowering:
         out = self.new_tensor("moved", t, avoid={s.slice for s in srcs})
         which = np.asarray(which).reshape(-1)
         index = np.asarray(index).reshape(-1)
-        plan = self._move_plan(srcs, out, which, index)
+        where = self._move_sources(srcs, out, which, index)
+        done = self._transposes(srcs, out, where)
+        plan = self._move_plan(srcs, where, done)
         # runs of whole vectors copied unchanged become one copy pipeline
         v = 0
         while v < len(plan):
+            if done[v]:
+                v += 1
+                continue
             if self._is_copy(plan[v], v, out):
                 s, sv, _ = plan[v][0]
                 n = 1
                 while (
                     v + n < len(plan)
+                    and not done[v + n]
                     and self._is_copy(plan[v + n], v + n, out)
                     and plan[v + n][0][0] is s
                     and plan[v + n][0][1] == sv + n
@@ -552,10 +558,9 @@ class Lowering:
             v += 1
         return out
 
-    def _move_plan(self, srcs: list[Tensor], out: Tensor, which: np.ndarray, index: np.ndarray):
-        """Per output vector, its sources in order: [(src tensor, src vector, lane map), ...], a
-        lane map giving for each output lane the source lane (-1: none). Built with numpy over every
-        (vector, lane) at once."""
+    def _move_sources(self, srcs: list[Tensor], out: Tensor, which: np.ndarray, index: np.ndarray):
+        """For every (output vector, lane): whether it holds an element, which source, its vector and
+        its lane there. Numpy over every (vector, lane) at once."""
         L = self.L
         vec = np.arange(out.rows * out.chunks)
         r, c = np.divmod(vec, out.chunks)
@@ -571,12 +576,90 @@ class Lowering:
         sr, sc = np.divmod(se, cols)
         sv = sr * chunks + sc // L
         s_lane = np.where(splat, np.broadcast_to(lane, valid.shape), sc % L)
+        return valid, k, sv, s_lane
+
+    def _transposes(self, srcs: list[Tensor], out: Tensor, where) -> np.ndarray:
+        """Output vectors that are columns of a source (lane r = lane c of source vector base + r * step,
+        for r < R <= 16) go through the switch's transposer, 16 at once: `trans` turns 16 source
+        vectors into 16 whose lanes 16g + j hold lane 16g + r of source vector j, and a perm moves
+        lanes 16g..16g+15 of each to lanes 0..15. 16 consecutive output vectors taking lanes
+        16g..16g+15 of the same source vectors are one job of four instructions (instead of a read,
+        a perm and an add per element): the transposed key cache of attention. Longer columns
+        (R > 16) would need the blocks of 16 added from different ports; they still go element by
+        element. Returns which output vectors it wrote."""
+        valid, k, sv, s_lane = where
+        L = self.L
+        n_out = valid.shape[0]
+        done = np.zeros(n_out, bool)
+        if n_out < 16 or L % 16:
+            return done
+        R = valid.sum(axis=1)
+        lane = np.arange(L)
+        prefix = (valid == (lane[None, :] < R[:, None])).all(axis=1) & (R >= 2)
+        step = sv[:, 1] - sv[:, 0] if L > 1 else np.zeros(n_out, np.int64)
+        base, lam, k0 = sv[:, 0], s_lane[:, 0], k[:, 0]
+        column = (
+            prefix
+            & (step > 0)
+            & (~valid | ((k == k0[:, None]) & (s_lane == lam[:, None]))).all(axis=1)
+            & (~valid | (sv == base[:, None] + lane[None, :] * step[:, None])).all(axis=1)
+        )
+        if not column.any():
+            return done
+        v = 0
+        while v + 16 <= n_out:
+            g = slice(v, v + 16)
+            s = srcs[int(k0[v])]
+            if not (
+                column[g].all()
+                and lam[v] % 16 == 0
+                and (lam[g] == lam[v] + np.arange(16)).all()
+                and (base[g] == base[v]).all()
+                and (step[g] == step[v]).all()
+                and (R[g] == R[v]).all()
+                and (k0[g] == k0[v]).all()
+                and s.dtype == out.dtype
+                and not s.splat
+                and R[v] <= 16
+                and base[v] + 15 * step[v] < s.vectors  # 16 vectors of the source to read
+            ):
+                v += 1
+                continue
+            job = self.new_job()
+            x = self.x_of_slice(s.slice)
+            rd = self.read(job, s, int(base[v]), 16, int(step[v]))
+            tr = self.unit(job, "trans", self.sxm_queue(x), 16, [("a", rd)])
+            m = np.full(L, -1, np.int64)
+            m[: R[v]] = lam[v] + np.arange(R[v])
+            pm = self.unit(job, "perm", self.sxm_queue(x), 16, [("a", tr)], map=self.map_id(m.tolist()))
+            self.write(job, out, v, 16, 1, pm)
+            self.finish(job)
+            done[g] = True
+            v += 16
+        return done
+
+    def _move_plan(self, srcs: list[Tensor], where, done: np.ndarray):
+        """Per output vector (not `done`), its sources in order: [(src tensor, src vector, lane map),
+        ...], a lane map giving for each output lane the source lane (-1: none)."""
+        valid, k, sv, s_lane = where
+        L = self.L
+        lane = np.arange(L)
+        n_out = valid.shape[0]
+        any_valid = valid.any(axis=1)
+        first = np.argmax(valid, axis=1)
+        k0 = k[np.arange(n_out), first]
+        sv0 = sv[np.arange(n_out), first]
+        single = (~valid | ((k == k0[:, None]) & (sv == sv0[:, None]))).all(axis=1)
+        maps = np.where(valid, s_lane, -1)
         plan = []
-        for v in range(len(vec)):
-            ok = valid[v]
-            if not ok.any():
+        for v in range(n_out):
+            if done[v] or not any_valid[v]:
                 plan.append([])
                 continue
+            if single[v]:  # one source vector (most moves): no grouping needed
+                plan.append([(srcs[int(k0[v])], int(sv0[v]), maps[v].tolist())])
+                continue
+            ok = valid[v]
             keys = np.stack([k[v][ok], sv[v][ok]], axis=1)
             uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
             inverse = inverse.reshape(-1)

@@ -17,7 +17,18 @@ from emulator.kernel import ACTIONS, execute
 from emulator.timing import Violation, resolve
 from isa.diagnostics import error
 from isa.numerics import STORAGE, to_storage
-from isa.program import ADDRESS, IMAGE, NONE, UNCHECKED, Placement, Program, from_vectors, to_vectors
+from isa.program import (
+    ADDRESS,
+    IMAGE,
+    NONE,
+    UNCHECKED,
+    Placement,
+    Program,
+    ProgramError,
+    check,
+    from_vectors,
+    to_vectors,
+)
 from isa.spec import DTYPE_BYTES, OPS
 
 _ACTION = np.zeros(256, np.int64)
@@ -46,6 +57,10 @@ class Emulator:
     (a program assembled by hand, or compiled without weights)."""
 
     def __init__(self, program: Program, weights: dict[str, np.ndarray] | None = None):
+        try:  # a program built in memory gets the checks a loaded one had
+            check(program)
+        except ProgramError as e:
+            raise error(f"invalid program: instruction {e.index}: {e.message}") from None
         self.program = program
         self.weights = dict(weights or {})
         lanes = program.system.chip.lanes

@@ -483,16 +483,45 @@ def _stream(v: int, S: int) -> str:
     return f"{'EW'[v // S]}{v % S}"
 
 
+def _continued(p, want: np.ndarray, vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Intended sources past the end of their row, followed into the next rows while those are
+    further pieces of the same instruction (same entry, chip, queue and opcode, issued right after):
+    vector j >= n of row r is vector j - n of row r + 1 (isa/program.py)."""
+    want, vec = want.copy(), vec.copy()
+    rows = len(p.n)
+    while True:
+        ok = want >= 0
+        w = np.where(ok, want, 0)
+        nxt = np.minimum(w + 1, rows - 1)
+        go = (
+            ok
+            & (w + 1 < rows)
+            & (vec >= p.n[w])
+            & (p.entry[nxt] == p.entry[w])
+            & (p.chip[nxt] == p.chip[w])
+            & (p.queue[nxt] == p.queue[w])
+            & (p.opcode[nxt] == p.opcode[w])
+            & (p.cycle[nxt] == p.cycle[w] + p.n[w])
+        )
+        if not go.any():
+            return want, vec
+        vec = np.where(go, vec - p.n[w], vec)
+        want = np.where(go, w + 1, want)
+
+
 def _check_sources(p, ins, vec, idx, slot_k, found_step, sample, report, describe, what):
     want = p.src[ins[idx], slot_k]
     off = p.src_off[ins[idx], slot_k]
     found_ins = np.where(found_step >= 0, ins[np.maximum(found_step, 0)], -1)
     found_vec = np.where(found_step >= 0, vec[np.maximum(found_step, 0)], -1)
     checked = want >= 0
-    bad = checked & ((found_ins != want) | (found_vec != vec[idx] + off))
+    want_vec = vec[idx] + off
+    if what == "stream":  # past the end of a split instruction's piece: the next piece (same op, queue)
+        want, want_vec = _continued(p, want, want_vec)
+    bad = checked & ((found_ins != want) | (found_vec != want_vec))
     for k in np.nonzero(bad)[0]:
         step = idx[k]
-        expected = f"vector {int(vec[step] + off[k])} of #{int(want[k])}"
+        expected = f"vector {int(want_vec[k])} of #{int(want[k])}"
         if found_step[k] < 0:
             kind = "empty stream" if what == "stream" else f"empty {what}"
         else:
