@@ -580,13 +580,13 @@ class Lowering:
 
     def _transposes(self, srcs: list[Tensor], out: Tensor, where) -> np.ndarray:
         """Output vectors that are columns of a source (lane r = lane c of source vector base + r * step,
-        for r < R <= 16) go through the switch's transposer, 16 at once: `trans` turns 16 source
-        vectors into 16 whose lanes 16g + j hold lane 16g + r of source vector j, and a perm moves
-        lanes 16g..16g+15 of each to lanes 0..15. 16 consecutive output vectors taking lanes
-        16g..16g+15 of the same source vectors are one job of four instructions (instead of a read,
-        a perm and an add per element): the transposed key cache of attention. Longer columns
-        (R > 16) would need the blocks of 16 added from different ports; they still go element by
-        element. Returns which output vectors it wrote."""
+        r < R) go through the switch's transposer, 16 at once: `trans` turns 16 source vectors into
+        16 whose lanes 16g + j hold lane 16g + r of source vector j, and a perm moves lanes 16g..16g+15
+        of each to lanes 16b..16b+15 for the b-th block of 16 source vectors. 16 consecutive output
+        vectors taking lanes 16g..16g+15 of the same source vectors are one job of four instructions
+        when R <= 16 (instead of a read, a perm and an add per element): the transposed key cache of
+        attention. Longer columns put each block in a temporary of its own slice and add the blocks
+        in a second pass (`_sum_blocks`). Returns which output vectors it wrote."""
         valid, k, sv, s_lane = where
         L = self.L
         n_out = valid.shape[0]
@@ -620,23 +620,72 @@ class Lowering:
                 and (k0[g] == k0[v]).all()
                 and s.dtype == out.dtype
                 and not s.splat
-                and R[v] <= 16
-                and base[v] + 15 * step[v] < s.vectors  # 16 vectors of the source to read
+                # 16 source vectors to read (a last short block overlaps the one before)
+                and (R[v] >= 16 or base[v] + 15 * step[v] < s.vectors)
             ):
                 v += 1
                 continue
-            job = self.new_job()
-            x = self.x_of_slice(s.slice)
-            rd = self.read(job, s, int(base[v]), 16, int(step[v]))
-            tr = self.unit(job, "trans", self.sxm_queue(x), 16, [("a", rd)])
-            m = np.full(L, -1, np.int64)
-            m[: R[v]] = lam[v] + np.arange(R[v])
-            pm = self.unit(job, "perm", self.sxm_queue(x), 16, [("a", tr)], map=self.map_id(m.tolist()))
-            self.write(job, out, v, 16, 1, pm)
-            self.finish(job)
+            blocks = -(-int(R[v]) // 16)
+            if blocks == 1:
+                self._trans_block(s, int(base[v]), int(step[v]), 0, 0, int(R[v]), int(lam[v]), out, v)
+            else:
+                self._sum_blocks(s, int(base[v]), int(step[v]), int(R[v]), int(lam[v]), out, v)
             done[g] = True
             v += 16
         return done
+
+    def _trans_block(
+        self, s: Tensor, base: int, step: int, r0: int, lo: int, hi: int, lam: int, dst: Tensor, at: int
+    ) -> None:
+        """Source vectors base + r * step for r in r0..r0+15 through the transposer: output vector
+        at + i of `dst` gets, in lanes lo..hi-1, lane lam + i of those rows (the other lanes zero)."""
+        L = self.L
+        job = self.new_job()
+        x = self.x_of_slice(s.slice)
+        rd = self.read(job, s, base + r0 * step, 16, step)
+        tr = self.unit(job, "trans", self.sxm_queue(x), 16, [("a", rd)])
+        m = np.full(L, -1, np.int64)
+        r = np.arange(lo, hi)
+        m[r] = lam + (r - r0)
+        pm = self.unit(job, "perm", self.sxm_queue(x), 16, [("a", tr)], map=self.map_id(m.tolist()))
+        self.write(job, dst, at, 16, 1, pm)
+        self.finish(job)
+
+    def _sum_blocks(self, s: Tensor, base: int, step: int, R: int, lam: int, out: Tensor, at: int) -> None:
+        """Columns of more than 16: each block of 16 through the transposer into a temporary, then
+        the temporaries added 16 vectors at a time. The vectors of one addition come from different
+        slices (one MEM port each) through a chain on different VXM queues; up to `width` at a time,
+        folding into the next temporary (or, last, the output)."""
+        L = self.L
+        blocks = -(-R // 16)
+        width = max(2, min(self.chip.vxm_alu_queues, len(self.slices) - 3, 8))
+        part = TensorType(out.dtype, (16, L))
+        keep = {s.slice, out.slice}
+        acc: Tensor | None = None
+        b = 0
+        while b < blocks:
+            chunk: list[Tensor] = []
+            for _ in range(min(width - (acc is not None), blocks - b)):
+                avoid = keep | {t.slice for t in chunk} | ({acc.slice} if acc is not None else set())
+                t = self.new_tensor("transposed", part, avoid=avoid)
+                self._trans_block(s, base, step, min(16 * b, R - 16), 16 * b, min(16 * b + 16, R), lam, t, 0)
+                chunk.append(t)
+                b += 1
+            terms = ([acc] if acc is not None else []) + chunk
+            if b == blocks:
+                dst, first = out, at
+            else:
+                dst, first = self.new_tensor("transposed", part, avoid=keep | {t.slice for t in terms}), 0
+            job = self.new_job()
+            reads = [self.read(job, t, 0, 16, 1) for t in terms]
+            total = reads[0]
+            for r in reads[1:]:
+                total = self.unit(
+                    job, "add", self.vxm_queue(), 16, [("a", total), ("b", r)], dt=DTYPES.index(out.dtype)
+                )
+            self.write(job, dst, first, 16, 1, total)
+            self.finish(job)
+            acc = dst
 
     def _move_plan(self, srcs: list[Tensor], where, done: np.ndarray):
         """Per output vector (not `done`), its sources in order: [(src tensor, src vector, lane map),

@@ -13,7 +13,7 @@ from compiler import parse
 from compiler.backend import compile_module
 from emulator.run import Emulator
 from isa.spec import BY_MNEMONIC
-from isa.system import named_system
+from isa.system import SystemConfig, named_system
 from lpu.api import check_outputs
 from lpu.arrays import random_inputs
 from models.gpt2 import GPT2Config, module_text, random_weights
@@ -21,14 +21,17 @@ from models.gpt2 import GPT2Config, module_text, random_weights
 TRANS = BY_MNEMONIC["trans"].code
 
 
-def run_transpose(shape, perm, system="tsp"):
+def run_transpose(shape, perm, system="tsp", chip=None):
     out = [shape[p] for p in perm]
     text = (
         f"module m\ngraph main(%x: f32{list(shape)}) -> (f32{out}) {{\n"
         f"  %t = transpose(%x) {{perm = {list(perm)}}}\n  return %t\n}}\n"
     )
     m = parse(text)
-    program = compile_module(m, named_system(system), {})
+    sys_ = named_system(system)
+    if chip is not None:
+        sys_ = SystemConfig("custom", sys_.chip.replace(**chip))
+    program = compile_module(m, sys_, {})
     inputs = random_inputs(m, m.graphs[0], 3)
     run = Emulator(program).run("main", inputs)
     assert run.violations == [], [v.render() for v in run.violations[:3]]
@@ -40,29 +43,42 @@ def run_transpose(shape, perm, system="tsp"):
 
 @pytest.mark.parametrize(
     "shape, perm",
-    [((16, 64), (1, 0)), ((16, 3, 40), (1, 2, 0)), ((16, 320), (1, 0)), ((16, 4, 48), (1, 2, 0))],
+    [((16, 64), (1, 0)), ((16, 3, 40), (1, 2, 0)), ((16, 320), (1, 0)), ((16, 4, 48), (1, 2, 0))]
+    + [((40, 32), (1, 0)), ((64, 2, 32), (1, 2, 0)), ((200, 48), (1, 0)), ((17, 16), (1, 0))],
 )
-def test_columns_of_up_to_16_rows_go_through_the_transposer(shape, perm):
+def test_columns_go_through_the_transposer(shape, perm):
+    """Up to 16 rows: one trans per 16 output vectors; longer columns: one per block of 16 rows
+    (a short last block overlapping the one before), the blocks then added."""
     program = run_transpose(shape, perm)
     rows = program.opcode == TRANS
     assert rows.any() and (program.n[rows] == 16).all()
-    # one trans per 16 output vectors: far fewer instructions than a perm and an add per element
+    # a trans per 16 output vectors and block: far fewer than a read, perm and add per element
     out_vectors = int(np.prod([shape[p] for p in perm[:-1]]))
-    assert rows.sum() <= -(-out_vectors // 16)
+    blocks = -(-shape[perm[-1]] // 16)
+    assert rows.sum() <= -(-out_vectors // 16) * blocks
+    assert len(program) < out_vectors * shape[perm[-1]]
 
 
 @pytest.mark.parametrize(
-    "shape, perm", [((40, 32), (1, 0)), ((8, 32), (1, 0)), ((12, 2, 48), (1, 2, 0)), ((16, 20, 3), (1, 0, 2))]
+    "shape, perm", [((8, 32), (1, 0)), ((12, 2, 48), (1, 2, 0)), ((16, 20, 3), (1, 0, 2))]
 )
 def test_other_moves_are_exact_without_it(shape, perm):
-    """Columns longer than 16, sources with fewer than 16 vectors to read, and row moves do not use
-    the transposer; they are as exact."""
+    """Columns of sources with fewer than 16 vectors to read and row moves do not use the
+    transposer; they are as exact."""
     program = run_transpose(shape, perm)
     assert not (program.opcode == TRANS).any()
 
 
 def test_tiny_chip_transposes_too():
-    run_transpose((16, 2, 32), (1, 2, 0), "tiny")
+    program = run_transpose((16, 2, 16), (1, 2, 0), "tiny")  # 16 lanes: columns of up to 16
+    assert (program.opcode == TRANS).any()
+
+
+def test_long_columns_fold_a_few_blocks_at_a_time():
+    """Two VXM queues: the blocks of a 100-row column are added two at a time, each addition's
+    terms on slices of their own."""
+    program = run_transpose((100, 2, 32), (1, 2, 0), chip={"vxm_alu_queues": 2})
+    assert (program.opcode == TRANS).sum() == 4 * 7  # 4 groups of 16 output vectors, 7 blocks
 
 
 @pytest.fixture(scope="module")
