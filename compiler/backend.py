@@ -142,7 +142,7 @@ def compile_module(
         placements.append(dataclasses.replace(pl, word=base[t.id]))
     emitter = Emitter(chip, tensors, base)
     for e, (ep, jobs, inputs, results, order, placed) in enumerate(per_entry):
-        emitter.writer = {}  # each run starts from the image: inputs, params and states placed anew
+        emitter.new_entry()
         entry_alloc = Allocator(chip)
         entry_alloc.used = {k: list(v) for k, v in alloc.used.items()}
         entry_alloc.high = dict(alloc.high)

@@ -133,6 +133,12 @@ class Emitter:
         self.row_op: list[int] = []  # per row, the index of the op it comes from
         # tensor id -> per vector: (instruction row, its vector index), or None for image data
         self.writer: dict[int, list[tuple[int, int] | None]] = {}
+        self.n_dynamic: dict[int, int] = {}  # per tensor: how many of its vectors a scatter may hold
+
+    def new_entry(self) -> None:
+        """Each run starts from the image: inputs, params and states placed anew, nothing written."""
+        self.writer = {}
+        self.n_dynamic = {}
 
     def word(self, t: Tensor, vector: int) -> int:
         return self.base[t.id] + vector * DTYPE_BYTES[t.dtype]
@@ -145,8 +151,7 @@ class Emitter:
 
     def _dynamic(self, t: Tensor) -> bool:
         """Whether a scatter may have written the tensor: its reads then have no single source."""
-        w = self.writer.get(t.id)
-        return w is not None and any(x == "dynamic" for x in w)
+        return self.n_dynamic.get(t.id, 0) > 0
 
     def _read_runs(self, nd) -> list[int]:
         """Split points (vector indices within the read) where its source changes."""
@@ -180,13 +185,14 @@ class Emitter:
             if nd.mnemonic == "read":
                 g = groups[job.nodes.index(nd)]
                 cuts.setdefault(g, set()).update(self._read_runs(nd))
-        # rows of each node's pieces: node -> list of (start, end, row index)
-        pieces: dict[int, list[tuple[int, int, int]]] = {}
+        # rows of each node's pieces: node -> {first vector of the piece: row index}
+        pieces: dict[int, dict[int, int]] = {}
         for k, nd in enumerate(job.nodes):
-            bounds = sorted({0, nd.n} | {c for c in cuts.get(groups[k], ()) if 0 < c < nd.n})
-            pieces[k] = []
+            cut = cuts.get(groups[k])
+            bounds = sorted({0, nd.n} | {c for c in cut if 0 < c < nd.n}) if cut else (0, nd.n)
+            pieces[k] = {}
             for s, e in zip(bounds[:-1], bounds[1:]):
-                pieces[k].append((s, e, len(self.rows)))
+                pieces[k][s] = len(self.rows)
                 self.rows.append(self._row(job, k, s, e, placed, entry, pieces))
                 self.row_op.append(origin)
 
@@ -197,8 +203,7 @@ class Emitter:
         sources: dict[str, tuple[int, int, int]] = {}
         for name, p in nd.inputs:
             fields[name] = placed.streams[p]
-            src_row = next(r for ps, pe, r in pieces[p] if ps == s)
-            sources[name] = (src_row, 0, 1)
+            sources[name] = (pieces[p][s], 0, 1)
         if spec.output and k in placed.streams:
             fields[spec.output] = placed.streams[k]
         elif spec.output:
@@ -216,6 +221,7 @@ class Emitter:
                 sources["mem"] = (UNCHECKED, 0, 1)
             else:
                 self.writer.setdefault(t_id, [None] * t.vectors)[:] = ["dynamic"] * t.vectors
+                self.n_dynamic[t_id] = t.vectors
         elif nd.mem is not None:
             t_id, first, step = nd.mem
             t = self.tensors[t_id]
@@ -233,14 +239,15 @@ class Emitter:
             else:
                 w = self.writer.setdefault(t_id, [None] * t.vectors)
                 for i in range(s, e):
+                    if w[first + step * i] == "dynamic":
+                        self.n_dynamic[t_id] -= 1
                     w[first + step * i] = (len(self.rows), i - s)
         for slot in ("w", "link"):  # the weight install a pass uses; the send a receive takes
             if slot in nd.sources:
-                sources[slot] = (pieces[nd.sources[slot]][0][2], 0, 1)
+                sources[slot] = (pieces[nd.sources[slot]][0], 0, 1)
         if "acc" in nd.sources:
             mm = nd.sources["acc"]
-            src_row = next(r for ps, pe, r in pieces[mm] if ps == s)
-            sources["acc"] = (src_row, 0, 1)
+            sources["acc"] = (pieces[mm][s], 0, 1)
         return Row(entry, nd.chip, nd.queue, placed.start + nd.rel + s, nd.mnemonic, e - s, fields, sources)
 
     def tables(self):

@@ -135,6 +135,7 @@ class Lowering:
         self.chip = chip
         self.chip_index = chip_index  # which chip of the system its jobs run on
         self.L = chip.lanes
+        self._identity = list(range(chip.lanes))  # a lane map that moves nothing
         self.tensors = tensors
         self.symbols = symbols
         self.jobs: list[Job] = []
@@ -729,6 +730,8 @@ class Lowering:
         s, sv, m = sources[0]
         if s.dtype != out.dtype:
             return False
+        if m == self._identity:  # every lane from the same lane
+            return True
         for lane, src_lane in enumerate(m):
             if src_lane == lane:
                 continue

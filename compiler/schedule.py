@@ -30,6 +30,7 @@ from isa.chip import ChipConfig
 from isa.diagnostics import error
 
 _BUCKET = 64
+WRITES = ("write", "scatter")
 
 
 @dataclass
@@ -139,7 +140,7 @@ class Scheduler:
     def place(self, job: Job, earliest: int = 0) -> Placed:
         start = max(earliest, self.data_ready(job))
         lo, hi = job.span()
-        flows = transfers(job)
+        flows = self._flow_rects(job, transfers(job))
         if self._streams(job, flows, start, _Streams()) is None:
             raise error(
                 f"{job.name}: one step of this op needs more streams flowing the same way at once "
@@ -178,6 +179,13 @@ class Scheduler:
         self._commit(job, start, streams, flows, lo, hi)
         return Placed(start, streams)
 
+    def _flow_rects(self, job: Job, flows) -> list[tuple[int, tuple, list]]:
+        """Each transfer with the rectangles it may use for a job starting at cycle 0 (they move
+        along the diagonal with the start); transfers that may flow either way (same position)
+        last, to go into whatever is left."""
+        out = [(p, job.nodes[p].chip, self._rects(job, p, cs, 0)) for p, cs in flows]
+        return sorted(out, key=lambda f: len(f[2]))
+
     def _rects(self, job: Job, producer: int, consumers: list[int], start: int):
         """The (direction, d0, d1, u0, u1) a transfer may use: east or west towards its consumers,
         either one when producer and consumers share a position."""
@@ -197,16 +205,16 @@ class Scheduler:
         return out
 
     def _streams(self, job: Job, flows, start: int, table: _Streams | None = None) -> dict[int, int] | None:
+        """A stream for each transfer (`flows` from `_flow_rects`), lowest free first, or None."""
         table = self.streams if table is None else table
         chosen: dict[int, int] = {}
         taken: list[tuple[tuple[int, int], int, int, int, int]] = []
-        # transfers that may flow either way (same position) go last, into whatever is left
-        flows = sorted(flows, key=lambda f: len(self._rects(job, f[0], f[1], start)))
-        for producer, consumers in flows:
+        for producer, chip, rects in flows:
             found = None
-            for direction, d0, d1, u0, u1 in self._rects(job, producer, consumers, start):
+            for direction, d0, d1, u0, u1 in rects:
+                d0, d1 = d0 + start, d1 + start
                 for sid in range(self.S):
-                    key = (job.nodes[producer].chip, direction, sid)
+                    key = (chip, direction, sid)
                     if not table.free(key, d0, d1, u0, u1):
                         continue
                     if any(
@@ -227,7 +235,7 @@ class Scheduler:
     def commit_at(self, job: Job, start: int, streams: dict[int, int]) -> Placed:
         """Place a job where a search already found it fits (an equal stage, shifted in time)."""
         lo, hi = job.span()
-        self._commit(job, start, streams, transfers(job), lo, hi)
+        self._commit(job, start, streams, self._flow_rects(job, transfers(job)), lo, hi)
         return Placed(start, dict(streams))
 
     def _commit(self, job: Job, start: int, streams, flows, lo: int, hi: int) -> None:
@@ -240,12 +248,11 @@ class Scheduler:
         for key in job.exclusive:
             self.exclusive.setdefault(key, _Intervals()).add(start + lo, start + hi)
             self.keys_of_chip.setdefault(key[0], set()).add(("x", key))
-        for producer, consumers in flows:
+        for producer, chip, rects in flows:
             direction, sid = divmod(streams[producer], self.S)
-            for rect in self._rects(job, producer, consumers, start):
+            for rect in rects:
                 if rect[0] == direction:
-                    chip = job.nodes[producer].chip
-                    self.streams.add((chip, direction, sid), *rect[1:])
+                    self.streams.add((chip, direction, sid), rect[1] + start, rect[2] + start, *rect[3:])
                     self.keys_of_chip.setdefault(chip, set()).add(("s", (chip, direction, sid)))
         for nd in job.nodes:
             if nd.mem is None:
@@ -287,23 +294,35 @@ def critical_path_order(
             return [(t_id, v) for v in range(tensors[t_id].vectors)]
         return [(t_id, first + step * i) for i in range(nd.n)]
 
+    # only what some job writes can order jobs: reads of params and constants (most vectors a
+    # layer reads) are not looked at, and readers matter only for states (written after them)
+    written = {nd.mem[0] for job in jobs for nd in job.nodes if nd.mem is not None and nd.mnemonic in WRITES}
     for j, job in enumerate(jobs):
         for nd in job.nodes:
-            if nd.mem is None:
+            if nd.mem is None or nd.mem[0] not in written:
                 continue
-            table = writers if nd.mnemonic in ("write", "scatter") else readers
+            if nd.mnemonic in WRITES:
+                table = writers
+            elif tensors[nd.mem[0]].kind == "state":
+                table = readers
+            else:
+                continue
             for key in vectors(nd):
                 table.setdefault(key, []).append(j)
     deps: list[set[int]] = []
     for j, job in enumerate(jobs):
         d = set()
         for nd in job.nodes:
-            if nd.mem is None:
+            if nd.mem is None or nd.mem[0] not in written:
+                continue
+            reads = nd.mnemonic in ("read", "gather", "scatter")
+            waits = nd.mnemonic == "write" and tensors[nd.mem[0]].kind == "state"
+            if not (reads or waits):
                 continue
             for key in vectors(nd):
-                if nd.mnemonic in ("read", "gather") or nd.mnemonic == "scatter":
+                if reads:
                     d.update(w for w in writers.get(key, ()) if w < j)
-                if nd.mnemonic == "write" and tensors[key[0]].kind == "state":
+                if waits:
                     d.update(r for r in readers.get(key, ()) if r < j)
         d.discard(j)
         deps.append(d)

@@ -23,6 +23,7 @@ in under 40 cycles).
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass
 
@@ -96,12 +97,12 @@ class OpSpec:
     busy_per_vector: int
     semantics: str  # one line
 
-    @property
+    @functools.cached_property
     def inputs(self) -> tuple[str, ...]:
         """The stream fields this instruction reads."""
         return tuple(f for f in self.operands if FIELDS[f].role == "in")
 
-    @property
+    @functools.cached_property
     def output(self) -> str | None:
         """The stream field this instruction writes, if any."""
         outs = [f for f in self.operands if FIELDS[f].role == "out"]
