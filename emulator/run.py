@@ -71,6 +71,7 @@ class Emulator:
         self._sram: tuple[np.ndarray, ...] | None = None
         self._resolved: dict[int, object] = {}
         self._prepared: dict[int, tuple] = {}
+        self._images: dict[int, np.ndarray] = {}
         self._buffers: dict[int, np.ndarray] = {}
 
     def _values(self, e: int, steps: int, lanes: int) -> np.ndarray:
@@ -129,14 +130,17 @@ class Emulator:
                         f"expects {pl.dtype}{list(_whole_shape(self.program, pl))}"
                     )
                 place(pl, pl.take(value))
-        image = np.ascontiguousarray(np.concatenate(rows)) if count else np.zeros((0, lanes))
-
         # everything below depends on the program and on where things are placed, not on their
         # values: worked out on an entry's first run and kept
         layout = tuple((pl.chip, pl.slice, pl.word, n) for pl, n in placed)
         if self._prepared.get(e, (None,))[0] != layout:
             self._prepared[e] = (layout, self._prepare(e, placed))
+            # the image rows followed by what runs place: the program's part is copied once
+            self._images[e] = np.ascontiguousarray(np.concatenate(rows)) if count else np.zeros((0, lanes))
         where, image_words, image_prov, row_word, r, (args, maps) = self._prepared[e][1]
+        image = self._images[e]
+        if len(rows) > 1:
+            image[len(p.image_word) :] = np.concatenate(rows[1:])
         words = chip.words_per_slice
         if self._sram is None:  # SRAM provenance, kept across runs and reset where a run touched it
             size = p.system.chips * chip.mem_slices * words
@@ -254,11 +258,13 @@ def _sram_violations(
     """Compare what each read saw with its intended source (the checks of emulator/timing.py, for SRAM)."""
     from isa.assembly import instruction_text
 
-    queues = p.system.chip.queue_table()
     out: list[Violation] = []
+    queues: list = []  # the chip's queue table, built when the first violation needs a name
 
     def say(s: int, kind: str, expected: str, seen: str) -> None:
         j = int(r.ins[s])
+        if not queues:
+            queues.extend(p.system.chip.queue_table())
         out.append(
             Violation(
                 kind,
