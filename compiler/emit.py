@@ -14,7 +14,7 @@ issue + i), so splitting changes no timing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import array
 
 import numpy as np
 
@@ -26,17 +26,8 @@ from isa.diagnostics import error
 from isa.program import ADDRESS, IMAGE, MAX_FIELDS, MAX_SOURCES, NONE, UNCHECKED, source_slots
 from isa.spec import BY_MNEMONIC, DTYPE_BYTES
 
-
-@dataclass
-class Row:
-    entry: int
-    chip: int
-    queue: int
-    cycle: int
-    mnemonic: str
-    n: int
-    fields: dict[str, int]
-    sources: dict[str, tuple[int, int, int]]  # slot -> (source, offset, step)
+_LAYOUT: dict[str, tuple] = {}  # mnemonic -> (opcode, fields in ISA order, source slots)
+_NO_SOURCE = [NONE, 0, 1]
 
 
 def lifetimes(jobs: list[Job], placed: list[Placed], tensors: list[Tensor]) -> dict[int, tuple[int, int]]:
@@ -128,7 +119,10 @@ class Emitter:
         self.chip = chip
         self.tensors = tensors
         self.base = base  # tensor id -> first word
-        self.rows: list[Row] = []
+        # the instruction table, a row after another: entry, chip, queue, cycle, opcode, n, the fields
+        # in ISA order, then (source, offset, step) per source slot (flat ints: 17M rows fit in memory)
+        self.buf = array.array("q")
+        self.n_rows = 0
         self.ops: dict[tuple[str, str], int] = {}  # (op text, IR location) -> index
         self.row_op: list[int] = []  # per row, the index of the op it comes from
         # tensor id -> per vector: (instruction row, its vector index), or None for image data
@@ -192,11 +186,12 @@ class Emitter:
             bounds = sorted({0, nd.n} | {c for c in cut if 0 < c < nd.n}) if cut else (0, nd.n)
             pieces[k] = {}
             for s, e in zip(bounds[:-1], bounds[1:]):
-                pieces[k][s] = len(self.rows)
-                self.rows.append(self._row(job, k, s, e, placed, entry, pieces))
+                pieces[k][s] = self.n_rows
+                self._row(job, k, s, e, placed, entry, pieces)
+                self.n_rows += 1
                 self.row_op.append(origin)
 
-    def _row(self, job: Job, k: int, s: int, e: int, placed: Placed, entry: int, pieces) -> Row:
+    def _row(self, job: Job, k: int, s: int, e: int, placed: Placed, entry: int, pieces) -> None:
         nd = job.nodes[k]
         spec = BY_MNEMONIC[nd.mnemonic]
         fields = dict(nd.fields)
@@ -241,33 +236,40 @@ class Emitter:
                 for i in range(s, e):
                     if w[first + step * i] == "dynamic":
                         self.n_dynamic[t_id] -= 1
-                    w[first + step * i] = (len(self.rows), i - s)
+                    w[first + step * i] = (self.n_rows, i - s)
         for slot in ("w", "link"):  # the weight install a pass uses; the send a receive takes
             if slot in nd.sources:
                 sources[slot] = (pieces[nd.sources[slot]][0], 0, 1)
         if "acc" in nd.sources:
             mm = nd.sources["acc"]
             sources["acc"] = (pieces[mm][s], 0, 1)
-        return Row(entry, nd.chip, nd.queue, placed.start + nd.rel + s, nd.mnemonic, e - s, fields, sources)
+        layout = _LAYOUT.get(nd.mnemonic)
+        if layout is None:
+            layout = _LAYOUT[nd.mnemonic] = (spec.code, spec.operands, source_slots(spec))
+        code, operands, slots = layout
+        row = [entry, nd.chip, nd.queue, placed.start + nd.rel + s, code, e - s]
+        row += [fields[name] for name in operands]
+        row += [0] * (MAX_FIELDS - len(operands))
+        for slot in slots:
+            row += sources.get(slot, _NO_SOURCE)
+        row += _NO_SOURCE * (MAX_SOURCES - len(slots))
+        self.buf.extend(row)
 
     def tables(self):
         """The instruction table columns (program order = emission order)."""
-        n = len(self.rows)
-        entry = np.array([r.entry for r in self.rows], np.int32)
-        chip = np.array([r.chip for r in self.rows], np.int32)
-        queue = np.array([r.queue for r in self.rows], np.int32)
-        cycle = np.array([r.cycle for r in self.rows], np.int64)
-        opcode = np.array([BY_MNEMONIC[r.mnemonic].code for r in self.rows], np.int32)
-        count = np.array([r.n for r in self.rows], np.int32)
-        fields = np.zeros((n, MAX_FIELDS), np.int64)
-        src = np.full((n, MAX_SOURCES), NONE, np.int64)
-        off = np.zeros((n, MAX_SOURCES), np.int64)
-        stp = np.ones((n, MAX_SOURCES), np.int64)
-        for i, r in enumerate(self.rows):
-            spec = BY_MNEMONIC[r.mnemonic]
-            for k, name in enumerate(spec.operands):
-                fields[i, k] = r.fields[name]
-            for k, slot in enumerate(source_slots(spec)):
-                if slot in r.sources:
-                    src[i, k], off[i, k], stp[i, k] = r.sources[slot]
-        return entry, chip, queue, cycle, opcode, count, fields, src, off, stp
+        width = 6 + MAX_FIELDS + 3 * MAX_SOURCES
+        t = np.frombuffer(self.buf, np.int64).reshape(self.n_rows, width)
+        f0, s0 = 6, 6 + MAX_FIELDS
+        sources = t[:, s0:].reshape(self.n_rows, MAX_SOURCES, 3)
+        return (
+            t[:, 0].astype(np.int32),
+            t[:, 1].astype(np.int32),
+            t[:, 2].astype(np.int32),
+            t[:, 3].copy(),
+            t[:, 4].astype(np.int32),
+            t[:, 5].astype(np.int32),
+            t[:, f0:s0].copy(),
+            sources[:, :, 0].copy(),
+            sources[:, :, 1].copy(),
+            sources[:, :, 2].copy(),
+        )

@@ -31,6 +31,7 @@ from isa.diagnostics import error
 
 _BUCKET = 64
 WRITES = ("write", "scatter")
+READY = ("param", "const")  # tensors whose every vector is in place at cycle 0 of every run
 
 
 @dataclass
@@ -107,6 +108,8 @@ class Scheduler:
         self.streams = _Streams()
         self.keys_of_chip: dict[int, set[tuple]] = {}  # every reservation key a chip has, by table
         for t in tensors:
+            if t.kind in READY:  # in SRAM before the run and never written: nothing to track
+                continue
             if t.landing is None:
                 t.landing = np.full(t.vectors, 0 if t.kind != "temp" else -1, np.int64)
             if t.kind == "state":
@@ -119,6 +122,8 @@ class Scheduler:
                 continue
             t_id, first, step = nd.mem
             t = self.tensors[t_id]
+            if t.kind in READY:
+                continue
             if nd.dynamic:  # any word of the tensor: all of it must have landed before the first access
                 assert (t.landing >= 0).all(), f"{job.name}: addresses a tensor nothing has written"
                 start = max(start, int(t.landing.max()) - (nd.rel + nd.spec.dskew))

@@ -30,7 +30,7 @@ import hashlib
 import numpy as np
 
 from compiler.jobs import Job
-from compiler.schedule import Placed, Scheduler
+from compiler.schedule import READY, Placed, Scheduler
 
 
 def release_of(
@@ -107,6 +107,9 @@ class StageMemo:
         # as at the release: no job of the block starts before it)
         for t_id in tensors:
             t = sched.tensors[t_id]
+            if t.kind in READY:  # every vector in place from cycle 0
+                h.update(repr(("ready", t.vectors)).encode())
+                continue
             land = t.landing
             h.update(np.where(land < 0, -1, np.maximum(land - release, 0)).astype(np.int64).tobytes())
             if t.last_read is not None:
