@@ -810,6 +810,9 @@ class Partitioner:
             if dequant:
                 locals_[c] = self.dequant_matmul(c, operands[0], operands[1], lt, dequant)
                 continue
+            if op.name == "gather" and wants[0] == 0:  # this chip's rows of the table
+                locals_[c] = self.owned_gather(c, operands[0], operands[1], lt)
+                continue
             rows = self.weight_blocks(operands[0], rows_only=True) if op.name == "gather" else None
             if rows:
                 locals_[c] = self.blocked_gather(c, operands[1], rows[0][2], lt)
@@ -852,6 +855,7 @@ class Partitioner:
         pieces = []
         for c0, c1, rows in blocks:
             shape = lt.shape[:-1] + (c1 - c0,)
+
             def mm(a: Value, w: Global, t: TensorType) -> Value:
                 if dequant:
                     return self.dequant_matmul(c, a, w, t, dequant)
@@ -870,6 +874,39 @@ class Partitioner:
                 acc = self.local(c, "cast", (acc,), {"to": dtype}, TensorType(dtype, shape))
             pieces.append(acc)
         return pieces[0] if len(pieces) == 1 else self.concat(c, pieces, len(lt.shape) - 1, dtype)
+
+    def owned_gather(self, c: int, table: Global, ids: Value, lt: TensorType) -> Value:
+        """gather(table, ids) on a chip holding rows r0..r1 of the table: the ids it holds looked up
+        (in row blocks when its rows are larger than a slice), zeros for the others; in the table's
+        dtype, then cast to the partial sums' (`lt`)."""
+        want = lt
+        lt = TensorType(table.type.dtype, lt.shape)
+        _, part = self._local_params[id(table)]
+        r0 = part[1]
+        n = table.type.shape[0]
+        i32 = TensorType("i32", ())
+        local_ids = self.local(
+            c, "sub", (ids, self.local(c, "constant", (), {"value": r0}, i32)), {}, ids.type
+        )
+        blocks = self.weight_blocks(table, rows_only=True)
+        rows = blocks[0][2] if blocks else [(table, 0, n)]
+        got = self.blocked_gather(c, local_ids, rows, lt)
+        shape = ids.type.shape
+        mask_t = TensorType("bool", shape)
+        low = self.local(
+            c, "greater", (local_ids, self.local(c, "constant", (), {"value": -1}, i32)), {}, mask_t
+        )
+        high = self.local(
+            c, "less", (local_ids, self.local(c, "constant", (), {"value": n}, i32)), {}, mask_t
+        )
+        zero = self.local(c, "constant", (), {"value": 0.0}, TensorType(lt.dtype, lt.shape))
+        for mask in (low, high):
+            if lt.rank == len(shape) + 1:
+                mask = self.local(c, "reshape", (mask,), {}, TensorType("bool", shape + (1,)))
+            got = self.local(c, "where", (mask, got, zero), {}, lt)
+        if want.dtype != lt.dtype:
+            got = self.local(c, "cast", (got,), {"to": want.dtype}, want)
+        return got
 
     def blocked_gather(self, c: int, ids: Value, rows, lt: TensorType) -> Value:
         """gather(table, ids) for a table cut into row blocks: each block looks up the ids clipped into
@@ -909,12 +946,15 @@ class Partitioner:
         rows, cols = w.type.shape
         L = self.L
         width = DTYPE_BYTES[w.type.dtype]
-        budget = self.chip.mem_slice_bytes * 3 // 4
+        # a weight of up to 3/4 of a slice stays whole; a larger one is cut into blocks of at most a
+        # third, which pack the slices well (two blocks of 3/4 cannot share a slice: a quarter of
+        # each slice would be lost, and a 70B stage's weights would not fit)
+        budget = self.chip.mem_slice_bytes // 3
 
         def size(r: int, c: int) -> int:
             return r * -(-c // L) * L * width
 
-        if size(rows, cols) <= budget:
+        if size(rows, cols) <= self.chip.mem_slice_bytes * 3 // 4:
             return None
         if rows_only:  # a gather table: blocks of whole rows
             rb, cb = max(1, budget // (-(-cols // L) * L * width)), cols
@@ -963,9 +1003,14 @@ class Partitioner:
         if name == "matmul":
             return self._matmul(op, haves)
         if name == "gather" and haves[0] is None and op.operands[0].type.rank == 2:
+            table = op.operands[0].type
+            if self._large_table(op) and table.shape[0] % self.T == 0:
+                # too large to copy: each chip holds a range of rows (of whole, unpadded rows: a
+                # column split of 8192 / 8 pads 1024 columns to 1280 lanes) and looks up the ids in
+                # it, zero elsewhere; the partial rows are summed (one of them is not zero)
+                return [0, R], P
             # a table that is a param: each chip looks up its own columns of it (free to split), the
             # rows come out split on their last axis
-            table = op.operands[0].type
             if table.shape[1] % self.T == 0:
                 return [1, R], op.result.type.rank - 1
         h = haves[0]
