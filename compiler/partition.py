@@ -257,6 +257,11 @@ class Partitioner:
         self._local_owner: dict[tuple[int, str], Global] = {}  # (chip, local name) -> local param
         self._plan_param: dict[tuple[int, str], Global] = {}  # (chip, local name) -> its plan entry
         self._block_cache: dict[tuple, tuple[int, ...]] = {}
+        # weights filling more than half of every chip's SRAM: lane padding of split tables matters
+        params = sum(
+            vectors_of(g.type.shape, self.L) * self.L * DTYPE_BYTES[g.type.dtype] for g in module.params
+        )
+        self.tight = params > self.chip.sram_bytes * tp * pp // 2
 
     def add_param(self, c: int, local: Global, base: str, part) -> None:
         self.plan.params.append((c, local, base, part))
@@ -1004,10 +1009,12 @@ class Partitioner:
             return self._matmul(op, haves)
         if name == "gather" and haves[0] is None and op.operands[0].type.rank == 2:
             table = op.operands[0].type
-            if self._large_table(op) and table.shape[0] % self.T == 0:
-                # too large to copy: each chip holds a range of rows (of whole, unpadded rows: a
-                # column split of 8192 / 8 pads 1024 columns to 1280 lanes) and looks up the ids in
-                # it, zero elsewhere; the partial rows are summed (one of them is not zero)
+            if self.tight and self._large_table(op) and table.shape[0] % self.T == 0:
+                # too large to copy, and SRAM is short: each chip holds a range of whole rows (no
+                # lane padding: a column split of 8192 / 8 pads 1024 columns to 1280 lanes) and looks
+                # up the ids in it, zero elsewhere; the partial rows are summed (one is not zero),
+                # an all-reduce where the column split needs an all-gather (slower: kept for when
+                # the weights fill more than half of the chips)
                 return [0, R], P
             # a table that is a param: each chip looks up its own columns of it (free to split), the
             # rows come out split on their last axis

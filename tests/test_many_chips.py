@@ -410,21 +410,37 @@ graph main(%ids: i32[5]) -> (f16[5, 64]) {
 
 
 @pytest.mark.parametrize("tp", [1, 2])
-def test_a_gather_table_larger_than_a_slice_is_split_by_rows_and_cut_into_row_blocks(tp):
-    """An embedding table is not copied to every chip: tensor parallelism gives each chip a range of
-    its rows (whole rows, no lane padding), looked up with the ids it holds and zero for the
-    others, the partial rows then summed; a range still larger than a slice is cut into blocks of
-    rows, each looked up with the ids clipped into it; every row comes from the block that holds
-    its id."""
+def test_a_gather_table_larger_than_a_slice_is_split_by_columns_and_cut_into_row_blocks(tp):
+    """An embedding table is not copied to every chip: tensor parallelism splits its columns (each
+    chip looks up its own), and a table still larger than a slice is cut into blocks of rows, each
+    looked up with the ids clipped into it; every row comes from the block that holds its id."""
     m = parse(EMBEDDING)
     w = random_weights(m, 0)
     program = compile_module(m, tiny_system(2), w, tp=tp, pp=1)
     parts = sorted(pl.part for pl in program.placements if pl.name == "table" and pl.chip == 0)
-    assert len(parts) >= 2 and all(p[0] == 0 and len(p) == 3 for p in parts)  # row blocks, whole rows
-    assert parts[0][1] == 0 and parts[-1][2] == 1500 // tp  # chip 0: the first 1500 / tp rows
+    assert len(parts) >= 2 and all(p[0] == 0 for p in parts)  # row blocks
+    if tp == 2:
+        assert all(p[3:] == (1, 0, 32) for p in parts)  # of chip 0's columns
     limit = program.system.chip.mem_slice_bytes
     assert all(pl.words(16) * 16 <= limit for pl in program.placements if pl.role == "param")
     inputs = {"ids": np.array([0, 1499, 700, 17, 1024], np.int32)}  # first, last, and across blocks
+    run = Emulator(program).run("main", inputs)
+    assert run.violations == []
+    assert check_outputs(program, "main", inputs, run.outputs).ok
+    assert np.array_equal(weights_from_image(program)["table"], w["table"])
+
+
+def test_when_weights_fill_the_chips_a_gather_table_is_split_by_rows():
+    """Weights over half of the chips' SRAM: the table is split by rows instead (whole rows, no lane
+    padding), each chip looking up the ids it holds, zero rows for the others, the rows summed."""
+    m = parse(EMBEDDING.replace("f16[1500, 64]", "f16[5000, 64]"))
+    w = random_weights(m, 0)
+    program = compile_module(m, tiny_system(2), w, tp=2, pp=1)
+    for chip in (0, 1):
+        parts = sorted(pl.part for pl in program.placements if pl.name == "table" and pl.chip == chip)
+        assert len(parts) >= 2 and all(p[0] == 0 and len(p) == 3 for p in parts)  # whole rows
+        assert parts[0][1] == 2500 * chip and parts[-1][2] == 2500 * (chip + 1)
+    inputs = {"ids": np.array([0, 4999, 2499, 2500, 17], np.int32)}  # both ends of both chips' rows
     run = Emulator(program).run("main", inputs)
     assert run.violations == []
     assert check_outputs(program, "main", inputs, run.outputs).ok
