@@ -32,6 +32,22 @@ def test_add_program_values_and_cycles():
     assert r.busy["MEM"] == 4 and r.busy["VXM"] == 2
 
 
+def test_a_program_built_in_memory_is_checked_like_a_loaded_one():
+    """An instruction the ISA refuses (here an SXM op on a VXM queue; a trans cut into single
+    vectors once ran silently wrong) is refused by Emulator() as load() refuses it."""
+    import dataclasses
+
+    from isa.diagnostics import LpuError
+    from isa.spec import BY_MNEMONIC
+
+    p = load("add.lpuasm")
+    opcode, n = p.opcode.copy(), p.n.copy()
+    k = int(np.nonzero(p.opcode == BY_MNEMONIC["add"].code)[0][0])
+    opcode[k], n[k] = BY_MNEMONIC["trans"].code, 1
+    with pytest.raises(LpuError, match=r"invalid program: instruction \d+: trans is a SXM instruction"):
+        Emulator(dataclasses.replace(p, opcode=opcode, n=n))
+
+
 def test_matmul_program_matches_numpy_bit_for_bit():
     r = run(load("matmul.lpuasm"))
     assert r.violations == []
