@@ -136,6 +136,7 @@ class Lowering:
         self.chip_index = chip_index  # which chip of the system its jobs run on
         self.L = chip.lanes
         self._identity = list(range(chip.lanes))  # a lane map that moves nothing
+        self._none = [-1] * chip.lanes  # one that takes nothing
         self.tensors = tensors
         self.symbols = symbols
         self.jobs: list[Job] = []
@@ -732,6 +733,10 @@ class Lowering:
             return False
         if m == self._identity:  # every lane from the same lane
             return True
+        if not out.splat and not s.splat:  # the same lanes up to the output's width, then padding
+            w = min(self.L, out.cols - (v % out.chunks) * self.L)
+            if m[:w] == self._identity[:w] and m[w:] == self._none[w:]:
+                return (sv % s.chunks) * self.L + w >= s.cols  # the source is padding there too
         for lane, src_lane in enumerate(m):
             if src_lane == lane:
                 continue

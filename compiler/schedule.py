@@ -213,7 +213,7 @@ class Scheduler:
         """A stream for each transfer (`flows` from `_flow_rects`), lowest free first, or None."""
         table = self.streams if table is None else table
         chosen: dict[int, int] = {}
-        taken: list[tuple[tuple[int, int], int, int, int, int]] = []
+        taken: dict[tuple, list[tuple[int, int, int, int]]] = {}  # this job's own, by stream
         for producer, chip, rects in flows:
             found = None
             for direction, d0, d1, u0, u1 in rects:
@@ -223,8 +223,8 @@ class Scheduler:
                     if not table.free(key, d0, d1, u0, u1):
                         continue
                     if any(
-                        k == key and e0 <= d1 and d0 <= e1 and v0 <= u1 and u0 <= v1
-                        for k, e0, e1, v0, v1 in taken
+                        e0 <= d1 and d0 <= e1 and v0 <= u1 and u0 <= v1
+                        for e0, e1, v0, v1 in taken.get(key, ())
                     ):
                         continue
                     found = (key, d0, d1, u0, u1)
@@ -234,7 +234,7 @@ class Scheduler:
             if found is None:
                 return None
             chosen[producer] = found[0][1] * self.S + found[0][2]
-            taken.append(found)
+            taken.setdefault(found[0], []).append(found[1:])
         return chosen
 
     def commit_at(self, job: Job, start: int, streams: dict[int, int]) -> Placed:
