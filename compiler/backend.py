@@ -69,7 +69,7 @@ def compile_module(
     maps: dict[tuple[int, ...], int] = {}
     first = {c: Lowering(chip, tensors, symbols[c], c) for c in chips}
     for low in first.values():
-        low.maps = maps
+        low.maps, low.pack = maps, plan.tight
     placements: list[Placement] = []
     pinned_symbols: list[tuple[Tensor, Placement]] = []
     for c, g, name, part in plan.params:

@@ -149,6 +149,9 @@ class Lowering:
         self._consts: dict[tuple, Tensor] = {}
         self.values: dict[int, Tensor] = {}
         self.pinned: dict[str, int] = {}  # bytes held for good per slice (shared by a chip's lowerings)
+        # weights fill most of the chip: params fill slices one after another, so that whole slices
+        # stay free for the temporaries (weights spread over every slice leave none room for them)
+        self.pack = False
         self.op_index = -1
         self.op_name = ""
         self.op_loc = ""  # the IR location of the op being lowered ("" for collectives)
@@ -221,6 +224,16 @@ class Lowering:
         size = math.prod(t.shape[:-1]) * -(-cols // self.L) * self.L * DTYPE_BYTES[t.dtype]
         room = self.chip.mem_slice_bytes
         if kind in ("param", "const", "state"):  # held for good: never more than a slice can take
+            if self.pack and kind == "param":  # SRAM is short: fill slices in order (to 15/16, a
+                # little room for what reads them), leaving the last ones free
+                where = next(
+                    (
+                        s
+                        for s in self.slices
+                        if s not in avoid and self.pinned.get(s, 0) + size <= room * 15 // 16
+                    ),
+                    where,
+                )
             if self.pinned.get(where, 0) + size > room:
                 free = [s for s in self.slices if s not in avoid]
                 where = min(free, key=lambda s: (self.pinned.get(s, 0), self.slices.index(s)), default=where)

@@ -121,6 +121,7 @@ class Plan:
     params: list[tuple[int, Global, str, tuple | None]] = field(default_factory=list)
     states: list[tuple[int, Global, str]] = field(default_factory=list)
     entries: list[EntryPlan] = field(default_factory=list)
+    tight: bool = False  # the weights fill more than half of the chips' SRAM
 
     @property
     def chips_used(self) -> int:
@@ -261,7 +262,7 @@ class Partitioner:
         params = sum(
             vectors_of(g.type.shape, self.L) * self.L * DTYPE_BYTES[g.type.dtype] for g in module.params
         )
-        self.tight = params > self.chip.sram_bytes * tp * pp // 2
+        self.tight = self.plan.tight = params > self.chip.sram_bytes * tp * pp // 2
 
     def add_param(self, c: int, local: Global, base: str, part) -> None:
         self.plan.params.append((c, local, base, part))
