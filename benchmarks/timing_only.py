@@ -13,7 +13,8 @@ Medians of runs; the machine is shared and noisy.
 Last, the 70B-parameter configuration of issue 6 (80 layers, d_model 8192, 64 heads, 8
 key/value heads, ffn 28672, vocab 32000 on dragonfly:8, tp=8 pp=72): in f16 its params do
 not fit 576 chips, and the compiler says so; in int8 two of its stages (2 layers with the
-embedding and the head, 16 chips) are compiled, with their time and peak memory.
+embedding and the head, 16 chips) are compiled, with their time, peak memory and decode cycles,
+and what 72 such stages would cost compiled one by one (alike stages are not stored once yet).
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def seventy_b() -> None:
     )
     print(
         f"  72 such stages compiled one by one would take about {took * 36:.0f} s and "
-        f"{peak * 36:.0f} GB: alike stages must be stored once, not lowered again (not done)"
+        f"{peak * 36:.0f} GB: alike stages must be stored once, not lowered again (not done yet)"
     )
 
 
