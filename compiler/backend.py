@@ -18,10 +18,10 @@ import numpy as np
 
 from compiler.decompose import decompose
 from compiler.emit import Allocator, Emitter, lifetimes
-from compiler.ir import Module, TensorType
+from compiler.ir import Global, Module, TensorType
 from compiler.jobs import Job, Node
 from compiler.lower import Lowering, Tensor
-from compiler.partition import Local, Place, Transfer, check_split, partition, vectors_of
+from compiler.partition import Local, LocalCommit, Place, Transfer, check_split, partition, vectors_of
 from compiler.printer import print_module
 from compiler.schedule import Scheduler, critical_path_order
 from compiler.stages import StageMemo, release_of
@@ -104,12 +104,22 @@ def compile_module(
             t = lows[c].new_tensor(name, v.type, "input")
             lows[c].values[id(v)] = t
             inputs.append((t, Placement("input", ep.name, name, t.dtype, t.shape, c, t.slice, 0, part)))
-        _lower_statements(ep, lows, system)
+        early: dict[int, Tensor] = {}
+
+        def before_commits() -> None:  # a returned state means its value before the commit
+            for k, (c, v) in enumerate(ep.outputs):
+                if not isinstance(v, Global) and id(v) not in lows[c].values:
+                    continue  # not computed yet: not the state's old value
+                src = lows[c].tensor(v)
+                if src.kind == "state":
+                    early[k] = lows[c].copy_states_returned([src], [TensorType(src.dtype, src.shape)])[0]
+
+        _lower_statements(ep, lows, system, before_commits)
         results = []
         seen: set[int] = set()
-        for c, v in ep.outputs:
+        for k, (c, v) in enumerate(ep.outputs):
             low = lows[c]
-            src = low.tensor(v)
+            src = early.get(k) or low.tensor(v)
             if src.kind != "temp" or src.id in seen:
                 low.op_name = "copy for return"
                 dst = low.new_tensor("out", TensorType(src.dtype, src.shape), avoid={src.slice})
@@ -243,10 +253,14 @@ def _chips_of(stmt) -> tuple[int, ...]:
     return (stmt.chip,)
 
 
-def _lower_statements(ep, lows: dict, system: SystemConfig) -> None:
-    """Lower one entry's per-chip statements, in order, each on its chip's Lowering."""
+def _lower_statements(ep, lows: dict, system: SystemConfig, before_commits=None) -> None:
+    """Lower one entry's per-chip statements, in order, each on its chip's Lowering;
+    `before_commits` runs once, before the first commit (if there is one)."""
     links = _LinkLowering(system, lows)
     for stmt in ep.stmts:
+        if isinstance(stmt, LocalCommit) and before_commits is not None:
+            before_commits()
+            before_commits = None
         if isinstance(stmt, Local):
             low = lows[stmt.chip]
             low.op_index, low.op_name = stmt.index, stmt.what

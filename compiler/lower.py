@@ -344,6 +344,7 @@ class Lowering:
         for k, op in enumerate(g.ops):
             self.op_index, self.op_name = k, f"%{op.result.name or k} = {op.name}"
             self.lower_op(op)
+        early = self.copy_states_returned([self.tensor(r) for r in g.results], g.result_types)
         for c in g.commits:
             # the new value is copied into the state's own words after every read of the old value
             # (the scheduler orders writes of a state after its reads)
@@ -351,8 +352,8 @@ class Lowering:
             self.copy(self.tensor(c.value), self.symbols[c.state.name])
         results = []
         seen: set[int] = set()
-        for r, t in zip(g.results, g.result_types):
-            src = self.tensor(r)
+        for k, (r, t) in enumerate(zip(g.results, g.result_types)):
+            src = early.get(k) or self.tensor(r)
             if src.kind != "temp" or src.id in seen:
                 self.op_name = "copy for return"
                 dst = self.new_tensor("out", t, avoid={src.slice})
@@ -361,6 +362,17 @@ class Lowering:
             seen.add(src.id)
             results.append(src)
         return results
+
+    def copy_states_returned(self, srcs: list[Tensor], types) -> dict[int, Tensor]:
+        """Results that are a state's value (or a view of it) mean the value before the commit: they
+        are copied out before any commit is lowered (a commit's write waits for earlier reads)."""
+        out = {}
+        for k, (src, t) in enumerate(zip(srcs, types)):
+            if src.kind == "state":
+                self.op_name = "copy for return"
+                out[k] = self.new_tensor("out", t, avoid={src.slice})
+                self.copy(src, out[k])
+        return out
 
     def lower_op(self, op: Op) -> None:
         name = op.name
@@ -1028,6 +1040,24 @@ class Lowering:
     # -- matmul ------------------------------------------------------------------------------------
     def matmul(self, op: Op) -> Tensor:
         a, b = (self.tensor(o) for o in op.operands)
+        if a.splat:
+            # one column, held in every lane: a pass multiplies all its K lanes, and inf or NaN in
+            # a lane without a weight row would make NaN of 0 * inf; keep lane 0 only
+            lane0 = self.new_tensor(f"{a.name}.lane0", TensorType(a.dtype, a.shape), avoid={a.slice, b.slice})
+            job = self.new_job()
+            rd = self.read(job, a, 0, a.vectors, 1)
+            keep = [0] + [-1] * (self.L - 1)
+            pm = self.unit(
+                job,
+                "perm",
+                self.sxm_queue(self.x_of_slice(a.slice)),
+                a.vectors,
+                [("a", rd)],
+                map=self.map_id(keep),
+            )
+            self.write(job, lane0, 0, a.vectors, 1, pm)
+            self.finish(job)
+            a = lane0
         if a.slice == b.slice and a is not b:
             moved = self.new_tensor(f"{b.name}.copy", TensorType(b.dtype, b.shape), avoid={a.slice})
             self.copy(b, moved)

@@ -286,3 +286,42 @@ def test_check_catches_wrong_values_infinities_and_nans():
         assert (
             not report.ok and f"out{k}" in report.lines[k] and "differs from the reference" in report.lines[k]
         )
+
+
+FOUND_BY_FUZZING = [
+    # a returned view of a state is its value before the commit (was: after, the commit's copy ran
+    # first because the return's copy was lowered after it)
+    """module m
+state @s : f32[]
+graph main(%x: f16[]) -> (f32[1]) {
+  %v0 = reshape(@s) : f32[1]
+  %v1 = rsqrt(@s) : f32[]
+  commit @s = %v1
+  return %v0
+}
+""",
+    # a one-column activation holds its value in every lane; a matrix pass multiplied the lanes
+    # without weight rows too, and -inf * 0 made NaN
+    """module m
+graph main(%w: f16[1, 1]) -> (f16[2, 1]) {
+  %c = constant() {value = -inf} : f16[2, 1]
+  %y = matmul(%c, %w)
+  return %y
+}
+""",
+]
+
+
+@pytest.mark.parametrize("system", ["tiny", "tsp"])
+@pytest.mark.parametrize("text", FOUND_BY_FUZZING)
+def test_cases_found_by_fuzzing(text, system):
+    m = parse(text)
+    program = compile_module(m, named_system(system), {})
+    inputs = random_inputs(m, m.graphs[0], 0)
+    emu = Emulator(program)
+    for _ in range(2):  # the state case: twice, the second run sees the committed value
+        run = emu.run("main", inputs)
+        assert run.violations == [], [v.render() for v in run.violations[:3]]
+    first = Emulator(program).run("main", inputs)
+    assert check_outputs(program, "main", inputs, first.outputs).ok
+    assert not np.isnan(first.outputs[0].astype(np.float64)).any()
