@@ -310,8 +310,9 @@ class Reference:
             else:
                 assert isinstance(s, Commit)
                 pending[s.state.name] = value(s.value)
+        results = [value(r) for r in graph.results]  # a returned @state is its value at the start
         self.state.update(pending)
-        return [value(r) for r in graph.results]
+        return results
 
 
 def _checked(arrays: Mapping[str, np.ndarray] | None, holder) -> np.ndarray:

@@ -300,6 +300,15 @@ graph main(%x: f16[]) -> (f32[1]) {
   return %v0
 }
 """,
+    # a returned state is its value at the start of the run, also when returned itself (the
+    # reference interpreter returned the committed value)
+    """module m
+state @a : f16[]
+graph main(%x: f16[]) -> (f16[]) {
+  commit @a = %x
+  return @a
+}
+""",
     # a one-column activation holds its value in every lane; a matrix pass multiplied the lanes
     # without weight rows too, and -inf * 0 made NaN
     """module m

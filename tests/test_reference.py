@@ -400,6 +400,14 @@ graph step(%x: f32[2]) -> (f32[2]) {
     assert ref.state["s"].tolist() == [2, 2]
 
 
+def test_a_returned_state_is_its_value_at_the_start_of_the_run():
+    ref = Reference(parse("module m\nstate @s : f32[2]\ngraph g(%x: f32[2]) -> (f32[2]) {\n"
+                          "  commit @s = %x\n  return @s\n}\n"))  # fmt: skip
+    assert ref.run("g", {"x": np.ones(2, np.float32)})[0].tolist() == [0, 0]
+    assert ref.run("g", {"x": np.full(2, 5, np.float32)})[0].tolist() == [1, 1]
+    assert ref.state["s"].tolist() == [5, 5]
+
+
 @given(st.lists(st.floats(-1e4, 1e4, allow_nan=False, width=32), min_size=1, max_size=16))
 def test_property_f16_add_matches_exact_sum_rounded_once(values):
     x = np.array(values, np.float32).astype(np.float16)
