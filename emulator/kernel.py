@@ -205,7 +205,7 @@ def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
     found = np.full(steps, -1, np.int64)  # what each read or gather saw
     bad_address = np.zeros(steps, np.bool_)
     alias = np.arange(steps)
-    zero = np.zeros(lanes)
+    zrow = np.zeros((1, lanes))  # a zero vector for sources that are missing
     acc = np.zeros(lanes)  # a matmul's sums (a buffer of its own: no aliasing with `out` in the loop)
     n_touched = 0
     for s in range(steps):
@@ -268,7 +268,7 @@ def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
                 out[s, :] = 0.0
             continue
         if a_src < 0:
-            a_arr, a_row = zero.reshape(1, lanes), 0
+            a_arr, a_row = zrow, 0
         if act == SPLAT:
             v = _store(imm[s], dt[s])
             out[s, :] = v
@@ -277,7 +277,7 @@ def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
             if b_src >= 0:
                 b_arr, b_row = _row(alias, b_src, out, image)
             else:
-                b_arr, b_row = zero.reshape(1, lanes), 0
+                b_arr, b_row = zrow, 0
             for lane_i in range(lanes):
                 r = _binary(act, a_arr[a_row, lane_i], b_arr[b_row, lane_i])
                 out[s, lane_i] = r if act >= LT else _store(r, dt[s])
@@ -292,11 +292,11 @@ def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
             if a_i >= 0:
                 t_arr, t_row = _row(alias, a_i, out, image)
             else:
-                t_arr, t_row = zero.reshape(1, lanes), 0
+                t_arr, t_row = zrow, 0
             if b_i >= 0:
                 f_arr, f_row = _row(alias, b_i, out, image)
             else:
-                f_arr, f_row = zero.reshape(1, lanes), 0
+                f_arr, f_row = zrow, 0
             for lane_i in range(lanes):
                 if a_arr[a_row, lane_i] != 0.0:
                     out[s, lane_i] = t_arr[t_row, lane_i]
