@@ -26,7 +26,7 @@ from isa.diagnostics import error
 from isa.program import ADDRESS, IMAGE, MAX_FIELDS, MAX_SOURCES, NONE, UNCHECKED, source_slots
 from isa.spec import BY_MNEMONIC, DTYPE_BYTES
 
-_LAYOUT: dict[str, tuple] = {}  # mnemonic -> (opcode, fields in ISA order, source slots)
+_LAYOUT: dict[str, tuple] = {}  # mnemonic -> (opcode, fields in ISA order, source slots, output field)
 _NO_SOURCE = [NONE, 0, 1]
 
 
@@ -175,10 +175,9 @@ class Emitter:
         origin = self.ops.setdefault(key, len(self.ops))  # the IR op each instruction comes from
         groups = _groups(job)
         cuts: dict[int, set[int]] = {}
-        for nd in job.nodes:
+        for k, nd in enumerate(job.nodes):
             if nd.mnemonic == "read":
-                g = groups[job.nodes.index(nd)]
-                cuts.setdefault(g, set()).update(self._read_runs(nd))
+                cuts.setdefault(groups[k], set()).update(self._read_runs(nd))
         # rows of each node's pieces: node -> {first vector of the piece: row index}
         pieces: dict[int, dict[int, int]] = {}
         for k, nd in enumerate(job.nodes):
@@ -193,60 +192,66 @@ class Emitter:
 
     def _row(self, job: Job, k: int, s: int, e: int, placed: Placed, entry: int, pieces) -> None:
         nd = job.nodes[k]
-        spec = BY_MNEMONIC[nd.mnemonic]
-        fields = dict(nd.fields)
-        sources: dict[str, tuple[int, int, int]] = {}
-        for name, p in nd.inputs:
-            fields[name] = placed.streams[p]
-            sources[name] = (pieces[p][s], 0, 1)
-        if spec.output and k in placed.streams:
-            fields[spec.output] = placed.streams[k]
-        elif spec.output:
-            fields[spec.output] = 0  # a result nothing in the job reads (never the case for our jobs)
-        if "row" in fields:
-            fields["row"] += s
-        if "slot" in fields:
-            fields["slot"] += s
-        if nd.mem is not None and nd.dynamic:
-            t_id, first, step = nd.mem
-            t = self.tensors[t_id]
-            # the gather / scatter adds the run-time row; a piece starting at vector s starts s vectors on
-            fields["addr"] = self.word(t, first) + s * t.width
-            if nd.mnemonic == "gather":
-                sources["mem"] = (UNCHECKED, 0, 1)
-            else:
-                self.writer.setdefault(t_id, [None] * t.vectors)[:] = ["dynamic"] * t.vectors
-                self.n_dynamic[t_id] = t.vectors
-        elif nd.mem is not None:
-            t_id, first, step = nd.mem
-            t = self.tensors[t_id]
-            fields["addr"] = self.word(t, first + step * s)
-            if nd.mnemonic == "read" and self._dynamic(t):
-                sources["mem"] = (ADDRESS, fields["addr"], 1)
-            elif nd.mnemonic == "read":
-                src = self._source_of(t, first + step * s)
-                if src is None:
-                    sources["mem"] = (IMAGE, fields["addr"], 1)
-                else:
-                    nxt = self._source_of(t, first + step * (s + 1)) if e - s > 1 else None
-                    stride = (nxt[1] - src[1]) if nxt is not None else 1
-                    sources["mem"] = (src[0], src[1], stride)
-            else:
-                w = self.writer.setdefault(t_id, [None] * t.vectors)
-                for i in range(s, e):
-                    if w[first + step * i] == "dynamic":
-                        self.n_dynamic[t_id] -= 1
-                    w[first + step * i] = (self.n_rows, i - s)
-        for slot in ("w", "link"):  # the weight install a pass uses; the send a receive takes
-            if slot in nd.sources:
-                sources[slot] = (pieces[nd.sources[slot]][0], 0, 1)
-        if "acc" in nd.sources:
-            mm = nd.sources["acc"]
-            sources["acc"] = (pieces[mm][s], 0, 1)
         layout = _LAYOUT.get(nd.mnemonic)
         if layout is None:
-            layout = _LAYOUT[nd.mnemonic] = (spec.code, spec.operands, source_slots(spec))
-        code, operands, slots = layout
+            spec = BY_MNEMONIC[nd.mnemonic]
+            layout = _LAYOUT[nd.mnemonic] = (spec.code, spec.operands, source_slots(spec), spec.output)
+        code, operands, slots, output = layout
+        fields = dict(nd.fields)
+        sources: dict[str, tuple[int, int, int]] = {}
+        streams = placed.streams
+        for name, p in nd.inputs:
+            fields[name] = streams[p]
+            sources[name] = (pieces[p][s], 0, 1)
+        if output:
+            # 0: a result nothing in the job reads (never the case for our jobs)
+            fields[output] = streams.get(k, 0)
+        if s:
+            if "row" in fields:
+                fields["row"] += s
+            if "slot" in fields:
+                fields["slot"] += s
+        mem = nd.mem
+        if mem is not None:
+            t_id, first, step = mem
+            t = self.tensors[t_id]
+            if nd.dynamic:
+                # the gather / scatter adds the run-time row; a piece starting at vector s starts s vectors on
+                fields["addr"] = self.word(t, first) + s * t.width
+                if nd.mnemonic == "gather":
+                    sources["mem"] = (UNCHECKED, 0, 1)
+                else:
+                    self.writer.setdefault(t_id, [None] * t.vectors)[:] = ["dynamic"] * t.vectors
+                    self.n_dynamic[t_id] = t.vectors
+            else:
+                addr = fields["addr"] = self.base[t_id] + (first + step * s) * DTYPE_BYTES[t.dtype]
+                if nd.mnemonic == "read":
+                    if self.n_dynamic.get(t_id, 0) > 0:
+                        sources["mem"] = (ADDRESS, addr, 1)
+                    else:
+                        w = self.writer.get(t_id)
+                        src = None if w is None else w[first + step * s]
+                        if src is None:
+                            sources["mem"] = (IMAGE, addr, 1)
+                        else:
+                            nxt = w[first + step * (s + 1)] if e - s > 1 else None
+                            stride = (nxt[1] - src[1]) if nxt is not None else 1
+                            sources["mem"] = (src[0], src[1], stride)
+                else:
+                    w = self.writer.setdefault(t_id, [None] * t.vectors)
+                    row_index = self.n_rows
+                    for i in range(s, e):
+                        v = first + step * i
+                        if w[v] == "dynamic":
+                            self.n_dynamic[t_id] -= 1
+                        w[v] = (row_index, i - s)
+        implicit = nd.sources
+        if implicit:
+            for slot in ("w", "link"):  # the weight install a pass uses; the send a receive takes
+                if slot in implicit:
+                    sources[slot] = (pieces[implicit[slot]][0], 0, 1)
+            if "acc" in implicit:
+                sources["acc"] = (pieces[implicit["acc"]][s], 0, 1)
         row = [entry, nd.chip, nd.queue, placed.start + nd.rel + s, code, e - s]
         row += [fields[name] for name in operands]
         row += [0] * (MAX_FIELDS - len(operands))

@@ -252,6 +252,7 @@ class Partitioner:
         self._state_home: dict[str, int] = {}
         self._state_locals: dict[str, dict[int, Global]] = {}
         self._routes: dict[tuple[int, int], tuple[int, ...]] = {}
+        self._inferred: dict[tuple, TensorType] = {}  # (op, operand types, attrs, declared) -> result
         self._adj = {c: system.neighbours(c) for c in range(system.chips)}
         self.views: dict[str, tuple[str, int]] = {}  # a view of a param's columns -> (param, first column)
         self._local_params: dict[int, tuple[str, tuple | None]] = {}  # id(local param) -> (param, part)
@@ -437,10 +438,14 @@ class Partitioner:
 
     # -- statements ------------------------------------------------------------------------------
     def local(self, chip: int, name: str, operands, attrs: dict, t: TensorType, hint=None, loc=None) -> Value:
-        types = [o.type for o in operands]
-        inferred = infer(name, types, attrs, t)
+        types = tuple(o.type for o in operands)
+        frozen = tuple(sorted((k, freeze_attr(a)) for k, a in attrs.items()))
+        key = (name, types, frozen, t)  # every layer asks the same few questions
+        inferred = self._inferred.get(key)
+        if inferred is None:
+            inferred = self._inferred[key] = infer(name, list(types), attrs, t)
         v = Value(inferred, hint)
-        op = Op(name, tuple(operands), v, tuple(sorted((k, freeze_attr(a)) for k, a in attrs.items())), loc)
+        op = Op(name, tuple(operands), v, frozen, loc)
         self.e.stmts.append(Local(chip, op, self.index, self.what))
         return v
 

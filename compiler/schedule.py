@@ -57,9 +57,22 @@ class _Intervals:
         return t
 
     def add(self, start: int, end: int) -> None:
-        k = bisect.bisect_left(self.starts, start)
-        self.starts.insert(k, start)
-        self.ends.insert(k, end)
+        """Reserve [start, end) (free, as the search found); touching intervals merge into one, so a
+        queue kept busy back to back is one interval and a first fit does not walk its pieces."""
+        starts, ends = self.starts, self.ends
+        k = bisect.bisect_left(starts, start)
+        before = k > 0 and ends[k - 1] == start
+        after = k < len(starts) and starts[k] == end
+        if before and after:
+            ends[k - 1] = ends[k]
+            del starts[k], ends[k]
+        elif before:
+            ends[k - 1] = end
+        elif after:
+            starts[k] = start
+        else:
+            starts.insert(k, start)
+            ends.insert(k, end)
 
 
 def _held(nd) -> list[tuple[tuple, int, int]]:
@@ -290,14 +303,15 @@ def critical_path_order(
     stage is the latest stage of the chips it runs on and of the jobs it waits for, so each stage's
     jobs come as one block after the blocks of the stages it depends on.
     """
-    writers: dict[tuple[int, int], list[int]] = {}
-    readers: dict[tuple[int, int], list[int]] = {}
+    # per tensor, per vector: the jobs that write it (and, for a state, that read its old value)
+    writers: dict[int, list[tuple[int, ...] | None]] = {}
+    readers: dict[int, list[tuple[int, ...] | None]] = {}
 
-    def vectors(nd):
+    def vectors(nd) -> range:
         t_id, first, step = nd.mem
         if nd.dynamic:
-            return [(t_id, v) for v in range(tensors[t_id].vectors)]
-        return [(t_id, first + step * i) for i in range(nd.n)]
+            return range(tensors[t_id].vectors)
+        return range(first, first + step * nd.n, step) if step else range(first, first + 1)
 
     # only what some job writes can order jobs: reads of params and constants (most vectors a
     # layer reads) are not looked at, and readers matter only for states (written after them)
@@ -312,8 +326,18 @@ def critical_path_order(
                 table = readers
             else:
                 continue
-            for key in vectors(nd):
-                table.setdefault(key, []).append(j)
+            t_id = nd.mem[0]
+            per = table.get(t_id)
+            if per is None:
+                per = table[t_id] = [None] * tensors[t_id].vectors
+            made: dict = {}  # vectors with the same writers so far share one tuple (reads skip repeats)
+            for v in vectors(nd):
+                old = per[v]
+                if old is None or old[-1] != j:
+                    new = made.get(old)
+                    if new is None:
+                        new = made[old] = (j,) if old is None else (*old, j)
+                    per[v] = new
     deps: list[set[int]] = []
     for j, job in enumerate(jobs):
         d = set()
@@ -324,12 +348,17 @@ def critical_path_order(
             waits = nd.mnemonic == "write" and tensors[nd.mem[0]].kind == "state"
             if not (reads or waits):
                 continue
-            for key in vectors(nd):
-                if reads:
-                    d.update(w for w in writers.get(key, ()) if w < j)
-                if waits:
-                    d.update(r for r in readers.get(key, ()) if r < j)
-        d.discard(j)
+            t_id = nd.mem[0]
+            for per in (writers.get(t_id) if reads else None, readers.get(t_id) if waits else None):
+                if per is None:
+                    continue
+                last = None
+                for v in vectors(nd):
+                    ws = per[v]
+                    if ws is not None and ws is not last:  # runs of vectors share one writer list
+                        d.update(ws)
+                        last = ws
+        d = {w for w in d if w < j}
         deps.append(d)
     stage = [0] * len(jobs)
     if stage_of_chip:

@@ -122,7 +122,8 @@ class StageMemo:
                 if iv is None:
                     continue
                 k = bisect.bisect_right(iv.ends, release)
-                body = [(a - release, b - release) for a, b in zip(iv.starts[k:], iv.ends[k:])]
+                # busy time before the release cannot move the block (merged intervals may start there)
+                body = [(max(a - release, 0), b - release) for a, b in zip(iv.starts[k:], iv.ends[k:])]
                 if body:
                     h.update(repr((canon, body)).encode())
         for chip in flow_chips:  # streams are tried lowest first: every stream of the chip, by number
