@@ -148,44 +148,63 @@ RACK_PORTS = 2  # per chip, links to other nodes of its rack (9 nodes doubly con
 GLOBAL_PORTS = 2  # per chip, links to other racks (the other 144 ports of a rack)
 
 
-def _rack_links(base: int) -> list[tuple[int, int]]:
+def _rack_links(base: int) -> tuple[list, list, list]:
     """A rack whose chips are numbered from `base`: each node all to all, and every pair of nodes
-    joined by two links. Node a's link to its p-th other node (in node order), copy c, leaves from
-    chip (p + 4 c) mod 8, so every chip serves exactly two other nodes."""
-    links = []
+    joined by two links. Node x and node y = x + d (mod 9, 1 <= d <= 4) are joined by copy c from
+    chip (d - 1 + 4c) mod 8 of x to chip (4c - d) mod 8 of y, so every chip serves exactly two other
+    nodes, and node x reaches node x + 1 from its chip 0 to that node's chip 7.
+
+    Returns (node links, pipeline links, other rack links): the pipeline links (x -> x + 1, both
+    copies, for x < 8: node 8 hands over to the next rack) are listed right after the node links,
+    so that on both ends they are the chip's first link out of its node (link 7, west edge), in
+    every node: the hand-overs of a pipeline laid out node after node are alike."""
+    node_links, pipeline, other = [], [], []
     for n in range(RACK_NODES):
         first = base + n * NODE_CHIPS
-        links += [(first + a, first + b) for a, b in _all_to_all(NODE_CHIPS)]
-    for a in range(RACK_NODES):
-        for b in range(a + 1, RACK_NODES):
-            pa = b - 1  # b's place among a's other nodes
-            pb = a  # a's place among b's other nodes
+        node_links += [(first + a, first + b) for a, b in _all_to_all(NODE_CHIPS)]
+    for x in range(RACK_NODES):
+        for d in range(1, RACK_NODES // 2 + 1):
+            y = (x + d) % RACK_NODES
             for c in range(RACK_PORTS):
-                chip_a = base + a * NODE_CHIPS + (pa + 4 * c) % NODE_CHIPS
-                chip_b = base + b * NODE_CHIPS + (pb + 4 * c) % NODE_CHIPS
-                links.append((chip_a, chip_b))
-    return links
+                chip_x = base + x * NODE_CHIPS + (d - 1 + 4 * c) % NODE_CHIPS
+                chip_y = base + y * NODE_CHIPS + (4 * c - d) % NODE_CHIPS
+                hands_over = d == 1 and y != 0
+                (pipeline if hands_over else other).append((chip_x, chip_y))
+    return node_links, pipeline, other
 
 
 def _dragonfly_links(racks: int) -> list[tuple[int, int]]:
-    """Racks joined all to all through each chip's global ports: rack r's ports, numbered
-    k = 2 j + q for chip j and port q, go round-robin to the other racks; ports left when the
+    """Racks in a ring of dedicated global links, two from each rack's last node to the next rack's
+    first node, wired like the two links between consecutive nodes of a rack (chip 0 to chip 7,
+    chip 4 to chip 3) and listed with them, so that a pipeline laid out node after node, rack after
+    rack, hands over alike everywhere and never through a third node. The racks are also joined all
+    to all through their other global ports: rack r's ports, numbered k = 2 j + q for chip j and
+    port q (without the four the ring uses), go round-robin to the other racks; ports left when the
     rounds do not divide evenly stay unused."""
     per_rack = RACK_NODES * NODE_CHIPS
-    links = []
-    for r in range(racks):
-        links += _rack_links(r * per_rack)
+    parts = [_rack_links(r * per_rack) for r in range(racks)]
+    node_links = [link for p in parts for link in p[0]]
+    pipeline = [link for p in parts for link in p[1]]
+    other = [link for p in parts for link in p[2]]
     others = racks - 1
     if others == 0:
-        return links
-    rounds = per_rack * GLOBAL_PORTS // others
+        return node_links + pipeline + other
+    last = (RACK_NODES - 1) * NODE_CHIPS  # the last node's first chip
+    ring, ring_ports = [], set()
+    for c in range(RACK_PORTS):  # copy c leaves the last node's chip 4c, arrives at the first's 7 - 4c
+        out_chip, in_chip = last + 4 * c, NODE_CHIPS - 1 - 4 * c
+        ring_ports |= {out_chip * GLOBAL_PORTS, in_chip * GLOBAL_PORTS}
+        ring += [(r * per_rack + out_chip, (r + 1) % racks * per_rack + in_chip) for r in range(racks)]
+    ports = [k for k in range(per_rack * GLOBAL_PORTS) if k not in ring_ports]
+    rounds = len(ports) // others
+    rest = []
     for r in range(racks):
         for s in range(r + 1, racks):
             ps, pr = s - 1, r  # each rack's place in the other's list
             for k in range(rounds):
-                port_r, port_s = k * others + ps, k * others + pr
-                links.append((r * per_rack + port_r // GLOBAL_PORTS, s * per_rack + port_s // GLOBAL_PORTS))
-    return links
+                port_r, port_s = ports[k * others + ps], ports[k * others + pr]
+                rest.append((r * per_rack + port_r // GLOBAL_PORTS, s * per_rack + port_s // GLOBAL_PORTS))
+    return node_links + pipeline + ring + other + rest
 
 
 def named_system(name: str) -> SystemConfig:
@@ -199,7 +218,10 @@ def named_system(name: str) -> SystemConfig:
         )
     if name == "rack":
         return SystemConfig(
-            name="rack", chip=CHIP_PRESETS["tsp"], chips=RACK_NODES * NODE_CHIPS, links=tuple(_rack_links(0))
+            name="rack",
+            chip=CHIP_PRESETS["tsp"],
+            chips=RACK_NODES * NODE_CHIPS,
+            links=tuple(_dragonfly_links(1)),
         )
     m = re.fullmatch(r"dragonfly:(\d+)", name)
     if m:
