@@ -61,6 +61,7 @@ class Emulator:
             check(program)
         except ProgramError as e:
             raise error(f"invalid program: instruction {e.index}: {e.message}") from None
+        program = program.expanded()  # a timing-only program's repeated blocks, written out
         self.program = program
         self.weights = dict(weights or {})
         lanes = program.system.chip.lanes

@@ -116,7 +116,11 @@ def _type_text(dtype: str, shape) -> str:
 
 
 def disassemble(p: Program, data: bool = True, order: np.ndarray | None = None, header: bool = True) -> str:
-    """The listing; `header=False` gives the instruction lines alone."""
+    """The listing; `header=False` gives the instruction lines alone. Repeated blocks (a timing-only
+    program) are written out: a listing names every instruction."""
+    if len(p.repeats):
+        assert order is None, "an order names rows of the expanded program"
+        p = p.expanded()
     chip = p.system.chip
     queues = chip.queue_table()
     mem_names = chip.mem_slice_names()

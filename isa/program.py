@@ -141,6 +141,37 @@ def from_vectors(v: np.ndarray, p: Placement, lanes: int) -> np.ndarray:
     return v.reshape(rows, chunks * lanes)[:, :cols].reshape(p.shape)
 
 
+_REPEAT_COLUMNS = ("first", "rows", "count", "cycles", "src_lo", "chip_step")
+
+
+@dataclass
+class Repeats:
+    """Blocks of rows stored once and repeated (a timing-only compile of a deep pipeline: the inner
+    stages of a run of alike stages, compiler/repeats.py). Group g: the stored rows
+    [first, first + rows) are followed, in the expanded program, by `count` copies; copy k
+    (1..count) is the block with its chips moved by k * chip_step, its cycles by k * cycles, and
+    its sources at or past `src_lo` (expanded numbering) by k * rows. Sources of stored rows are
+    numbered as in the expanded program. Fields are the block's own: the copies' chips hold the
+    same things at the same words."""
+
+    first: np.ndarray
+    rows: np.ndarray
+    count: np.ndarray
+    cycles: np.ndarray
+    src_lo: np.ndarray
+    chip_step: np.ndarray
+
+    @staticmethod
+    def none() -> Repeats:
+        return Repeats(*(np.zeros(0, np.int64) for _ in _REPEAT_COLUMNS))
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    def copied_rows(self) -> int:
+        return int((self.rows * self.count).sum())
+
+
 @dataclass
 class Program:
     system: SystemConfig
@@ -164,9 +195,86 @@ class Program:
     placements: tuple[Placement, ...] = ()
     maps: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int32))
     meta: dict = field(default_factory=dict)
+    repeats: Repeats = field(default_factory=Repeats.none)
 
     def __len__(self) -> int:
+        """Stored instructions (`instructions()` counts the copies too)."""
         return len(self.cycle)
+
+    def instructions(self) -> int:
+        """Instructions of the whole program, copies of repeated blocks included."""
+        return len(self) + self.repeats.copied_rows()
+
+    def copy_ops(self, g: int, k: int) -> dict[int, int]:
+        """Copy k of repeated block g: the op index (meta "ops") of each of the block's ops in it."""
+        table = self.meta.get("repeat_ops")
+        return {a: b for a, b in table[g][k - 1]} if table else {}
+
+    def real_index(self, stored: np.ndarray) -> np.ndarray:
+        """Where stored rows sit in the expanded program (after the copies of earlier blocks)."""
+        r = self.repeats
+        stored = np.asarray(stored, np.int64)
+        if not len(r):
+            return stored
+        ends = r.first + r.rows
+        before = np.concatenate([[0], np.cumsum(r.count * r.rows)])
+        return stored + before[np.searchsorted(ends, stored, side="right")]
+
+    def stored_index(self, real: np.ndarray) -> np.ndarray:
+        """The stored row each row of the expanded program is (a copy: its block's row)."""
+        r = self.repeats
+        real = np.asarray(real, np.int64)
+        if not len(r):
+            return real
+        before = np.concatenate([[0], np.cumsum(r.count * r.rows)])
+        starts = r.first + r.rows + before[:-1]  # where each group's copies begin, expanded
+        g = np.searchsorted(starts, real, side="right") - 1
+        out = real - before[np.maximum(g, 0)] * (g >= 0)
+        gg = np.maximum(g, 0)
+        inside = (g >= 0) & (real < starts[gg] + r.count[gg] * r.rows[gg])
+        out = np.where(inside, r.first[gg] + (real - starts[gg]) % r.rows[gg], out)
+        after = (g >= 0) & ~inside  # past group g's copies: they all come before
+        out = np.where(after, real - before[gg + 1], out)
+        return out
+
+    def expanded(self) -> Program:
+        """The same program with every repeated block written out (itself when nothing repeats)."""
+        r = self.repeats
+        if not len(r):
+            return self
+        parts: dict[str, list] = {k: [] for k in ("entry", "chip", "queue", "cycle", "opcode", "n")}
+        parts |= {"fields": [], "src": [], "src_off": [], "src_step": []}
+        op_of = self.meta.get("op_of")
+        ops: list = []
+        start = 0
+        for g in list(range(len(r))) + [None]:
+            stop = len(self) if g is None else int(r.first[g] + r.rows[g])
+            for name in parts:
+                parts[name].append(getattr(self, name)[start:stop])
+            if op_of is not None:
+                ops += op_of[start:stop]
+            start = stop
+            if g is None:
+                break
+            block = slice(int(r.first[g]), int(r.first[g] + r.rows[g]))
+            for k in range(1, int(r.count[g]) + 1):
+                for name in ("entry", "queue", "opcode", "n", "fields", "src_off", "src_step"):
+                    parts[name].append(getattr(self, name)[block])
+                parts["chip"].append(self.chip[block] + k * int(r.chip_step[g]))
+                parts["cycle"].append(self.cycle[block] + k * int(r.cycles[g]))
+                src = self.src[block].copy()
+                src[src >= r.src_lo[g]] += k * int(r.rows[g])
+                parts["src"].append(src)
+                if op_of is not None:
+                    names = self.copy_ops(g, k)
+                    ops += [names.get(i, i) for i in op_of[block]]
+        meta = dict(self.meta)
+        meta.pop("repeat_ops", None)
+        if op_of is not None:
+            meta["op_of"] = ops
+        return dataclasses.replace(
+            self, **{k: np.concatenate(v) for k, v in parts.items()}, meta=meta, repeats=Repeats.none()
+        )
 
     def spec(self, i: int) -> OpSpec:
         return BY_CODE[int(self.opcode[i])]
@@ -193,7 +301,13 @@ class Program:
             )
         code, n = self.opcode[sel], self.n[sel].astype(np.int64)
         ends = self.cycle[sel] + np.maximum(fixed[code] + per[code] * n, dfunc[code] + n)
-        return int(ends.max())
+        end = int(ends.max())
+        r = self.repeats
+        for g in range(len(r)):  # a copy ends where its block ends, shifted
+            block = (sel >= r.first[g]) & (sel < r.first[g] + r.rows[g])
+            if block.any():
+                end = max(end, int(ends[block].max()) + int(r.count[g] * r.cycles[g]))
+        return end
 
     def whole(self, role: str, graph: str = "") -> dict[str, tuple[str, tuple[int, ...]]]:
         """The tensors of a role by name: (dtype, whole shape), whatever shards and replicas hold them."""
@@ -304,8 +418,10 @@ def check(p: Program) -> None:
         or p.src_off.shape != (n_ins, MAX_SOURCES)
     ):
         raise ProgramError(-1, "the instruction table's columns have different lengths")
+    _check_repeats(p)
     if _all_valid(p):  # the common case, in numpy; anything doubtful goes through the loop below
         return
+    n_all = p.instructions()
     for i in range(n_ins):
         code = int(p.opcode[i])
         if code not in BY_CODE:
@@ -349,7 +465,7 @@ def check(p: Program) -> None:
                         i, f"{spec.mnemonic} has {len(slots)} source slots but slot {k} is set"
                     )
                 continue
-            if not (s in (NONE, IMAGE, UNCHECKED, ADDRESS) or 0 <= s < n_ins):
+            if not (s in (NONE, IMAGE, UNCHECKED, ADDRESS) or 0 <= s < n_all):
                 raise ProgramError(i, f"source {slots[k]} names instruction {s}, which does not exist")
 
 
@@ -425,9 +541,26 @@ def _all_valid(p: Program) -> bool:
             return False
         used = src[:, :slots]
         special = np.isin(used, [NONE, IMAGE, UNCHECKED, ADDRESS])
-        if not (special | ((used >= 0) & (used < n_ins))).all():
+        if not (special | ((used >= 0) & (used < p.instructions()))).all():
             return False
     return True
+
+
+def _check_repeats(p: Program) -> None:
+    """The table of repeated blocks must name stored rows, in order, and copies on existing chips."""
+    r = p.repeats
+    cols = [getattr(r, c) for c in _REPEAT_COLUMNS]
+    if any(c.ndim != 1 or len(c) != len(r.first) for c in cols):
+        raise ProgramError(-1, "the repeats table's columns have different lengths")
+    for g in range(len(r)):
+        first, rows, count = (int(x) for x in (r.first[g], r.rows[g], r.count[g]))
+        if not (0 <= first and rows >= 1 and first + rows <= len(p) and count >= 1):
+            raise ProgramError(-1, f"repeated block {g} (rows {first}..{first + rows - 1}) is malformed")
+        if g and first < r.first[g - 1] + r.rows[g - 1]:
+            raise ProgramError(-1, f"repeated block {g} overlaps or precedes block {g - 1}")
+        chips = p.chip[first : first + rows].astype(np.int64) + count * int(r.chip_step[g])
+        if len(chips) and (chips.max() >= p.system.chips or chips.min() + int(r.chip_step[g]) < 0):
+            raise ProgramError(-1, f"copies of repeated block {g} fall outside the {p.system.chips} chips")
 
 
 def _check_ranges(i: int, spec: OpSpec, v: dict, n: int, chip: ChipConfig, n_maps: int, lanes: int):
@@ -553,6 +686,8 @@ def _npy_bytes(a: np.ndarray) -> bytes:
 def to_bytes(p: Program) -> bytes:
     """The file's bytes; the same program always gives the same bytes."""
     blobs = {name: _npy_bytes(np.asarray(getattr(p, name), dtype=_DTYPES[name])) for name in _ARRAYS}
+    for c in _REPEAT_COLUMNS:
+        blobs[f"repeat_{c}"] = _npy_bytes(np.asarray(getattr(p.repeats, c), dtype=np.int64))
     header = {
         "format": FORMAT,
         "version": VERSION,
@@ -568,7 +703,7 @@ def to_bytes(p: Program) -> bytes:
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
         for name, data in [("header.json", json.dumps(header, sort_keys=True, indent=1).encode())] + [
-            (f"{k}.npy", blobs[k]) for k in _ARRAYS
+            (f"{k}.npy", blobs[k]) for k in blobs
         ]:
             info = zipfile.ZipInfo(name, date_time=_FIXED_TIME)
             info.compress_type = zipfile.ZIP_DEFLATED
@@ -619,7 +754,8 @@ def from_bytes(data: bytes, filename: str = "<program>") -> Program:
             )
         arrays = {}
         digests = header.get("arrays", {})
-        for name in _ARRAYS:
+        repeat_names = [f"repeat_{c}" for c in _REPEAT_COLUMNS]
+        for name in _ARRAYS + tuple(n for n in repeat_names if n in digests):  # older files have none
             if f"{name}.npy" not in names or name not in digests:
                 raise bad(f"the program lacks its '{name}' table")
             try:
@@ -632,10 +768,9 @@ def from_bytes(data: bytes, filename: str = "<program>") -> Program:
                 a = np.lib.format.read_array(io.BytesIO(blob), allow_pickle=False)
             except (ValueError, OSError, EOFError):
                 raise bad(f"the program's '{name}' table is not a plain array") from None
-            if a.dtype != np.dtype(_DTYPES[name]):
-                raise bad(
-                    f"the program's '{name}' table has dtype {a.dtype}, expected {np.dtype(_DTYPES[name])}"
-                )
+            want = np.dtype(_DTYPES.get(name, np.int64))
+            if a.dtype != want:
+                raise bad(f"the program's '{name}' table has dtype {a.dtype}, expected {want}")
             arrays[name] = a
     try:
         system = system_from_dict(header["system"])
@@ -656,6 +791,7 @@ def from_bytes(data: bytes, filename: str = "<program>") -> Program:
         placements=placements,
         maps=arrays["maps"],
         meta=meta,
+        repeats=Repeats(*(arrays.get(f"repeat_{c}", np.zeros(0, np.int64)) for c in _REPEAT_COLUMNS)),
     )
     try:
         check(p)

@@ -143,6 +143,7 @@ class LinkVector:
 
 def link_vectors(p: Program) -> list[LinkVector]:
     """Every vector a receive takes, paired with the send its intended source names."""
+    p = p.expanded()  # repeated blocks written out (a timing-only program)
     from isa.program import source_slots
     from isa.spec import BY_MNEMONIC
 
@@ -177,6 +178,7 @@ def check_link_schedule(p: Program) -> list[str]:
     """From the program file alone: every receive is issued the cycle its vector arrives, every send
     is received once, over a link joining the two chips, and no link direction carries two vectors at
     once. Returns the problems found (none for a compiled program)."""
+    p = p.expanded()  # repeated blocks written out (a timing-only program)
     from isa.spec import BY_MNEMONIC
 
     send = BY_MNEMONIC["send"]
@@ -216,6 +218,7 @@ def check_link_schedule(p: Program) -> list[str]:
 def link_wait_cycles(p: Program, entry: str | None = None) -> int:
     """Cycles in which some vector is on a link and no chip computes anything else: the time the
     whole system waits on links."""
+    p = p.expanded()  # repeated blocks written out (a timing-only program)
     from isa.spec import BY_CODE, Unit
 
     length = p.length(entry)

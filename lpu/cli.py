@@ -314,17 +314,22 @@ def cmd_compile(args) -> int:
     used = program.meta.get("tp", 1) * program.meta.get("pp", 1)
     split = f" (tp={program.meta.get('tp', 1)} pp={program.meta.get('pp', 1)})" if system.chips > 1 else ""
     print(
-        f"wrote {args.output}: {len(program)} instructions, {cycles} cycles "
+        f"wrote {args.output}: {program.instructions()} instructions"
+        + (f" ({len(program)} stored: alike stages once)" if len(program.repeats) else "")
+        + f", {cycles} cycles "
         f"({cycles / clock:.3f} us at {clock:g} MHz) on {used} of the {system.chips} chip"
         f"{'s' if system.chips != 1 else ''} of {system.name}{split}"
         + ("" if weights is not None else " (no weights: give them to lpu run with -w)")
     )
     memo = program.meta.get("timing_only")
     if memo:
-        total = memo["stage_blocks_searched"] + memo["stage_blocks_reused"]
+        copied = memo.get("stage_blocks_copied", 0)
+        total = memo["stage_blocks_searched"] + memo["stage_blocks_reused"] + copied
+        runs = ", ".join(f"{a}..{b}" for a, b in memo.get("runs", []))
         print(
             f"timing-only: {memo['stage_blocks_searched']} of {total} stage blocks searched, "
             f"{memo['stage_blocks_reused']} placed like an alike stage"
+            + (f", {copied} stored once as copies (alike stages {runs})" if copied else "")
         )
     return 0
 
@@ -481,7 +486,7 @@ def cmd_trace(args) -> int:
     from isa.program import load
     from lpu.trace import trace_events
 
-    program = load(args.program)
+    program = load(args.program).expanded()  # copies of alike stages written out
     trace = trace_events(program)
     data = json.dumps(trace, separators=(",", ":")).encode()
     write_atomically(args.output, lambda f: f.write(data), ".json")
@@ -494,7 +499,7 @@ def cmd_inspect(args) -> int:
     from isa.assembly import disassemble, listing_order
     from isa.program import load
 
-    program = load(args.program)
+    program = load(args.program).expanded()  # copies of alike stages written out
     if args.waves:
         from lpu.inspect import line_trace
         from lpu.report import default_entry
@@ -539,7 +544,7 @@ def cmd_run(args) -> int:
     from isa.program import load
     from lpu.arrays import load_npz, save_npz
 
-    program = load(args.program)
+    program = load(args.program).expanded()  # copies of alike stages written out
     entries = list(program.entries)
     entry = args.entry or (entries[0] if len(entries) == 1 else "main" if "main" in entries else None)
     if entry is None:
@@ -675,7 +680,7 @@ def cmd_generate(args) -> int:
     from lpu.api import generate_on_emulator, generate_on_reference
     from lpu.arrays import load_npz
 
-    program = load(args.program)
+    program = load(args.program).expanded()  # copies of alike stages written out
     try:
         prompt = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
     except ValueError:

@@ -17,6 +17,7 @@ def tensor_instructions(p: Program, name: str) -> tuple[list[str], np.ndarray]:
     of the module (`q`, `%q`): the instructions of the op that computes it. Touching = a MEM access
     of its words; then whatever reads those vectors off the streams, and the sends and receives that
     carry them to other chips."""
+    p = p.expanded()  # repeated blocks written out (a timing-only program)
     name = name.lstrip("%@")
     chip = p.system.chip
     lanes = chip.lanes
@@ -77,6 +78,7 @@ def line_trace(p: Program, entry: str, lo: int, hi: int, chip: int | None = None
     """Cycles lo..hi-1 of one entry: a row per cycle, a column per queue busy in that range; a cell
     holds the mnemonic on the issue cycle, '=' while the instruction still occupies its queue, '.'
     when the queue is idle."""
+    p = p.expanded()  # repeated blocks written out (a timing-only program)
     if hi <= lo:
         raise error(f"--waves {lo}:{hi}: the range is empty")
     if hi - lo > 2000:

@@ -13,6 +13,7 @@ from isa.spec import BY_CODE, Unit
 
 
 def plot(p: Program, r, path: str, max_rows: int = 40) -> None:
+    p = p.expanded()  # repeated blocks written out (a timing-only program)
     try:
         import matplotlib
 

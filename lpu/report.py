@@ -25,6 +25,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from numba import njit
 
 from isa.program import Program, source_slots
 from isa.spec import BY_CODE, DTYPE_BYTES, OPS, Unit
@@ -109,14 +110,12 @@ def report(p: Program, entry: str | None = None) -> Report:
     queues = chip_cfg.queue_table()
     unit_of_queue = np.array([list(Unit).index(q.unit) for q in queues], np.int64)
     dskew, dfunc, fixed, per = _tables()
-    code = p.opcode[sel].astype(np.int64)
-    n = p.n[sel].astype(np.int64)
-    busy = fixed[code] + per[code] * n
-    units = unit_of_queue[p.queue[sel]]
-    chips_here = sorted(set(p.chip[sel].tolist())) or [0]
+    # busy cycles per (chip, queue), the copies of repeated blocks included (on their own chips)
+    busy_cq, rows_per_chip = _busy(p, sel, fixed, per, len(queues))
+    chips_here = np.nonzero(rows_per_chip)[0].tolist() or [0]
     used = int(p.meta.get("tp", 1)) * int(p.meta.get("pp", 1)) if "tp" in p.meta else len(chips_here)
 
-    busy_by_unit = {u.value: int(busy[units == k].sum()) for k, u in enumerate(Unit)}
+    busy_by_unit = {u.value: int(busy_cq[:, unit_of_queue == k].sum()) for k, u in enumerate(Unit)}
     per_kind = {u.value: sum(1 for q in queues if q.unit is u) for u in Unit}
     denom = max(cycles, 1)
     fraction = {
@@ -126,11 +125,10 @@ def report(p: Program, entry: str | None = None) -> Report:
     }
     per_chip: dict[int, dict[str, float]] = {}
     for c in chips_here:
-        mine = p.chip[sel] == c
         per_chip[c] = {
-            u.value: float(busy[mine & (units == k)].sum()) / (denom * per_kind[u.value])
+            u.value: float(busy_cq[c, unit_of_queue == k].sum()) / (denom * per_kind[u.value])
             for k, u in enumerate(Unit)
-            if per_kind[u.value] and busy[mine & (units == k)].sum()
+            if per_kind[u.value] and busy_cq[c, unit_of_queue == k].sum()
         }
 
     sram_list = p.meta.get("sram_bytes_per_chip")
@@ -154,13 +152,18 @@ def report(p: Program, entry: str | None = None) -> Report:
                 }
 
     link_bytes, link_bound = _links(p, e)
+
+    def queue_bound(unit: Unit) -> int:  # the busiest queue of a kind: its instructions alone take that long
+        mine = busy_cq[:, unit_of_queue == list(Unit).index(unit)]
+        return int(mine.max()) if mine.size else 0
+
     bounds = {
         "critical_path": 0,
-        "mem_ports": _queue_bound(p, sel, busy, units, Unit.MEM),
-        "matrix_units": _queue_bound(p, sel, busy, units, Unit.MXM),
+        "mem_ports": queue_bound(Unit.MEM),
+        "matrix_units": queue_bound(Unit.MXM),
         "links": link_bound,
     }
-    path_cycles, path = _critical_path(p, sel, dskew, dfunc, fixed, per)
+    path_cycles, path = _critical_path(p, e, dskew, dfunc, fixed, per)
     bounds["critical_path"] = path_cycles
     binding = max(BOUND_NAMES, key=lambda k: (bounds[k], -BOUND_NAMES.index(k)))
     lower = bounds[binding]
@@ -192,23 +195,65 @@ def report(p: Program, entry: str | None = None) -> Report:
     return r
 
 
-def _queue_bound(p: Program, sel, busy, units, unit: Unit) -> int:
-    """The busiest queue of a unit kind: its instructions alone need that many cycles."""
-    mine = units == list(Unit).index(unit)
-    if not mine.any():
-        return 0
-    keys = p.chip[sel][mine].astype(np.int64) * 100_000 + p.queue[sel][mine]
-    _, inverse = np.unique(keys, return_inverse=True)
-    return int(np.bincount(inverse, weights=busy[mine]).max())
+def _groups_of(p: Program, e: int) -> list[int]:
+    """The repeated blocks of entry e."""
+    r = p.repeats
+    return [g for g in range(len(r)) if p.entry[r.first[g]] == e]
+
+
+def _busy(p: Program, sel, fixed, per, n_queues: int) -> tuple[np.ndarray, np.ndarray]:
+    """Busy cycles per (chip, queue) and instructions per chip of the rows `sel`, with the copies of
+    their repeated blocks."""
+    chips = p.system.chips
+    busy_cq = np.zeros((chips, n_queues), np.int64)
+    rows = np.zeros(chips, np.int64)
+
+    def add(idx, to_cq, to_rows):
+        code = p.opcode[idx].astype(np.int64)
+        busy = fixed[code] + per[code] * p.n[idx].astype(np.int64)
+        np.add.at(to_cq, (p.chip[idx], p.queue[idx]), busy)
+        np.add.at(to_rows, p.chip[idx], 1)
+
+    add(sel, busy_cq, rows)
+    r = p.repeats
+    for g in _groups_of(p, int(p.entry[sel[0]]) if len(sel) else -1):
+        block_cq, block_rows = np.zeros_like(busy_cq), np.zeros_like(rows)
+        add(np.arange(r.first[g], r.first[g] + r.rows[g]), block_cq, block_rows)
+        step = int(r.chip_step[g])
+        for k in range(1, int(r.count[g]) + 1):  # copy k: the block's chips moved by k steps
+            d = k * step
+            busy_cq[d:] += block_cq[: chips - d]
+            rows[d:] += block_rows[: chips - d]
+    return busy_cq, rows
 
 
 def _links(p: Program, e: int) -> tuple[dict[str, int], int]:
-    from lpu.api import link_vectors
+    """Bytes per link direction (chips a->b) in entry e, and the busiest direction's cycles: from the
+    receives (each takes n vectors over link `link` of its chip), copies of repeated blocks included."""
+    from isa.spec import BY_MNEMONIC
 
+    recv, send = BY_MNEMONIC["recv"], BY_MNEMONIC["send"]
+    slot = source_slots(recv).index("link")
+    link_col = recv.operands.index("link")
+    rows = np.nonzero((p.entry == e) & (p.opcode == recv.code))[0]
+    src = p.src[rows, slot]
+    ok = src >= 0
+    ok[ok] = p.opcode[p.stored_index(src[ok])] == send.code  # a receive names the send it takes
+    rows = rows[ok]
+    r = p.repeats
+    shifts = [(rows, 0)]
+    for g in _groups_of(p, e):
+        mine = rows[(rows >= r.first[g]) & (rows < r.first[g] + r.rows[g])]
+        shifts += [(mine, k * int(r.chip_step[g])) for k in range(1, int(r.count[g]) + 1)]
+    own: dict[int, tuple] = {}
     per: dict[tuple[int, int], int] = {}
-    for v in link_vectors(p):
-        if p.entry[v.recv] == e:
-            per[(v.src_chip, v.dst_chip)] = per.get((v.src_chip, v.dst_chip), 0) + 1
+    for idx, d in shifts:
+        for c, k, n in zip((p.chip[idx] + d).tolist(), p.fields[idx, link_col].tolist(), p.n[idx].tolist()):
+            if c not in own:
+                own[c] = p.system.chip_links(c)
+            if k < len(own[c]):
+                key = (own[c][k][1], c)
+                per[key] = per.get(key, 0) + n
     wire = p.system.vector_wire_bytes
     ser = p.system.link_cycles_per_vector
     return {f"{a}->{b}": k * wire for (a, b), k in sorted(per.items())}, max(
@@ -216,61 +261,145 @@ def _links(p: Program, e: int) -> tuple[dict[str, int], int]:
     )
 
 
-def _critical_path(p: Program, sel, dskew, dfunc, fixed, per) -> tuple[int, list[PathStep]]:
-    """The longest chain of intended sources, as (cycles, the ops along it)."""
+def _critical_path(p: Program, e: int, dskew, dfunc, fixed, per) -> tuple[int, list[PathStep]]:
+    """The longest chain of intended sources in entry e, as (cycles, the ops along it). On a program
+    with repeated blocks the chain runs through the copies too, without writing them out: a copy's
+    rows are its block's, their sources past the block's `src_lo` moved with the copy."""
+    sel = np.nonzero(p.entry == e)[0]
     if not len(sel):
         return 0, []
-    index = {int(i): k for k, i in enumerate(sel)}
+    r = p.repeats
+    real = p.real_index(sel)
+    lo = int(real[0])
     code = p.opcode[sel].astype(np.int64)
     n = p.n[sel].astype(np.int64)
     dur = np.maximum(fixed[code] + per[code] * n, dfunc[code] + n)
     xs = np.array([q.x for q in p.system.chip.queue_table()], np.int64)
     ser, latency = p.system.link_cycles_per_vector, p.system.link_latency_cycles
-    preds: list[list[tuple[int, int]]] = [[] for _ in sel]
-    for k, i in enumerate(sel):
-        spec = BY_CODE[int(p.opcode[i])]
-        slots = source_slots(spec)
-        for s, slot in enumerate(slots):
-            src = int(p.src[i, s])
-            j = index.get(src)
-            if src < 0 or j is None:
-                continue
-            off, step = int(p.src_off[i, s]), int(p.src_step[i, s])
-            lag = off + max(0, (int(n[k]) - 1) * (step - 1))  # the latest producer vector, less i
-            pc = int(p.opcode[src])
-            if slot == "link":
-                gap = int(dskew[pc]) + ser + latency - int(dskew[code[k]]) + lag
-            else:
-                hops = abs(int(xs[p.queue[i]]) - int(xs[p.queue[src]])) if slot in spec.operands else 0
-                gap = int(dfunc[pc]) + hops - int(dskew[code[k]]) + lag
-            preds[k].append((j, gap))
-    order = np.lexsort((np.arange(len(sel)), p.cycle[sel]))  # producers first in any valid schedule
-    earliest = np.zeros(len(sel), np.int64)
-    via = np.full(len(sel), -1, np.int64)
-    for k in order:
-        for j, gap in preds[k]:
-            t = earliest[j] + gap
-            if t > earliest[k]:
-                earliest[k], via[k] = t, j
-    ends = earliest + dur
-    last = int(np.argmax(ends))
+    src = p.src[sel].astype(np.int64)  # expanded numbering
+    valid = src >= lo
+    prod = p.stored_index(np.where(valid, src, lo))
+    pc = p.opcode[prod].astype(np.int64)
+    off, step = p.src_off[sel], p.src_step[sel]
+    lag = off + np.maximum(0, (n[:, None] - 1) * (step - 1))
+    is_link, is_stream, has_slot = _slot_kinds(code, p.src.shape[1])
+    hops = np.abs(xs[p.queue[sel]][:, None] - xs[p.queue[prod]])
+    gap = np.where(
+        is_link,
+        dskew[pc] + ser + latency - dskew[code][:, None] + lag,
+        dfunc[pc] + np.where(is_stream, hops, 0) - dskew[code][:, None] + lag,
+    )
+    src_local = np.where(valid & has_slot, src - lo, -1)
+    # segments of the expanded entry, in order: (first expanded row, rows, first row in `sel`, copy k,
+    # the block's src_lo); stored rows have k = 0
+    position = {int(i): k for k, i in enumerate(sel)}
+    segs, seg_group = [], []
+    at = 0
+    for g in _groups_of(p, e):
+        first, rows = int(r.first[g]), int(r.rows[g])
+        end = position[first + rows - 1] + 1
+        segs.append((int(real[at]) - lo, end - at, at, 0, 0))
+        seg_group.append(-1)
+        t0 = int(real[position[first]]) - lo
+        for k in range(1, int(r.count[g]) + 1):
+            segs.append((t0 + k * rows, rows, position[first], k, int(r.src_lo[g]) - lo))
+            seg_group.append(g)
+        at = end
+    if at < len(sel):
+        segs.append((int(real[at]) - lo, len(sel) - at, at, 0, 0))
+        seg_group.append(-1)
+    segs_arr = np.array(segs, np.int64).reshape(-1, 5)
+    n_all = int(segs_arr[-1, 0] + segs_arr[-1, 1])
+    if len(r):  # expanded order is the program order: producers must come first in it
+        if (src_local >= (real - lo)[:, None]).any():
+            raise ValueError("a source follows its consumer in a program with repeated blocks")
+        order = np.zeros(0, np.int64)
+    else:
+        order = np.lexsort((np.arange(len(sel)), p.cycle[sel]))  # producers first in any valid schedule
+    earliest, via, last, end_cycles = _longest(segs_arr, order, src_local, gap, dur, n_all)
+
+    def stored_of(k: int) -> tuple[int, int]:  # expanded row of the entry -> its row in `sel`, segment
+        s = int(np.searchsorted(segs_arr[:, 0], k, side="right")) - 1
+        return int(segs_arr[s, 2] + k - segs_arr[s, 0]), s
+
     chain = []
     k = last
-    while k >= 0 and len(chain) <= len(sel):
+    while k >= 0 and len(chain) <= n_all:
         chain.append(k)
         k = int(via[k])
     chain.reverse()
     ops = p.meta.get("ops")
     op_of = p.meta.get("op_of")
     steps: list[PathStep] = []
+    names: dict[int, dict[int, int]] = {}
     for k in chain:
-        i = int(sel[k])
-        text = ops[op_of[i]] if ops and op_of and i < len(op_of) else BY_CODE[int(p.opcode[i])].mnemonic
+        row, s = stored_of(k)
+        i = int(sel[row])
+        if ops and op_of and i < len(op_of):
+            op = op_of[i]
+            if seg_group[s] >= 0:  # a copy: the op of its own stage
+                if s not in names:
+                    names[s] = p.copy_ops(seg_group[s], int(segs_arr[s, 3]))
+                op = names[s].get(op, op)
+            text = ops[op]
+        else:
+            text = BY_CODE[int(p.opcode[i])].mnemonic
         if steps and steps[-1].op == text:
             steps[-1].instructions += 1
         else:
             steps.append(PathStep(text, int(earliest[k]), 1))
-    return int(ends[last]), steps
+    return int(end_cycles), steps
+
+
+@njit(cache=True)
+def _longest(segs, order, src, gap, dur, n_all):
+    """Earliest start of each row along its longest chain of sources and the source it came by, the
+    row that ends last and when. `order`: the rows (of the one stored segment) in an order that puts
+    producers first; empty: expanded order, segment by segment."""
+    width = src.shape[1]
+    earliest = np.zeros(n_all, np.int64)
+    via = np.full(n_all, -1, np.int64)
+    last, best = 0, -1
+    for q in range(segs.shape[0]):
+        start, rows, base, k, src_lo = segs[q]
+        for r in range(rows):
+            i = order[r] if len(order) else r
+            row = start + i
+            t_row = base + i
+            for s in range(width):
+                j = src[t_row, s]
+                if j < 0:
+                    continue
+                if k > 0 and j >= src_lo:
+                    j += k * rows
+                t = earliest[j] + gap[t_row, s]
+                if t > earliest[row]:
+                    earliest[row] = t
+                    via[row] = j
+        for r in range(rows):  # the first row (in expanded order) that ends last
+            row = start + r
+            end = earliest[row] + dur[base + r]
+            if end > best:
+                best, last = end, row
+    return earliest, via, last, best
+
+
+_SLOT_KINDS: dict[int, tuple] = {}
+
+
+def _slot_kinds(code: np.ndarray, width: int):
+    """Per row and source slot: a link input, a stream input, any input at all."""
+    if width not in _SLOT_KINDS:
+        top = max(BY_CODE) + 1
+        link, stream, has = (np.zeros((top, width), bool) for _ in range(3))
+        for c, spec in BY_CODE.items():
+            for s, slot in enumerate(source_slots(spec)):
+                link[c, s] = slot == "link"
+                stream[c, s] = slot in spec.operands
+                has[c, s] = True
+        _SLOT_KINDS[width] = (link, stream, has)
+    link, stream, has = _SLOT_KINDS[width]
+    return link[code], stream[code], has[code]
 
 
 def gpu_roofline(p: Program) -> dict | None:
@@ -359,9 +488,12 @@ def render(r: Report) -> str:
         )
     if r.timing_only:
         t = r.timing_only
+        copied = t.get("stage_blocks_copied", 0)
         lines.append(
             f"timing-only compile: {t['stage_blocks_searched']} stage blocks searched, "
-            f"{t['stage_blocks_reused']} placed like an alike stage (the program is the full schedule)"
+            f"{t['stage_blocks_reused']} placed like an alike stage"
+            + (f", {copied} stored once as copies" if copied else "")
+            + " (the program is the full schedule)"
         )
     if r.gpu:
         g = r.gpu

@@ -51,6 +51,7 @@ class Table:
 def instructions(p: Program) -> Table:
     """One row per instruction: id, entry, cycle, chip, queue, unit, mnemonic, n, busy cycles, and
     the op of the module it comes from (where the program records it)."""
+    p = p.expanded()  # repeated blocks written out (a timing-only program)
     queues = p.system.chip.queue_table()
     specs = [BY_CODE[int(c)] for c in p.opcode]
     op_of = p.meta.get("op_of") or []

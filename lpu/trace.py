@@ -19,6 +19,7 @@ from isa.spec import BY_CODE
 
 
 def trace_events(p: Program) -> dict:
+    p = p.expanded()  # repeated blocks written out (a timing-only program)
     chip_cfg = p.system.chip
     clock = chip_cfg.clock_mhz
     queues = chip_cfg.queue_table()
@@ -138,6 +139,7 @@ def sram_in_use(p: Program, entry: str) -> dict[int, list[tuple[int, int]]]:
     """Per chip, (cycle, bytes in use) at every change during one entry: pinned tensors from cycle 0
     to the end, a temporary from the write that fills it to the last read of what it wrote
     (constants in the SRAM image are not counted). Never more than the allocation's footprint."""
+    p = p.expanded()  # repeated blocks written out (a timing-only program)
     import bisect
 
     from isa.program import source_slots

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -159,3 +160,53 @@ def test_assembler_refuses_an_empty_listing():
         assemble("", "e.lpuasm")
     with pytest.raises(LpuError, match="names no system"):
         assemble("lpuprog 1\nentry main\n", "e.lpuasm")
+
+
+def test_a_repeats_table_round_trips_and_a_malformed_one_is_refused():
+    """The table of repeated blocks (a timing-only program stores alike stages once) is part of the
+    file: written, read back byte for byte, and checked like the instructions."""
+    import dataclasses
+
+    from isa.program import Repeats
+
+    p = program("matmul.lpuasm")
+
+    def rep(**change):
+        cols = dict(first=[0], rows=[len(p)], count=[2], cycles=[100], src_lo=[0], chip_step=[0])
+        cols.update(change)
+        return dataclasses.replace(p, repeats=Repeats(**{k: np.array(v, np.int64) for k, v in cols.items()}))
+
+    good = rep()
+    data = to_bytes(good)
+    back = from_bytes(data)
+    assert to_bytes(back) == data and back.instructions() == 3 * len(p)
+    assert len(back.expanded()) == 3 * len(p) and back.expanded().cycle[len(p)] == p.cycle[0] + 100
+    assert back.length() == p.length() + 200
+    for change, message in [
+        (dict(count=[0]), "repeated block 0 (rows 0..%d) is malformed" % (len(p) - 1)),
+        (dict(rows=[len(p) + 1]), "is malformed"),
+        (dict(chip_step=[1]), "copies of repeated block 0 fall outside the 1 chips"),
+        (dict(first=[0, 0], rows=[1, 1], count=[1, 1], cycles=[0, 0], src_lo=[0, 0], chip_step=[0, 0]),
+         "repeated block 1 overlaps or precedes block 0"),
+        (dict(count=[1, 1]), "columns have different lengths"),
+    ]:  # fmt: skip
+        with pytest.raises(LpuError, match="invalid program: .*" + re.escape(message)):
+            from_bytes(to_bytes(rep(**change)), "p.lpuprog")
+
+
+def test_older_files_without_a_repeats_table_still_load():
+    data = to_bytes(program("matmul.lpuasm"))
+    src = zipfile.ZipFile(io.BytesIO(data))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            if info.filename.startswith("repeat_"):
+                continue
+            blob = src.read(info.filename)
+            if info.filename == "header.json":
+                header = json.loads(blob)
+                header["arrays"] = {k: v for k, v in header["arrays"].items() if not k.startswith("repeat_")}
+                blob = json.dumps(header).encode()
+            dst.writestr(info, blob)
+    p = from_bytes(out.getvalue())
+    assert len(p.repeats) == 0 and len(p) == len(program("matmul.lpuasm"))
