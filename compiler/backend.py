@@ -23,11 +23,12 @@ from compiler.jobs import Job, Node
 from compiler.lower import Lowering, Tensor
 from compiler.partition import Local, LocalCommit, Place, Transfer, check_split, partition, vectors_of
 from compiler.printer import print_module
+from compiler.repeats import Run, block_of, find_runs, op_names, value_map
 from compiler.schedule import Scheduler, critical_path_order
 from compiler.stages import StageMemo, release_of
 from isa.diagnostics import LpuError, error
 from isa.numerics import to_storage
-from isa.program import Placement, Program, ProgramError, check
+from isa.program import Placement, Program, ProgramError, Repeats, check
 from isa.spec import BY_MNEMONIC, DTYPE_BYTES
 from isa.system import SystemConfig
 
@@ -45,9 +46,27 @@ def compile_module(
     """Compile for `tp * pp` chips of `system` (tensor parallelism `tp` inside each of `pp` stages).
 
     `timing_only`: no weights; pipeline stages whose blocks of jobs are alike (compiler/stages.py)
-    are searched once and the others placed at the same relative cycles: the same program as a full
-    compile, found faster. Its meta records how many stage blocks were searched and how many reused.
+    are searched once and the others placed at the same relative cycles, and the inner stages of a
+    run of alike stages are stored once, with the shifts of their copies (compiler/repeats.py,
+    isa.program.Repeats): the same program as a full compile once expanded, found faster. Its meta
+    records how many stage blocks were searched, reused and copied.
     """
+    if timing_only:
+        try:
+            return _compile(module, system, weights, tp, pp, timing_only, use_runs=True)
+        except _NotPeriodic:  # a run's blocks did not repeat in time: compile every stage
+            pass
+    return _compile(module, system, weights, tp, pp, timing_only, use_runs=False)
+
+
+_NONE: tuple = ()
+
+
+class _NotPeriodic(Exception):
+    """A run of alike stages whose placements do not repeat: its stages cannot be copies."""
+
+
+def _compile(module, system, weights, tp, pp, timing_only, use_runs) -> Program:
     check_split(system, tp, pp)
     chip = system.chip
     L = chip.lanes
@@ -88,9 +107,18 @@ def compile_module(
         symbols[c][g.name] = t
         pinned_symbols.append((t, Placement("state", "", name, t.dtype, t.shape, c, t.slice, 0)))
 
+    runs: list[Run] = []
+    if use_runs:
+        link_numbers = _LinkLowering(system, {})
+
+        def link_of(a: int, b: int) -> tuple[int, int]:
+            return link_numbers.link(a, b)[1:]
+
+        runs = find_runs(plan, lambda c, name: symbols[c][name].slice, link_of)
+    per_run_values = [value_map(plan, run, stage_of_chip) for run in runs]
     entries = tuple(e.name for e in plan.entries)
     per_entry = []
-    for ep in plan.entries:
+    for e_index, ep in enumerate(plan.entries):
         jobs: list = []
         lows = {}
         for c in chips:
@@ -114,7 +142,10 @@ def compile_module(
                 if src.kind == "state":
                     early[k] = lows[c].copy_states_returned([src], [TensorType(src.dtype, src.shape)])[0]
 
-        _lower_statements(ep, lows, system, before_commits)
+        stmts = ep.stmts
+        if runs:
+            stmts = _run_statements(ep.stmts, runs, [v[e_index] for v in per_run_values], stage_of_chip, tp)
+        _lower_statements(ep, lows, system, before_commits, stmts)
         results = []
         seen: set[int] = set()
         for k, (c, v) in enumerate(ep.outputs):
@@ -127,6 +158,9 @@ def compile_module(
                 src = dst
             seen.add(src.id)
             results.append(src)
+        for job in jobs:  # relative cycles are fixed: the lowering's constraints are no longer needed
+            for nd in job.nodes:
+                nd.after = _NONE
         for t in tensors:  # every entry starts at cycle 0 with its inputs and the state in place
             if t.kind in ("temp", "input", "state"):
                 t.landing = None
@@ -135,11 +169,20 @@ def compile_module(
         order, stage, deps = critical_path_order(jobs, tensors, stage_of_chip)
         placed: dict[int, object] = {}
         done: set[int] = set()
+        releases: dict[int, int] = {}
+        keys: dict[int, bytes | None] = {}
         for block in _blocks(order, stage):  # stage by stage, each from its release
             release = release_of(sched, jobs, block, deps, done)
             placed.update(memo.place(sched, jobs, block, release, use=timing_only))
+            releases[stage[block[0]]], keys[stage[block[0]]] = release, memo.last_key
             done.update(block)
-        per_entry.append((ep, jobs, inputs, results, order, placed))
+        shifts = []  # per run: cycles from one copy to the next
+        for run in runs:
+            t = run.template
+            if not keys.get(t) or keys.get(t) != keys.get(t - 1):
+                raise _NotPeriodic(f"stages {run.first}..{run.last} of {ep.name}")
+            shifts.append(releases[t] - releases[t - 1])
+        per_entry.append((ep, jobs, inputs, results, order, placed, stage, shifts))
 
     # SRAM: params and constants for the whole program; each entry's tensors by lifetime
     alloc = Allocator(chip)
@@ -151,7 +194,9 @@ def compile_module(
     for t, pl in pinned_symbols:
         placements.append(dataclasses.replace(pl, word=base[t.id]))
     emitter = Emitter(chip, tensors, base)
-    for e, (ep, jobs, inputs, results, order, placed) in enumerate(per_entry):
+    groups = []  # per run and entry: where its template's rows are and how its copies shift
+    repeat_ops = []  # per group, per copy: [template op index, the copy's op index]
+    for e, (ep, jobs, inputs, results, order, placed, stage, shifts) in enumerate(per_entry):
         emitter.new_entry()
         entry_alloc = Allocator(chip)
         entry_alloc.used = {k: list(v) for k, v in alloc.used.items()}
@@ -173,8 +218,32 @@ def compile_module(
             placements.append(
                 Placement("output", ep.name, f"out{k}", t.dtype, t.shape, t.chip, t.slice, base[t.id])
             )
-        for job, pl in zip(jobs_in_order, places):
+        first_row: dict[int, int] = {}  # stage -> its block's first row
+        for j, job, pl in zip(order, jobs_in_order, places):
+            first_row.setdefault(stage[j], emitter.n_rows)
             emitter.emit(job, pl, e)
+        for run, shift in zip(runs, shifts):
+            t = run.template
+            rows = first_row[run.last] - first_row[t]
+            if first_row[t] - first_row[t - 1] != rows:  # alike blocks emit alike rows
+                raise _NotPeriodic(f"stages {t - 1} and {t} of {ep.name} emit different rows")
+            groups.append((e, run, first_row[t - 1], first_row[t], rows, shift, emitter.n_rows))
+            # the copies' instructions come from their own stages' ops: map the template's op names
+            fix, per_copy = op_names(ep, run, stage_of_chip)
+            keys = list(emitter.ops)
+            block = range(first_row[t], first_row[t] + rows)
+            for i in block:  # the first hops out of the template: named after its own successor
+                key = keys[emitter.row_op[i]]
+                if key in fix:
+                    emitter.row_op[i] = emitter.ops.setdefault(fix[key], len(emitter.ops))
+            keys = list(emitter.ops)
+            used = sorted({emitter.row_op[i] for i in block})
+            repeat_ops.append(
+                [
+                    [[i, emitter.ops.setdefault(names.get(keys[i], keys[i]), len(emitter.ops))] for i in used]
+                    for names in per_copy
+                ]
+            )
     alloc.check()
 
     # the SRAM image: constants, and params when weights were given
@@ -188,12 +257,16 @@ def compile_module(
                 img_word.append(base[t.id] + v * t.width)
                 img_data.append(t.data[v])
     entry, chip_col, queue, cycle, opcode, count, fields, src, off, stp = emitter.tables()
+    sram = alloc.bytes_per_chip()
+    repeats = Repeats.none()
+    if groups:
+        repeats = _stored_runs(groups, tp, chip_col, cycle, src)
+        placements = _copy_chips(runs, tp, placements, sram, (img_chip, img_slice, img_word, img_data))
     maps_arr = (
         np.array(sorted(maps, key=maps.get), np.int32).reshape(len(maps), L)
         if maps
         else np.zeros((0, L), np.int32)
     )
-    sram = alloc.bytes_per_chip()
     meta = {
         "module": print_module(module),
         "weights": weights is not None,
@@ -207,8 +280,15 @@ def compile_module(
         "sram_bytes_per_chip": [sram.get(c, 0) for c in range(system.chips)],
         "sram_bytes_max_per_chip": max(sram.values(), default=0),
     }
+    if repeat_ops:
+        meta["repeat_ops"] = repeat_ops
     if timing_only:
-        meta["timing_only"] = {"stage_blocks_searched": memo.misses, "stage_blocks_reused": memo.hits}
+        meta["timing_only"] = {
+            "stage_blocks_searched": memo.misses,
+            "stage_blocks_reused": memo.hits,
+            "stage_blocks_copied": int(sum(repeats.count)),
+            "runs": [[run.first, run.last] for run in runs],
+        }
     program = Program(
         system,
         entries,
@@ -229,12 +309,101 @@ def compile_module(
         tuple(placements),
         maps_arr,
         meta,
+        repeats,
     )
     try:  # what the emulator would refuse on load must not leave the compiler
         check(program)
     except ProgramError as e:
         raise AssertionError(f"the compiler emitted an invalid instruction {e.index}: {e.message}") from None
     return program
+
+
+def _run_statements(stmts: list, runs: list[Run], values: list[dict], stage_of_chip: dict, tp: int) -> list:
+    """The statements a compile with runs lowers: none of the copies' blocks, and the block after
+    each run's copies with the template's chips standing in for the last copy's (and the template's
+    values for what it sends), its links still the real ones."""
+    skip = {s for run in runs for s in run.copies}
+    last = {run.last: (run, v) for run, v in zip(runs, values)}
+    out = []
+    for st in stmts:
+        b = block_of(st, stage_of_chip)
+        if b in skip:
+            continue
+        if b in last and isinstance(st, Transfer):
+            run, vmap = last[b]
+            prev = run.last - 1
+            away = (prev - run.template) * tp
+            route = tuple(c - away if stage_of_chip.get(c) == prev else c for c in st.route)
+            if route != st.route:
+                src = vmap.get(id(st.src), st.src)
+                st = dataclasses.replace(st, route=route, src=src, real_route=st.route)
+        out.append(st)
+    return out
+
+
+def _stored_runs(groups: list, tp: int, chip_col, cycle, src) -> Repeats:
+    """Turn the rows emitted with stand-ins into the stored rows of the program (in place) and the
+    table of copies: the block after each run's copies back on the last copy's chips and cycles,
+    and every source numbered as in the expanded program, where the copies follow the template."""
+    sizes = [len(run.copies) * rows for _, run, _, _, rows, _, _ in groups]
+    at = np.array([start_t + rows for _, _, _, start_t, rows, _, _ in groups], np.int64)
+    for _, run, _, start_t, rows, shift, end in groups:
+        start_last = start_t + rows
+        seg = slice(start_last, end)
+        t_chips = (chip_col[seg] >= run.template * tp) & (chip_col[seg] < (run.template + 1) * tp)
+        chip_col[seg][t_chips] += (run.last - 1 - run.template) * tp
+        cycle[seg] += len(run.copies) * shift
+    # sources, expanded numbering: each group's copies sit between its template and what follows
+    inserted = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    real = src.copy()
+    ok = src >= 0
+    real[ok] += inserted[np.searchsorted(at, src[ok], side="right")]
+    lo = []
+    for (_, _, start_prev, start_t, _, _, end), k_rows, where in zip(groups, sizes, at):
+        block = src[start_t:where]
+        if ((block >= 0) & (block < start_prev)).any():
+            raise _NotPeriodic("a template row reads from before the block it follows")
+        mine = src[where:end]  # the block after the copies reads the last copy, not the template
+        real[where:end][(mine >= start_t) & (mine < where)] += k_rows
+        lo.append(int(start_prev + inserted[np.searchsorted(at, start_prev, side="right")]))
+    src[:] = real
+    return Repeats(
+        first=np.array([g[3] for g in groups], np.int64),
+        rows=np.array([g[4] for g in groups], np.int64),
+        count=np.array([len(g[1].copies) for g in groups], np.int64),
+        cycles=np.array([g[5] for g in groups], np.int64),
+        src_lo=np.array(lo, np.int64),
+        chip_step=np.full(len(groups), tp, np.int64),
+    )
+
+
+def _copy_chips(runs: list[Run], tp: int, placements: list, sram: dict, image: tuple) -> list:
+    """What the copies' chips hold, from the template's chips of the same rank: SRAM use, constants
+    in the image (appended) and the words of the inputs placed on them (params and states are
+    placed alike already: they come first on every chip)."""
+    img_chip, img_slice, img_word, img_data = image
+    word_of = {(pl.chip, pl.graph, pl.name): pl.word for pl in placements if pl.role == "input"}
+    moved = {}
+    for run in runs:
+        for s in run.copies:
+            away = (s - run.template) * tp
+            for r in range(tp):
+                c, ct = s * tp + r, run.template * tp + r
+                sram[c] = sram.get(ct, 0)
+                moved[c] = ct
+            n = len(img_chip)
+            for k in range(n):
+                if run.template * tp <= img_chip[k] < (run.template + 1) * tp:
+                    img_chip.append(img_chip[k] + away)
+                    img_slice.append(img_slice[k])
+                    img_word.append(img_word[k])
+                    img_data.append(img_data[k])
+    return [
+        dataclasses.replace(pl, word=word_of[(moved[pl.chip], pl.graph, pl.name)])
+        if pl.role == "input" and pl.chip in moved
+        else pl
+        for pl in placements
+    ]
 
 
 def _blocks(order: list[int], stage: list[int]) -> list[list[int]]:
@@ -253,11 +422,11 @@ def _chips_of(stmt) -> tuple[int, ...]:
     return (stmt.chip,)
 
 
-def _lower_statements(ep, lows: dict, system: SystemConfig, before_commits=None) -> None:
-    """Lower one entry's per-chip statements, in order, each on its chip's Lowering;
-    `before_commits` runs once, before the first commit (if there is one)."""
+def _lower_statements(ep, lows: dict, system: SystemConfig, before_commits=None, stmts=None) -> None:
+    """Lower one entry's per-chip statements (`stmts`, else all of them), in order, each on its
+    chip's Lowering; `before_commits` runs once, before the first commit (if there is one)."""
     links = _LinkLowering(system, lows)
-    for stmt in ep.stmts:
+    for stmt in ep.stmts if stmts is None else stmts:
         if isinstance(stmt, LocalCommit) and before_commits is not None:
             before_commits()
             before_commits = None
@@ -317,6 +486,9 @@ class _LinkLowering:
 
     def transfer(self, st: Transfer) -> None:
         route = st.route
+        # a hop between two stand-ins is their own link (wired alike); one into a real chip is the real one
+        real = st.real_route or route
+        stand_in = {c for c, r in zip(route, real) if c != r}
         src_low = self.lows[route[0]]
         src = src_low.tensor(st.src)
         sv = list(st.src_vectors)
@@ -332,11 +504,14 @@ class _LinkLowering:
                     TensorType(src.dtype, (len(sv), src.cols)) if src.chunks == 1 else _rows(src, len(sv)),
                 )
                 dv = list(range(len(sv)))
-            self.hop(a, b, src, sv, dst, dv, st.what)
+            self.hop(a, b, src, sv, dst, dv, st.what, (a, b) if {a, b} <= stand_in else real[h : h + 2])
             src, sv = dst, dv
 
-    def hop(self, a: int, b: int, src: Tensor, sv: list[int], dst: Tensor, dv: list[int], what: str) -> None:
-        sys_link, ka, kb = self.link(a, b)
+    def hop(
+        self, a: int, b: int, src: Tensor, sv: list[int], dst: Tensor, dv: list[int], what: str, real=None
+    ) -> None:
+        """One link from chip a to chip b (`real`: the chips whose link it is, when a or b stands in)."""
+        sys_link, ka, kb = self.link(*(real or (a, b)))
         low_a, low_b = self.lows[a], self.lows[b]
         qa, qb = self.queue(low_a, ka), self.queue(low_b, kb)
         send, recv = BY_MNEMONIC["send"], BY_MNEMONIC["recv"]

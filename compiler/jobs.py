@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from isa.spec import BY_MNEMONIC
 
 
-@dataclass
+@dataclass(slots=True)  # millions of them in a deep pipeline: no per-node __dict__
 class Node:
     mnemonic: str
     queue: int  # queue index on the chip

@@ -79,6 +79,9 @@ class Transfer:
     dst: Value
     dst_vectors: tuple[int, ...]
     what: str
+    # the chips whose links it uses, when `route` names stand-ins for some of them (a timing-only
+    # compile lowers the block after a run of alike stages from the run's template: compiler/repeats.py)
+    real_route: tuple[int, ...] | None = None
 
 
 @dataclass

@@ -49,6 +49,7 @@ class StageMemo:
         self.known: dict[bytes, list[tuple[int, dict[int, int]]]] = {}
         self.hits = 0
         self.misses = 0
+        self.last_key: bytes | None = None  # the key of the block placed last (None when not looked up)
 
     def key(self, sched: Scheduler, jobs: list[Job], block: list[int], release: int) -> bytes:
         """The block's canonical form: chips, queues, links and tensors renamed in order of first use,
@@ -140,6 +141,7 @@ class StageMemo:
         """Place a block: committed at known relative cycles when an equal block was searched before,
         else searched job by job (and remembered)."""
         key = self.key(sched, jobs, block, release) if use else None
+        self.last_key = key
         known = self.known.get(key) if key is not None else None
         placed: dict[int, Placed] = {}
         if known is not None:

@@ -15,6 +15,7 @@ from compiler import parse
 from compiler.backend import compile_module
 from compiler.decompose import decompose
 from compiler.partition import balanced_cuts, layer_boundaries
+from compiler.repeats import Run
 from isa.diagnostics import LpuError
 from isa.system import named_system
 from lpu.api import generate_on_emulator, generate_on_reference
@@ -35,10 +36,23 @@ def llama(layers: int, d: int = 32, max_seq: int = 8) -> LlamaConfig:
 
 
 def assert_same_program(full, fast) -> None:
+    """The timing-only program, its repeated blocks written out, is the full one: every instruction,
+    placement, SRAM image word (the copies' constants come last) and SRAM total."""
+    assert full.length() == fast.length()
+    assert fast.instructions() == len(full)
+    fast = fast.expanded()
     for name in TABLES:
         assert np.array_equal(getattr(full, name), getattr(fast, name)), name
     assert full.placements == fast.placements
-    assert full.length() == fast.length()
+
+    def image(p):
+        o = np.lexsort((p.image_word, p.image_slice, p.image_chip))
+        return p.image_chip[o], p.image_slice[o], p.image_word[o], p.image_data[o]
+
+    assert all(np.array_equal(a, b) for a, b in zip(image(full), image(fast)))
+    assert full.meta["sram_bytes_per_chip"] == fast.meta["sram_bytes_per_chip"]
+    # every instruction names the op it comes from (the copies: their own stage's)
+    assert [full.meta["ops"][k] for k in full.meta["op_of"]] == [fast.meta["ops"][k] for k in fast.meta["op_of"]]
 
 
 @pytest.mark.parametrize(
@@ -59,6 +73,62 @@ def test_timing_only_is_the_full_schedule(family, config, system, tp, pp):
     blocks = memo["stage_blocks_searched"] + memo["stage_blocks_reused"]
     assert blocks == len(fast.entries) * pp
     assert "timing_only" not in full.meta
+
+
+def gpt2_ring(layers: int = 10):
+    """One chip per stage on a ring: every hand-over but the first leaves over link 1 and arrives on
+    link 0, so stages 2 .. pp - 2 form a run of alike stages."""
+    return module_of("gpt2", GPT2Config(layers=layers, d_model=32, heads=4, ffn=64, vocab=64, max_seq=8))
+
+
+@pytest.mark.parametrize(
+    "module, system, tp, pp, run",
+    [
+        (gpt2_ring(), "ring:16", 1, 10, [2, 8]),
+        # a node per stage: the all-reduce inside it, the hand-over through chips 0 and 4 of one node
+        # to chips 7 and 3 of the next (forwarded within both)
+        (module_of("llama", LlamaConfig(7, 64, heads=8, kv_heads=8, ffn=128, vocab=128, max_seq=8)), "rack", 8, 7,
+         [1, 5]),  # fmt: skip
+    ],
+    ids=["gpt2-ring", "llama-rack-tp8"],
+)
+def test_alike_stages_are_stored_once_and_expand_to_the_full_program(module, system, tp, pp, run):
+    from lpu.report import report
+
+    full = compile_module(module, named_system(system), None, tp=tp, pp=pp)
+    fast = compile_module(module, named_system(system), None, tp=tp, pp=pp, timing_only=True)
+    memo = fast.meta["timing_only"]
+    copies = run[1] - run[0] - 3
+    assert memo["runs"] == [run] and memo["stage_blocks_copied"] == copies * len(fast.entries)
+    assert len(fast.repeats) == len(fast.entries) and len(fast) < len(full)
+    assert_same_program(full, fast)
+    for entry in fast.entries:  # the report reads the copies without writing them out
+        a, b = report(fast, entry).to_json(), report(full, entry).to_json()
+        a.pop("timing_only"), b.pop("timing_only")
+        assert a == b  # busy cycles, SRAM, links, every bound, the critical path and its ops
+
+
+def test_a_run_whose_stages_do_not_repeat_is_compiled_stage_by_stage(monkeypatch):
+    """If the placements of a run's blocks do not repeat (here a run made up to include the first
+    stage, which holds the embedding), nothing is copied and the program is still the full one."""
+    import compiler.backend as backend
+
+    m = gpt2_ring()
+    full = compile_module(m, named_system("ring:16"), None, tp=1, pp=10)
+    monkeypatch.setattr(backend, "find_runs", lambda *a: [Run(0, 8)])
+    fast = compile_module(m, named_system("ring:16"), None, tp=1, pp=10, timing_only=True)
+    assert fast.meta["timing_only"]["stage_blocks_copied"] == 0 and not len(fast.repeats)
+    assert_same_program(full, fast)
+
+
+def test_a_program_with_copies_runs_on_the_emulator_and_matches_numpy():
+    config = GPT2Config(layers=10, d_model=32, heads=4, ffn=64, vocab=64, max_seq=8)
+    p = compile_module(gpt2_ring(), named_system("ring:16"), None, tp=1, pp=10, timing_only=True)
+    assert len(p.repeats)
+    w = FAMILIES["gpt2"][0].random_weights(config, 5)
+    got = generate_on_emulator(p, [3, 1, 4], 2, w)
+    assert got.violations == []
+    assert got.ids == generate_on_reference(p, [3, 1, 4], 2, w)
 
 
 def test_repeated_layers_are_searched_once_per_kind_of_stage():
@@ -170,3 +240,19 @@ def test_cli_timing_only(tmp_path, capsys):
     assert "params are zeros, timing is checked in full" in out and "timing: no violations" in out
     assert main(args + ["--timing-only", "--random-weights", "1"]) == 1
     assert "--timing-only compiles without weights" in capsys.readouterr().err
+
+
+def test_cli_stores_alike_stages_once(tmp_path, capsys):
+    model = tmp_path / "g.lpu"
+    assert main(["model", "gpt2", "--layers", "10", "--d-model", "32", "--heads", "4", "--ffn", "64", "--vocab",
+                 "64", "--max-seq", "8", "-o", str(model)]) == 0  # fmt: skip
+    prog = tmp_path / "g.lpuprog"
+    args = ["compile", str(model), "--system", "ring:16", "--tp", "1", "--pp", "10", "-o", str(prog)]
+    assert main(args + ["--timing-only"]) == 0
+    out = capsys.readouterr().out
+    assert "stored: alike stages once" in out and "6 stored once as copies (alike stages 2..8)" in out
+    assert main(["report", str(prog)]) == 0
+    out = capsys.readouterr().out
+    assert "6 stored once as copies" in out and "per token:" in out
+    assert main(["run", str(prog), "--entry", "decode"]) == 0  # the emulator writes the copies out
+    assert "timing: no violations" in capsys.readouterr().out

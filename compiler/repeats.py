@@ -1,0 +1,240 @@
+"""Runs of alike pipeline stages, found before lowering: what a timing-only compile stores once.
+
+A deep pipeline repeats one stage kind many times (the layers of a transformer, one or two per
+stage). compiler/stages.py already places a block of jobs equal to one searched before at the
+same relative cycles; this module goes further and finds, from the partition alone, the runs of
+stages whose blocks would lower alike, so that most of a run is neither lowered nor scheduled
+nor emitted, and the program stores one block with the shifts of its copies
+(isa.program.Repeats).
+
+Stage s's block is what the scheduler places as one unit: the statements on its chips and the
+transfers into it (a transfer belongs to the latest stage on its route). Two blocks are alike
+when their statements are equal once chips are named by (stage offset, rank), values by first
+appearance, and params and states by type and MEM slice; transfers compare their routes and the
+link numbers on each hop (the queue a send uses). Lowering is a function of a chip's statements
+and of its params' slices (compiler/backend.py), so alike blocks lower to alike jobs.
+
+For a run of alike stages a .. e (e - a >= 4) the backend lowers a, a + 1, a + 2 (the template
+T) and e, skips a + 3 .. e - 1, and lowers e's block with the chips of e - 1 replaced by T's: in
+a timing-only compile the scheduler then sees, before e, exactly the state it would see after
+e - 1 (shifted in time). Exactness needs the block after a + 1 to repeat a + 1's placement
+(block a + 2 found a + 1's key in the stage memo) and e to repeat it too; the backend checks
+both and otherwise compiles every stage. Why one repeat implies all: a block's placement is a
+function of its memo key (compiler/stages.py), and when block s + 1 is block s shifted by D,
+renamed one stage on, the state block s + 2 meets (reservations on the chips of s + 1 and s +
+2, landings of what it reads) is the state s + 1 met, shifted by D, so its key is s + 1's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from compiler.ir import Global, Value
+from compiler.partition import Local, LocalCommit, Place, Plan, Transfer
+
+MIN_RUN = 5  # stages in a run worth storing once: a, a + 1, T, e are lowered, the rest copied
+
+
+@dataclass(frozen=True)
+class Run:
+    """Stages first .. last lower alike; stages first + 3 .. last - 1 are copies of first + 2."""
+
+    first: int
+    last: int
+
+    @property
+    def template(self) -> int:
+        return self.first + 2
+
+    @property
+    def copies(self) -> range:
+        return range(self.first + 3, self.last)
+
+
+def block_of(stmt, stage_of_chip: dict[int, int]) -> int:
+    if isinstance(stmt, Transfer):
+        return max(stage_of_chip.get(c, 0) for c in stmt.route)
+    return stage_of_chip.get(stmt.chip, 0)
+
+
+def chips_of(stmt) -> tuple[int, ...]:
+    if isinstance(stmt, Transfer):
+        return stmt.route
+    return (stmt.chip,)
+
+
+class _Canon:
+    """The canonical text of one block's statements."""
+
+    def __init__(self, stage: int, tp: int, slice_of, link_of):
+        self.stage = stage
+        self.tp = tp
+        self.slice_of = slice_of  # (chip, global name) -> MEM slice of its tensor
+        self.link_of = link_of  # (chip a, chip b) -> (link number on a, on b)
+        self.values: dict[int, int] = {}
+        self.out: list = []
+
+    def chip(self, c: int) -> tuple[int, int]:
+        return (c // self.tp - self.stage, c % self.tp)
+
+    def value(self, v, chip: int):
+        if isinstance(v, Global):
+            return ("g", v.kind, v.type, self.slice_of(chip, v.name))
+        k = self.values.get(id(v))
+        if k is None:
+            k = self.values[id(v)] = len(self.values)
+            return ("v", k, v.type)  # first appearance: defined here or outside the block
+        return ("v", k)
+
+    def add(self, st) -> None:
+        if isinstance(st, Local):
+            op = st.op
+            ins = tuple(self.value(o, st.chip) for o in op.operands)
+            self.out.append(("L", self.chip(st.chip), op.name, op.attrs, ins, self.value(op.result, st.chip)))
+        elif isinstance(st, Transfer):
+            route = st.route
+            hops = tuple(self.link_of(a, b) for a, b in zip(route[:-1], route[1:]))
+            self.out.append(
+                (
+                    "T",
+                    tuple(self.chip(c) for c in route),
+                    hops,
+                    self.value(st.src, route[0]),
+                    st.src_vectors,
+                    self.value(st.dst, route[-1]),
+                    st.dst_vectors,
+                )
+            )
+        elif isinstance(st, Place):
+            self.out.append(
+                (
+                    "P",
+                    self.chip(st.chip),
+                    self.value(st.src, st.chip),
+                    st.src_vectors,
+                    self.value(st.dst, st.chip),
+                    st.dst_vectors,
+                )
+            )
+        else:
+            assert isinstance(st, LocalCommit)
+            self.out.append(
+                ("C", self.chip(st.chip), self.value(st.state, st.chip), self.value(st.value, st.chip))
+            )
+
+    def digest(self) -> bytes:
+        return hashlib.sha256(repr(self.out).encode()).digest()
+
+
+def find_runs(plan: Plan, slice_of, link_of) -> list[Run]:
+    """The runs of alike stages (at least MIN_RUN long) whose inner stages can be copies: every entry's
+    blocks alike, each block touching only its own and the previous stage's chips, no entry
+    output on a copy's chips, and nothing outside the run touching a copy's chips."""
+    tp, pp = plan.tp, plan.pp
+    if pp < MIN_RUN:
+        return []
+    stage_of_chip = {c: s for s, g in enumerate(plan.groups) for c in g}
+    keys: list[list[bytes]] = [[] for _ in range(pp)]
+    local = [True] * pp  # the block touches only its stage and the one before
+    touched: list[set[int]] = [set() for _ in range(pp)]  # stages whose chips each block touches
+    for ep in plan.entries:
+        canon = [_Canon(s, tp, slice_of, link_of) for s in range(pp)]
+        for st in ep.stmts:
+            s = block_of(st, stage_of_chip)
+            canon[s].add(st)
+            for c in chips_of(st):
+                t = stage_of_chip.get(c, -1)
+                touched[s].add(t)
+                if t not in (s, s - 1):
+                    local[s] = False
+        for s in range(pp):
+            keys[s].append(canon[s].digest())
+        for c, _ in ep.outputs:
+            local[stage_of_chip.get(c, 0)] = False
+    runs = []
+    s = 1
+    while s < pp:
+        e = s
+        while e + 1 < pp and keys[e + 1] == keys[s] and local[e + 1]:
+            e += 1
+        if local[s] and e - s + 1 >= MIN_RUN:
+            run = Run(s, e)
+            copies = set(run.copies)
+            outside = [t for b in range(pp) if b not in copies and b != e for t in touched[b]]
+            if not copies & set(outside):
+                runs.append(run)
+        s = e + 1
+    return runs
+
+
+def value_map(plan: Plan, run: Run, stage_of_chip: dict[int, int]) -> list[dict[int, Value]]:
+    """Per entry: the values of the copy stage before e that e's block reads (what its hand-over
+    sends), by id, to the template's values at the same places (stage T's, which block T + 1 would
+    read): e's block is lowered as if T came right before it."""
+    out = []
+    for ep in plan.entries:
+        blocks: dict[int, list] = {run.template + 1: [], run.last: []}
+        for st in ep.stmts:
+            b = block_of(st, stage_of_chip)
+            if b in blocks:
+                blocks[b].append(st)
+        mine, theirs = blocks[run.last], blocks[run.template + 1]
+        assert len(mine) == len(theirs), "alike blocks have as many statements"
+        prev = run.last - 1
+        m: dict[int, Value] = {}
+        for a, b in zip(mine, theirs):
+            for x, y in _operands(a, b):
+                if isinstance(x, Value) and stage_of_chip.get(_home(a, x), -1) == prev:
+                    m[id(x)] = y
+        out.append(m)
+    return out
+
+
+def _operands(a, b):
+    if isinstance(a, Transfer):
+        return [(a.src, b.src)]
+    if isinstance(a, Local):
+        return list(zip(a.op.operands, b.op.operands))
+    if isinstance(a, Place):
+        return [(a.src, b.src)]
+    return [(a.value, b.value)]
+
+
+def _home(st, v) -> int:
+    """The chip a statement reads `v` on."""
+    return st.route[0] if isinstance(st, Transfer) else st.chip
+
+
+def op_key(st) -> tuple[str, str]:
+    """The (op text, IR location) the jobs of a statement are named by (compiler/backend.py)."""
+    if isinstance(st, Local):
+        return st.what, str(st.op.loc) if st.op.loc is not None and st.index >= 0 else ""
+    return st.what, ""
+
+
+def op_names(ep, run: Run, stage_of_chip: dict[int, int]) -> tuple[dict, list[dict]]:
+    """The op names of the template's jobs, and per copy k (1..) what they are named in the copy.
+    The template's block is its stage's statements and the first hops of the hand-over out of it;
+    the stage after the run provided those (it stood in for the template's successor), so they are
+    named after that stage's statements: the first map renames them after the template's successor
+    (an (op text, IR location) -> (op text, IR location) map), the others rename the template's
+    jobs after the copy's stage and its successor."""
+    blocks: dict[int, list] = {}
+    for st in ep.stmts:
+        blocks.setdefault(block_of(st, stage_of_chip), []).append(st)
+    t, last = run.template, run.last
+
+    def pairs(*blocks_pairs) -> dict:
+        names: dict[tuple, tuple] = {}
+        for mine, theirs in blocks_pairs:
+            for a, b in zip(mine, theirs):
+                names.setdefault(op_key(a), op_key(b))
+        return names
+
+    fix = pairs((blocks[last], blocks[t + 1]))
+    copies = [
+        pairs((blocks[t], blocks[t + k]), (blocks[t + 1], blocks[t + k + 1]))
+        for k in range(1, len(run.copies) + 1)
+    ]
+    return fix, copies
