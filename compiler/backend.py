@@ -177,6 +177,10 @@ def _compile(module, system, weights, tp, pp, timing_only, use_runs) -> Program:
             releases[stage[block[0]]], keys[stage[block[0]]] = release, memo.last_key
             done.update(block)
         shifts = []  # per run: cycles from one copy to the next
+        for job in jobs:  # placed: what they hold is no longer needed, only what they emit
+            job.exclusive = []
+            for nd in job.nodes:
+                nd.holds = _NONE
         for run in runs:
             t = run.template
             if not keys.get(t) or keys.get(t) != keys.get(t - 1):
@@ -222,6 +226,9 @@ def _compile(module, system, weights, tp, pp, timing_only, use_runs) -> Program:
         for j, job, pl in zip(order, jobs_in_order, places):
             first_row.setdefault(stage[j], emitter.n_rows)
             emitter.emit(job, pl, e)
+        del jobs_in_order, places
+        jobs.clear()  # emitted: the entry's jobs are no longer needed
+        placed.clear()
         for run, shift in zip(runs, shifts):
             t = run.template
             rows = first_row[run.last] - first_row[t]
@@ -276,7 +283,7 @@ def _compile(module, system, weights, tp, pp, timing_only, use_runs) -> Program:
         "stages": [list(g) for g in plan.groups],
         # where each instruction comes from: an op of the module (text and IR location) per instruction
         "ops": [f"{name} @ {loc}" if loc else name for name, loc in emitter.ops],
-        "op_of": emitter.row_op,
+        "op_of": emitter.row_op.tolist(),
         "sram_bytes_per_chip": [sram.get(c, 0) for c in range(system.chips)],
         "sram_bytes_max_per_chip": max(sram.values(), default=0),
     }

@@ -26,6 +26,8 @@ from isa.diagnostics import error
 from isa.program import ADDRESS, IMAGE, MAX_FIELDS, MAX_SOURCES, NONE, UNCHECKED, source_slots
 from isa.spec import BY_MNEMONIC, DTYPE_BYTES
 
+_WIDTH = 6 + MAX_FIELDS + 3 * MAX_SOURCES  # ints per row in the emitter's buffer
+_FLUSH = _WIDTH << 18  # rows kept as Python ints before they become an array block
 _LAYOUT: dict[str, tuple] = {}  # mnemonic -> (opcode, fields in ISA order, source slots, output field)
 _NO_SOURCE = [NONE, 0, 1]
 
@@ -122,9 +124,10 @@ class Emitter:
         # the instruction table, a row after another: entry, chip, queue, cycle, opcode, n, the fields
         # in ISA order, then (source, offset, step) per source slot (flat ints: 17M rows fit in memory)
         self.buf = array.array("q")
+        self.blocks: list[np.ndarray] = []  # full buffers, as arrays (a deep pipeline has tens of millions)
         self.n_rows = 0
         self.ops: dict[tuple[str, str], int] = {}  # (op text, IR location) -> index
-        self.row_op: list[int] = []  # per row, the index of the op it comes from
+        self.row_op = array.array("q")  # per row, the index of the op it comes from
         # tensor id -> per vector: (instruction row, its vector index), or None for image data
         self.writer: dict[int, list[tuple[int, int] | None]] = {}
         self.n_dynamic: dict[int, int] = {}  # per tensor: how many of its vectors a scatter may hold
@@ -189,6 +192,13 @@ class Emitter:
                 self._row(job, k, s, e, placed, entry, pieces)
                 self.n_rows += 1
                 self.row_op.append(origin)
+        if len(self.buf) >= _FLUSH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if len(self.buf):
+            self.blocks.append(np.frombuffer(self.buf, np.int64).reshape(-1, _WIDTH))
+            self.buf = array.array("q")
 
     def _row(self, job: Job, k: int, s: int, e: int, placed: Placed, entry: int, pieces) -> None:
         nd = job.nodes[k]
@@ -261,20 +271,23 @@ class Emitter:
         self.buf.extend(row)
 
     def tables(self):
-        """The instruction table columns (program order = emission order)."""
-        width = 6 + MAX_FIELDS + 3 * MAX_SOURCES
-        t = np.frombuffer(self.buf, np.int64).reshape(self.n_rows, width)
+        """The instruction table columns (program order = emission order), filled block by block so
+        that the rows are never held twice."""
+        self._flush()
+        n = self.n_rows
         f0, s0 = 6, 6 + MAX_FIELDS
-        sources = t[:, s0:].reshape(self.n_rows, MAX_SOURCES, 3)
-        return (
-            t[:, 0].astype(np.int32),
-            t[:, 1].astype(np.int32),
-            t[:, 2].astype(np.int32),
-            t[:, 3].copy(),
-            t[:, 4].astype(np.int32),
-            t[:, 5].astype(np.int32),
-            t[:, f0:s0].copy(),
-            sources[:, :, 0].copy(),
-            sources[:, :, 1].copy(),
-            sources[:, :, 2].copy(),
-        )
+        entry, chip, queue, opcode, count = (np.empty(n, np.int32) for _ in range(5))
+        cycle = np.empty(n, np.int64)
+        fields = np.empty((n, MAX_FIELDS), np.int64)
+        src, off, stp = (np.empty((n, MAX_SOURCES), np.int64) for _ in range(3))
+        at = 0
+        while self.blocks:
+            t = self.blocks.pop(0)
+            rows = slice(at, at + len(t))
+            entry[rows], chip[rows], queue[rows] = t[:, 0], t[:, 1], t[:, 2]
+            cycle[rows], opcode[rows], count[rows] = t[:, 3], t[:, 4], t[:, 5]
+            fields[rows] = t[:, f0:s0]
+            sources = t[:, s0:].reshape(len(t), MAX_SOURCES, 3)
+            src[rows], off[rows], stp[rows] = sources[:, :, 0], sources[:, :, 1], sources[:, :, 2]
+            at += len(t)
+        return entry, chip, queue, cycle, opcode, count, fields, src, off, stp

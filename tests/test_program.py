@@ -183,7 +183,7 @@ def test_a_repeats_table_round_trips_and_a_malformed_one_is_refused():
     assert len(back.expanded()) == 3 * len(p) and back.expanded().cycle[len(p)] == p.cycle[0] + 100
     assert back.length() == p.length() + 200
     for change, message in [
-        (dict(count=[0]), "repeated block 0 (rows 0..%d) is malformed" % (len(p) - 1)),
+        (dict(count=[0]), f"repeated block 0 (rows 0..{len(p) - 1}) is malformed"),
         (dict(rows=[len(p) + 1]), "is malformed"),
         (dict(chip_step=[1]), "copies of repeated block 0 fall outside the 1 chips"),
         (dict(first=[0, 0], rows=[1, 1], count=[1, 1], cycles=[0, 0], src_lo=[0, 0], chip_step=[0, 0]),
