@@ -124,7 +124,7 @@ class Plan:
     params: list[tuple[int, Global, str, tuple | None]] = field(default_factory=list)
     states: list[tuple[int, Global, str]] = field(default_factory=list)
     entries: list[EntryPlan] = field(default_factory=list)
-    tight: bool = False  # the weights fill more than half of the chips' SRAM
+    tight: bool = False  # the weights fill more than half of the chips' SRAM (or of one stage's)
 
     @property
     def chips_used(self) -> int:
@@ -275,6 +275,17 @@ class Partitioner:
     # -- the whole module ---------------------------------------------------------------------
     def run(self) -> Plan:
         stages = [self.stages(g) for g in self.m.graphs]
+        # tight also when one stage's weights fill more than half of its chips (the first stage holds
+        # the embedding too), though the whole model fills less than half of all of them
+        per_stage: dict[int, dict[str, float]] = {}
+        for g, st in zip(self.m.graphs, stages):
+            for op, s in zip(g.ops, st):
+                for o in op.operands:
+                    if isinstance(o, Global) and o.kind == "param":
+                        per_stage.setdefault(s, {})[o.name] = o.type.size * DTYPE_BYTES[o.type.dtype] / self.T
+        heaviest = max((sum(v.values()) for v in per_stage.values()), default=0.0)
+        if self.pp > 1 and heaviest > self.chip.sram_bytes // 2:
+            self.tight = self.plan.tight = True
         for g, st in zip(self.m.graphs, stages):  # a state lives with its first reader
             for op, s in zip(g.ops, st):
                 for o in op.operands:
