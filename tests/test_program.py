@@ -13,6 +13,8 @@ import zipfile
 import numpy as np
 import pytest
 from conftest import ROOT
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from isa.assembly import assemble, disassemble
 from isa.diagnostics import LpuError
@@ -210,3 +212,37 @@ def test_older_files_without_a_repeats_table_still_load():
             dst.writestr(info, blob)
     p = from_bytes(out.getvalue())
     assert len(p.repeats) == 0 and len(p) == len(program("matmul.lpuasm"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_property_repeated_blocks_expand_and_index_consistently(data):
+    """Random tables of repeated blocks over a small program: the expanded program has
+    `instructions()` rows, stored rows map to expanded rows and back, every expanded row is the
+    stored row `stored_index` names (same op, queue and count; chip and cycle moved by its copy)."""
+    import dataclasses
+
+    from isa.program import Repeats
+
+    p = program("matmul.lpuasm")
+    n = len(p)
+    cuts = sorted(data.draw(st.sets(st.integers(0, n), max_size=4), label="cuts"))
+    blocks = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+    counts = [data.draw(st.integers(1, 3), label="count") for _ in blocks]
+    r = Repeats(
+        first=np.array([a for a, _ in blocks], np.int64),
+        rows=np.array([b - a for a, b in blocks], np.int64),
+        count=np.array(counts, np.int64),
+        cycles=np.array([data.draw(st.integers(0, 50), label="cycles") for _ in blocks], np.int64),
+        src_lo=np.full(len(blocks), 1 << 40, np.int64),
+        chip_step=np.zeros(len(blocks), np.int64),
+    )
+    q = dataclasses.replace(p, repeats=r)
+    x = q.expanded()
+    assert len(x) == q.instructions() == n + sum((b - a) * k for (a, b), k in zip(blocks, counts))
+    stored = np.arange(n)
+    assert np.array_equal(q.stored_index(q.real_index(stored)), stored)
+    back = q.stored_index(np.arange(len(x)))
+    assert np.array_equal(x.opcode, p.opcode[back]) and np.array_equal(x.queue, p.queue[back])
+    assert np.array_equal(x.n, p.n[back])
+    assert q.length() == x.length()
