@@ -64,9 +64,11 @@ def main() -> None:
         t = time.perf_counter()
         events = trace_events(p)
         t_trace = time.perf_counter() - t
+        stored = f" ({len(p)} stored)" if len(p.repeats) else ""
+        n = p.instructions()
         print(
-            f"{args.program}: {len(p)} instructions on {r.chips} chips; load {t_load:.1f} s, report "
-            f"{t_report:.1f} s ({1e6 * t_report / len(p):.1f} us per instruction; bound ratio "
+            f"{args.program}: {n} instructions{stored} on {r.chips} chips; load {t_load:.1f} s, "
+            f"report {t_report:.1f} s ({1e6 * t_report / n:.1f} us per instruction; bound ratio "
             f"{r.bound_ratio:.2f}, {r.binding_bound}), trace {len(events['traceEvents'])} events built in "
             f"{t_trace:.1f} s"
         )
