@@ -683,11 +683,31 @@ def _npy_bytes(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _npy_array(blob: bytes) -> np.ndarray:
+    """An .npy file's array, read from its bytes with one copy (read_array goes through a stream)."""
+    f = io.BytesIO(blob)
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise ValueError(f"npy version {version}")
+    if dtype.hasobject:
+        raise ValueError("object arrays are not tables")
+    count = int(np.prod(shape, dtype=np.int64))
+    a = np.frombuffer(blob, dtype=dtype, count=count, offset=f.tell())
+    return a.reshape(shape, order="F" if fortran else "C").copy()
+
+
 def to_bytes(p: Program) -> bytes:
     """The file's bytes; the same program always gives the same bytes."""
     blobs = {name: _npy_bytes(np.asarray(getattr(p, name), dtype=_DTYPES[name])) for name in _ARRAYS}
     for c in _REPEAT_COLUMNS:
         blobs[f"repeat_{c}"] = _npy_bytes(np.asarray(getattr(p.repeats, c), dtype=np.int64))
+    meta = dict(p.meta)
+    if "op_of" in meta:  # one int per instruction: an array, not a JSON list (millions in a big program)
+        blobs["op_of"] = _npy_bytes(np.asarray(meta.pop("op_of"), dtype=np.int64))
     header = {
         "format": FORMAT,
         "version": VERSION,
@@ -697,18 +717,18 @@ def to_bytes(p: Program) -> bytes:
             dataclasses.asdict(pl) | {"shape": list(pl.shape), "part": list(pl.part) if pl.part else None}
             for pl in p.placements
         ],
-        "meta": p.meta,
+        "meta": meta,
         "arrays": {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()},
     }
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, data in [("header.json", json.dumps(header, sort_keys=True, indent=1).encode())] + [
+        for name, data in [("header.json", json.dumps(header, sort_keys=True).encode())] + [
             (f"{k}.npy", blobs[k]) for k in blobs
         ]:
             info = zipfile.ZipInfo(name, date_time=_FIXED_TIME)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
-            z.writestr(info, data)
+            z.writestr(info, data, compresslevel=1)  # fast: a deep pipeline's tables are gigabytes
     return out.getvalue()
 
 
@@ -755,7 +775,8 @@ def from_bytes(data: bytes, filename: str = "<program>") -> Program:
         arrays = {}
         digests = header.get("arrays", {})
         repeat_names = [f"repeat_{c}" for c in _REPEAT_COLUMNS]
-        for name in _ARRAYS + tuple(n for n in repeat_names if n in digests):  # older files have none
+        optional = [n for n in repeat_names + ["op_of"] if n in digests]  # older files have none
+        for name in _ARRAYS + tuple(optional):
             if f"{name}.npy" not in names or name not in digests:
                 raise bad(f"the program lacks its '{name}' table")
             try:
@@ -765,7 +786,7 @@ def from_bytes(data: bytes, filename: str = "<program>") -> Program:
             if hashlib.sha256(blob).hexdigest() != digests[name]:
                 raise bad(f"the program's '{name}' table does not match its checksum: the file was modified")
             try:
-                a = np.lib.format.read_array(io.BytesIO(blob), allow_pickle=False)
+                a = _npy_array(blob)
             except (ValueError, OSError, EOFError):
                 raise bad(f"the program's '{name}' table is not a plain array") from None
             want = np.dtype(_DTYPES.get(name, np.int64))
@@ -782,6 +803,8 @@ def from_bytes(data: bytes, filename: str = "<program>") -> Program:
         )
         entries = tuple(str(e) for e in header["entries"])
         meta = dict(header.get("meta", {}))
+        if "op_of" in arrays:
+            meta["op_of"] = arrays.pop("op_of").tolist()
     except (KeyError, TypeError, ValueError, ChipConfigError) as e:
         raise bad(f"the program's header is malformed ({type(e).__name__}: {e})") from None
     p = Program(
