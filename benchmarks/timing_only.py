@@ -132,6 +132,15 @@ def seventy_b() -> None:
             print(out.stdout.strip())
 
 
+def blocks(p) -> str:
+    """What a timing-only compile did with the stage blocks."""
+    memo = p.meta["timing_only"]
+    return (
+        f"stage blocks {memo['stage_blocks_searched']} searched, {memo['stage_blocks_reused']} reused, "
+        f"{memo['stage_blocks_copied']} stored once as copies (runs {memo['runs']})"
+    )
+
+
 def child(layers: int, pp: int, what: str) -> None:
     """Compile `layers` layers of Llama-70B's shapes in int8 on dragonfly:8 (tp=8) and report decode."""
     import resource
@@ -146,12 +155,9 @@ def child(layers: int, pp: int, what: str) -> None:
     t = time.perf_counter()
     r = report(p, "decode")
     took_report = time.perf_counter() - t
-    memo = p.meta["timing_only"]
     print(
         f"{what} (tp=8 pp={pp}, {8 * pp} chips of dragonfly:8): compiled in {took:.0f} s, peak memory "
-        f"{peak:.1f} GB; {p.instructions():,} instructions ({len(p):,} stored; stage blocks "
-        f"{memo['stage_blocks_searched']} searched, {memo['stage_blocks_reused']} reused, "
-        f"{memo['stage_blocks_copied']} copies, runs {memo['runs']})\n"
+        f"{peak:.1f} GB; {p.instructions():,} instructions ({len(p):,} stored; {blocks(p)})\n"
         f"  decode {r.cycles:,} cycles = {r.latency_per_token_s * 1e6:.1f} us per token, "
         f"{r.tokens_per_s:,.0f} tokens/s; {r.bound_ratio:.2f}x its lower bound ({r.binding_bound} binds); "
         f"at most {r.sram_bytes_max_per_chip / 1e6:.0f} MB SRAM on a chip; reported in {took_report:.0f} s"
@@ -185,12 +191,9 @@ def main() -> None:
             parse(module_text(c)), named_system("dragonfly:8"), None, tp=8, pp=64, timing_only=True
         )
         took = time.perf_counter() - t
-        memo = p.meta["timing_only"]
         print(
             f"64 layers on 512 chips of dragonfly:8: {p.instructions()} instructions ({len(p)} stored), "
-            f"decode {p.length('decode')} cycles, compiled in {took:.0f} s; stage blocks "
-            f"{memo['stage_blocks_searched']} searched, {memo['stage_blocks_reused']} reused, "
-            f"{memo['stage_blocks_copied']} stored once as copies"
+            f"decode {p.length('decode')} cycles, compiled in {took:.0f} s; {blocks(p)}"
         )
         from isa.program import save
 
