@@ -95,8 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument(
         "--timing-only",
         action="store_true",
-        help="no weights: schedule alike pipeline stages once and reuse their placement (the same "
-        "program, for configurations too large to search stage by stage)",
+        help="no weights: schedule alike pipeline stages once and reuse their placement, and store "
+        "runs of alike stages once with the shifts of their copies (the same program once written "
+        "out, for configurations too large to compile stage by stage)",
     )
     k.set_defaults(run=cmd_compile)
 
