@@ -51,12 +51,16 @@ def compile_module(
     isa.program.Repeats): the same program as a full compile once expanded, found faster. Its meta
     records how many stage blocks were searched, reused and copied.
     """
+    refused = None
     if timing_only:
         try:
             return _compile(module, system, weights, tp, pp, timing_only, use_runs=True)
-        except _NotPeriodic:  # a run's blocks did not repeat in time: compile every stage
-            pass
-    return _compile(module, system, weights, tp, pp, timing_only, use_runs=False)
+        except _NotPeriodic as e:  # a run's blocks did not repeat in time: compile every stage
+            refused = str(e)
+    program = _compile(module, system, weights, tp, pp, timing_only, use_runs=False)
+    if refused:  # say why nothing was stored once
+        program.meta["timing_only"]["runs_not_repeating"] = refused
+    return program
 
 
 _NONE: tuple = ()

@@ -58,6 +58,14 @@ def block_of(stmt, stage_of_chip: dict[int, int]) -> int:
     return stage_of_chip.get(stmt.chip, 0)
 
 
+def blocks_of(ep, stage_of_chip: dict[int, int]) -> dict[int, list]:
+    """An entry's statements by the block (stage) they belong to, in order."""
+    blocks: dict[int, list] = {}
+    for st in ep.stmts:
+        blocks.setdefault(block_of(st, stage_of_chip), []).append(st)
+    return blocks
+
+
 def chips_of(stmt) -> tuple[int, ...]:
     if isinstance(stmt, Transfer):
         return stmt.route
@@ -174,11 +182,7 @@ def value_map(plan: Plan, run: Run, stage_of_chip: dict[int, int]) -> list[dict[
     read): e's block is lowered as if T came right before it."""
     out = []
     for ep in plan.entries:
-        blocks: dict[int, list] = {run.template + 1: [], run.last: []}
-        for st in ep.stmts:
-            b = block_of(st, stage_of_chip)
-            if b in blocks:
-                blocks[b].append(st)
+        blocks = blocks_of(ep, stage_of_chip)
         mine, theirs = blocks[run.last], blocks[run.template + 1]
         assert len(mine) == len(theirs), "alike blocks have as many statements"
         prev = run.last - 1
@@ -220,9 +224,7 @@ def op_names(ep, run: Run, stage_of_chip: dict[int, int]) -> tuple[dict, list[di
     named after that stage's statements: the first map renames them after the template's successor
     (an (op text, IR location) -> (op text, IR location) map), the others rename the template's
     jobs after the copy's stage and its successor."""
-    blocks: dict[int, list] = {}
-    for st in ep.stmts:
-        blocks.setdefault(block_of(st, stage_of_chip), []).append(st)
+    blocks = blocks_of(ep, stage_of_chip)
     t, last = run.template, run.last
 
     def pairs(*blocks_pairs) -> dict:

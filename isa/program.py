@@ -228,14 +228,12 @@ class Program:
             return real
         before = np.concatenate([[0], np.cumsum(r.count * r.rows)])
         starts = r.first + r.rows + before[:-1]  # where each group's copies begin, expanded
-        g = np.searchsorted(starts, real, side="right") - 1
-        out = real - before[np.maximum(g, 0)] * (g >= 0)
+        g = np.searchsorted(starts, real, side="right") - 1  # the last group whose copies begin before
         gg = np.maximum(g, 0)
         inside = (g >= 0) & (real < starts[gg] + r.count[gg] * r.rows[gg])
-        out = np.where(inside, r.first[gg] + (real - starts[gg]) % r.rows[gg], out)
-        after = (g >= 0) & ~inside  # past group g's copies: they all come before
-        out = np.where(after, real - before[gg + 1], out)
-        return out
+        # before every copy: itself; past group g's copies: less all copies up to g's
+        out = np.where(g >= 0, real - before[gg + 1], real)
+        return np.where(inside, r.first[gg] + (real - starts[gg]) % r.rows[gg], out)
 
     def expanded(self) -> Program:
         """The same program with every repeated block written out (itself when nothing repeats)."""

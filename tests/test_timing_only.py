@@ -118,6 +118,7 @@ def test_a_run_whose_stages_do_not_repeat_is_compiled_stage_by_stage(monkeypatch
     monkeypatch.setattr(backend, "find_runs", lambda *a: [Run(0, 8)])
     fast = compile_module(m, named_system("ring:16"), None, tp=1, pp=10, timing_only=True)
     assert fast.meta["timing_only"]["stage_blocks_copied"] == 0 and not len(fast.repeats)
+    assert fast.meta["timing_only"]["runs_not_repeating"].startswith("stages 0..8 of")
     assert_same_program(full, fast)
 
 
