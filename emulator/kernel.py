@@ -13,7 +13,7 @@ import math
 import numba
 import numpy as np
 
-from emulator.numerics import F32, I8, I32, convert, to_dtype
+from emulator.numerics import F32, I8, I32, convert, round_row, to_dtype
 
 # What a step does. run.py maps mnemonics to these numbers (ACTIONS); they are local to this
 # file so that numba's cache sees any change to them.
@@ -175,6 +175,16 @@ def _store(x: float, dt: int) -> float:
     return to_dtype(x, dt)
 
 
+@numba.njit(cache=True)
+def _store_row(v, dt: int, bits, via_f32: bool = True) -> None:
+    """`_store` on every lane of a result vector (`to_dtype` without `via_f32`)."""
+    if dt <= 2:
+        round_row(v, dt, via_f32, bits)
+    else:
+        for i in range(v.shape[0]):
+            v[i] = to_dtype(v[i], dt)
+
+
 @numba.njit(cache=True, inline="always")
 def _row(alias, x, out, image):
     """Where the value of step x lives: (out, row) or (image, row)."""
@@ -189,7 +199,8 @@ def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
             stream_src, weights, iw_index, iw_rows, acc_src, link_src,  # resolved sources
             trans_block, block_out, block_src,  # trans: a block's output steps and their inputs
             vec, sample, emit, mem_kind, slice_base, mem_addr, mem_step, mem_width, words,  # SRAM access
-            prov, pend_prov, pend_land, touched, image, maps, lanes, k_i8, k_f16, out):  # fmt: skip
+            prov, pend_prov, pend_land, touched, image, maps, lanes, k_i8, k_f16,
+            out, alias, found, bad_address):  # fmt: skip
     """`prov[word]` (flat over chips and slices) starts as -1 (never written) or -2 - image row and
     becomes the step whose write landed last; a write lands at its emit cycle, so each word keeps
     one pending write (`pend_prov`, landing at `pend_land`, both -1 when none) that a later access
@@ -199,13 +210,17 @@ def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
 
     Values are written once, so a step that only moves a vector (a read, a write, lw, mov, send,
     recv) copies nothing: `alias[s]` says where its value lives (>= 0: row of `out`, the caller's
-    buffer reused across runs; < 0: row -1 - alias of `image`). The caller reads values through it."""
+    buffer reused across runs; < 0: row -1 - alias of `image`). The caller reads values through it.
+    `alias`, `found` (what each read or gather saw) and `bad_address` are the caller's buffers too,
+    one entry per step, filled here (fresh pages for them would cost more than small programs' work)."""
     steps = action.shape[0]
     rows = iw_rows.shape[1]
-    found = np.full(steps, -1, np.int64)  # what each read or gather saw
-    bad_address = np.zeros(steps, np.bool_)
-    alias = np.arange(steps)
+    for s in range(steps):
+        found[s] = -1
+        bad_address[s] = False
+        alias[s] = s
     zrow = np.zeros((1, lanes))  # a zero vector for sources that are missing
+    bits = np.zeros(lanes, np.int64)  # round_row's scratch
     acc = np.zeros(lanes)  # a matmul's sums (a buffer of its own: no aliasing with `out` in the loop)
     n_touched = 0
     for s in range(steps):
@@ -279,14 +294,17 @@ def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
             else:
                 b_arr, b_row = zrow, 0
             for lane_i in range(lanes):
-                r = _binary(act, a_arr[a_row, lane_i], b_arr[b_row, lane_i])
-                out[s, lane_i] = r if act >= LT else _store(r, dt[s])
+                out[s, lane_i] = _binary(act, a_arr[a_row, lane_i], b_arr[b_row, lane_i])
+            if act < LT:
+                _store_row(out[s], dt[s], bits)
         elif act == ADDI or act == MULI:
             for lane_i in range(lanes):
-                out[s, lane_i] = _store(_binary(act, a_arr[a_row, lane_i], imm[s]), dt[s])
+                out[s, lane_i] = _binary(act, a_arr[a_row, lane_i], imm[s])
+            _store_row(out[s], dt[s], bits)
         elif act >= NEG and act <= RECIP:
             for lane_i in range(lanes):
-                out[s, lane_i] = _store(_unary(act, a_arr[a_row, lane_i]), dt[s])
+                out[s, lane_i] = _unary(act, a_arr[a_row, lane_i])
+            _store_row(out[s], dt[s], bits)
         elif act == SEL:
             a_i, b_i = stream_src[s, 1], stream_src[s, 2]
             if a_i >= 0:
@@ -303,8 +321,12 @@ def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
                 else:
                     out[s, lane_i] = f_arr[f_row, lane_i]
         elif act == CVT:
-            for lane_i in range(lanes):
-                out[s, lane_i] = convert(a_arr[a_row, lane_i], to[s])
+            if to[s] <= 2:  # to a float: to_dtype, without the f32 step of _store
+                out[s, :] = a_arr[a_row]
+                round_row(out[s], to[s], False, bits)
+            else:
+                for lane_i in range(lanes):
+                    out[s, lane_i] = convert(a_arr[a_row, lane_i], to[s])
         elif act == IW:
             out[s, :] = 0.0  # the rows are read where they live when a matmul uses them
         elif act == MM:
@@ -332,23 +354,21 @@ def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
                             for n in range(lanes):
                                 acc[n] += xq * 0.0
                 out[s, :] = acc
-                if not integer:
-                    for n in range(lanes):
-                        out[s, n] = np.float64(np.float32(out[s, n]))
-            if mode[s] == 0:
-                for n in range(lanes):
-                    out[s, n] = to_dtype(out[s, n], to[s]) if not integer else to_dtype(out[s, n], I32)
+            if not integer:  # f32 sums
+                round_row(out[s], F32, True, bits)
+            if mode[s] == 0:  # then the result dtype (i32 sums of i8)
+                _store_row(out[s], I32 if integer else to[s], bits, False)
             elif mode[s] == 2 and prev >= 0:
                 p_arr, p_row = _row(alias, prev, out, image)
                 for n in range(lanes):
-                    v = p_arr[p_row, n] + out[s, n]
-                    out[s, n] = to_dtype(v, I32) if integer else to_dtype(v, F32)
+                    out[s, n] = p_arr[p_row, n] + out[s, n]
+                _store_row(out[s], I32 if integer else F32, bits, False)
         elif act == ACC:
             m = acc_src[s]
             if m >= 0:
                 m_arr, m_row = _row(alias, m, out, image)
-                for n in range(lanes):
-                    out[s, n] = _store(m_arr[m_row, n], to[s])
+                out[s, :] = m_arr[m_row]
+                _store_row(out[s], to[s], bits)
             else:
                 out[s, :] = 0.0
         elif act == SHIFT or act == ROT:
@@ -406,3 +426,28 @@ def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
             pend_land[w] = -1
             pend_prov[w] = -1
     return out, alias, found, bad_address, n_touched
+
+
+@numba.njit(cache=True)
+def suspect_reads(reads, want, at, vector, words, unchecked, address_ok, is_image,  # per read
+                  found, bad_address, ins, vec):  # fmt: skip
+    """The reads (steps) that did not see what they must: `want` is the instruction whose vector
+    `vector` a read must find, or else it may read any written word (`unchecked`), a word
+    whose address was checked (`address_ok`) or the image word `at` (`is_image`; `words` maps
+    image rows to their words). Steps with a bad address are reported on their own."""
+    bad = np.empty(reads.shape[0], np.int64)
+    n = 0
+    for k in range(reads.shape[0]):
+        s = reads[k]
+        if bad_address[s]:
+            continue
+        m = found[s]
+        if m != -1 and (unchecked[k] or address_ok[k]):
+            continue
+        if m >= 0 and want[k] >= 0 and ins[m] == want[k] and vec[m] == vector[k]:
+            continue
+        if m <= -2 and is_image[k] and -2 - m < words.shape[0] and words[-2 - m] == at[k]:
+            continue
+        bad[n] = s
+        n += 1
+    return bad[:n]

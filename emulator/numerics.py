@@ -73,3 +73,40 @@ def convert(x: float, to: int) -> float:
         r = np.rint(x)
         return min(max(r, lo), hi)
     return to_dtype(x, to)
+
+
+_EXP = 0x7FF0000000000000  # a float64's exponent bits
+
+
+@numba.njit(cache=True)
+def round_row(v: np.ndarray, dt: int, via_f32: bool, bits: np.ndarray) -> None:
+    """`v[i] = to_dtype(v[i], dt)` for a float dtype, on every entry at once (after rounding to f32
+    first when `via_f32`, as the kernel's `_store` does), in plain loops that the compiler turns
+    into vector instructions (to_dtype's branches and frexp, lane by lane, cost more than the
+    arithmetic they round). `bits` is scratch of v's length, int64. round_float's constant
+    c = 2**e * scale, for |x| = m * 2**e (0.5 <= m < 1), is built from x's exponent bits: its
+    exponent field is x's plus `shift` and its mantissa 1.5; exponents past `cap` (rounding to inf
+    anyway, and inf and NaN themselves) are clamped so that c stays finite."""
+    n = v.shape[0]
+    if via_f32 or dt == F32 or dt == BF16:
+        for i in range(n):
+            v[i] = np.float64(np.float32(v[i]))
+    if dt == F32:
+        return
+    if dt == F16:
+        shift, sub, min_normal, max_value, cap = 42, 1.5 * 2.0**28, 2.0**-14, 65504.0, (1023 + 17) << 52
+    else:  # BF16
+        shift, sub, min_normal = 45, 1.5 * 2.0**-81, 2.0**-126
+        max_value, cap = 3.3895313892515355e38, (1023 + 129) << 52
+    c = bits.view(np.float64)
+    raw = v.view(np.int64)
+    for i in range(n):
+        bits[i] = (min(raw[i] & _EXP, cap) + (shift << 52)) | (1 << 51)
+    for i in range(n):
+        x = v[i]
+        a = abs(x)
+        k = c[i] if a >= min_normal else sub
+        y = (a + k) - k
+        if y > max_value:
+            y = math.inf
+        v[i] = math.copysign(y, x)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from emulator.kernel import ACTIONS, execute
+from emulator.kernel import ACTIONS, execute, suspect_reads
 from emulator.timing import Violation, resolve
 from isa.diagnostics import error
 from isa.numerics import STORAGE, to_storage
@@ -74,20 +74,39 @@ class Emulator:
         self._prepared: dict[int, tuple] = {}
         self._images: dict[int, np.ndarray] = {}
         self._buffers: dict[int, np.ndarray] = {}
+        self._placements: dict[tuple[str, str], list[Placement]] = {}
+        self._mem_index = {name: k for k, name in enumerate(program.system.chip.mem_slice_names())}
+        # a state's replicas hold the same value: the first one (lowest chip) is read back
+        first: dict[str, Placement] = {}
+        for pl in self.placements("state"):
+            if pl.name not in first or pl.chip < first[pl.name].chip:
+                first[pl.name] = pl
+        self._state_read = list(first.values())
 
-    def _values(self, e: int, steps: int, lanes: int) -> np.ndarray:
-        """The buffer of every vector step's value for an entry, allocated once (fresh pages cost more
-        than the kernel's own work on small programs)."""
+    def _values(self, e: int, steps: int, lanes: int) -> tuple[np.ndarray, ...]:
+        """The buffers of an entry's steps (every vector step's value, and what the kernel says of
+        each step), allocated once (fresh pages cost more than the kernel's own work on small
+        programs)."""
         buf = self._buffers.get(e)
-        if buf is None or buf.shape != (steps, lanes):
-            buf = self._buffers[e] = np.zeros((steps, lanes))
+        if buf is None or buf[0].shape != (steps, lanes):
+            # values, alias, found, bad_address: see kernel.execute
+            buf = self._buffers[e] = (
+                np.zeros((steps, lanes)),
+                np.zeros(steps, np.int64),
+                np.zeros(steps, np.int64),
+                np.zeros(steps, np.bool_),
+            )
         return buf
 
     def placements(self, role: str, entry: str = "") -> list[Placement]:
-        out = [pl for pl in self.program.placements if pl.role == role and pl.graph == entry]
-        if role == "output":
-            out.sort(key=lambda pl: int(pl.name[3:]) if pl.name[3:].isdigit() else 1 << 30)
-        return out
+        key = (role, entry)
+        out = self._placements.get(key)
+        if out is None:
+            out = [pl for pl in self.program.placements if pl.role == role and pl.graph == entry]
+            if role == "output":
+                out.sort(key=lambda pl: int(pl.name[3:]) if pl.name[3:].isdigit() else 1 << 30)
+            self._placements[key] = out
+        return list(out)
 
     def run(self, entry: str, inputs: dict[str, np.ndarray], trace: bool = False) -> RunResult:
         """Run one entry. With `trace`, `extra` holds the resolved timing ("resolved") and what every
@@ -97,7 +116,7 @@ class Emulator:
             raise error(f"the program has no entry '{entry}' (it has {', '.join(p.entries)})")
         chip = p.system.chip
         lanes = chip.lanes
-        mem_index = {name: k for k, name in enumerate(chip.mem_slice_names())}
+        mem_index = self._mem_index
         e = p.entries.index(entry)
         rows = [p.image_data]
         placed: list[tuple[Placement, int]] = []  # what this run places, and the image row it starts at
@@ -120,8 +139,15 @@ class Emulator:
                     f"{pl.dtype}{list(_whole_shape(p, pl))}"
                 )
             place(pl, pl.take(value))
+        state_vectors: dict[tuple, np.ndarray] = {}  # replicas of a state: their vectors once
         for pl in self.placements("state"):
-            place(pl, self.state[pl.name])
+            key = (pl.name, pl.part)
+            if key not in state_vectors:
+                state_vectors[key] = to_vectors(to_storage(self.state[pl.name], pl.dtype), pl, lanes)
+            vectors = state_vectors[key]
+            placed.append((pl, len(vectors)))
+            rows.append(vectors)
+            count += len(vectors)
         for pl in self.placements("param"):
             if pl.name in self.weights:
                 value = np.asarray(self.weights[pl.name])
@@ -138,47 +164,45 @@ class Emulator:
             self._prepared[e] = (layout, self._prepare(e, placed))
             # the image rows followed by what runs place: the program's part is copied once
             self._images[e] = np.ascontiguousarray(np.concatenate(rows)) if count else np.zeros((0, lanes))
-        where, image_words, image_prov, row_word, r, (args, maps) = self._prepared[e][1]
+        where, image_words, image_prov, row_word, r, (args, maps), checks = self._prepared[e][1]
         image = self._images[e]
         if len(rows) > 1:
             image[len(p.image_word) :] = np.concatenate(rows[1:])
         words = chip.words_per_slice
         if self._sram is None:  # SRAM provenance, kept across runs and reset where a run touched it
             size = p.system.chips * chip.mem_slices * words
-            self._sram = tuple(np.full(size, -1, np.int64) for _ in range(3))
+            # a word's three entries side by side: an access touches one cache line, not three
+            both = np.full((size, 3), -1, np.int64)
+            self._sram = (both[:, 0], both[:, 1], both[:, 2])
         prov, pend_prov, pend_land = self._sram
         prov[image_words] = image_prov
         touched = np.zeros(max(1, int(np.count_nonzero(r.mem_kind))), np.int64)
         out, alias, found, bad_address, n_touched = execute(
             *args, words, prov, pend_prov, pend_land, touched, image, maps, lanes,
-            chip.mxm_k_i8, chip.mxm_k_f16, self._values(e, len(r.ins), lanes),
+            chip.mxm_k_i8, chip.mxm_k_f16, *self._values(e, len(r.ins), lanes),
         )  # fmt: skip
-        violations = r.violations + _sram_violations(p, r, found, bad_address, row_word)
+        violations = r.violations + _sram_violations(p, r, found, bad_address, row_word, checks)
         violations.sort(key=lambda v: (v.cycle, v.chip, v.instruction, v.kind))
 
         def read_back(pl: Placement) -> np.ndarray:
             n = pl.vectors(lanes)
-            width = DTYPE_BYTES[pl.dtype]
             base = (pl.chip * chip.mem_slices + mem_index[pl.slice]) * words + pl.word
+            m = prov[base + np.arange(n) * DTYPE_BYTES[pl.dtype]]
             vectors = np.zeros((n, lanes))
-            for v in range(n):
-                m = prov[base + v * width]
-                if m >= 0:  # the step whose write landed: its value lives where alias says
-                    m = alias[m]
-                    vectors[v] = out[m] if m >= 0 else image[-1 - m]
-                elif m <= -2:
-                    vectors[v] = image[-2 - m]
+            written = np.nonzero(m >= 0)[0]  # the step whose write landed: its value is where alias says
+            a = alias[m[written]]
+            vectors[written[a >= 0]] = out[a[a >= 0]]
+            vectors[written[a < 0]] = image[-1 - a[a < 0]]
+            initial = m <= -2  # an image row (-1: nothing wrote it, zeros)
+            vectors[initial] = image[-2 - m[initial]]
             return to_storage(from_vectors(vectors, pl, lanes), pl.dtype)
 
         outputs = [read_back(pl) for pl in self.placements("output", entry)]
-        for pl in self.placements(
-            "state"
-        ):  # replicas hold the same value: the first one (lowest chip) counts
-            if not any(q.name == pl.name and q.chip < pl.chip for q in self.placements("state")):
-                self.state[pl.name] = read_back(pl)
+        for pl in self._state_read:
+            self.state[pl.name] = read_back(pl)
         prov[touched[:n_touched]] = -1  # back to never-written for the next run
         prov[image_words] = -1
-        extra = {"resolved": r, "mem_seen": found} if trace else {}
+        extra = {"resolved": r, "mem_seen": found.copy()} if trace else {}
         return RunResult(outputs, violations, r.cycles, r.busy, steps=len(r.ins), extra=extra)
 
     def _prepare(self, e: int, placed: list[tuple[Placement, int]]) -> tuple:
@@ -235,7 +259,8 @@ class Emulator:
             trans_block, block_out, block_src, r.i, r.sample, r.emit, r.mem_kind, r.slice_base,
             r.mem_addr, r.mem_step, r.mem_width,
         )  # fmt: skip
-        return where, image_words, image_prov, row_word, r, (args, maps.astype(np.int64))
+        checks = _read_checks(p, r, row_word)
+        return where, image_words, image_prov, row_word, r, (args, maps.astype(np.int64)), checks
 
 
 def _holds(pl: Placement, shape: tuple[int, ...]) -> bool:
@@ -253,8 +278,24 @@ def _whole_shape(p: Program, pl: Placement) -> tuple[int, ...]:
     return p.whole(pl.role, pl.graph)[pl.name][1]
 
 
+def _read_checks(p: Program, r, row_word: dict) -> tuple[np.ndarray, ...]:
+    """What each SRAM read (or gather) of an entry must see, from the program and the placements
+    alone: worked out once, for `_sram_violations` to compare every run's reads with."""
+    reads = np.nonzero((r.mem_kind == 1) | (r.mem_kind == 3))[0]
+    j = r.ins[reads]
+    want = np.where(r.mem_kind[reads] == 3, p.src[j, 1], p.src[j, 0])  # a gather's SRAM is slot 1
+    off, stride, i = p.src_off[j, 0], p.src_step[j, 0], r.i[reads]
+    at = off + i * r.mem_step[reads]
+    words = np.full(max(row_word, default=-1) + 1, -1, np.int64)  # image row -> its word
+    if row_word:
+        words[np.fromiter(row_word.keys(), np.int64)] = np.fromiter(row_word.values(), np.int64)
+    unchecked = (want == NONE) | (want == UNCHECKED)
+    address_ok = (want == ADDRESS) & (r.mem_addr[reads] + i * r.mem_step[reads] == at)
+    return reads, want, at, i * stride + off, words, unchecked, address_ok, want == IMAGE
+
+
 def _sram_violations(
-    p: Program, r, found: np.ndarray, bad_address: np.ndarray, row_word: dict
+    p: Program, r, found: np.ndarray, bad_address: np.ndarray, row_word: dict, checks: tuple
 ) -> list[Violation]:
     """Compare what each read saw with its intended source (the checks of emulator/timing.py, for SRAM)."""
     from isa.assembly import instruction_text
@@ -289,25 +330,8 @@ def _sram_violations(
 
     for s in np.nonzero(bad_address)[0]:
         say(int(s), "address out of range", "a word of the slice", "an address past its end")
-    reads = np.nonzero(((r.mem_kind == 1) | (r.mem_kind == 3)) & ~bad_address)[0]
-    # the common cases, vectorised; only reads that fail them are looked at one by one below
-    j = r.ins[reads]
-    want = np.where(r.mem_kind[reads] == 3, p.src[j, 1], p.src[j, 0])
-    off, stride, i, m = p.src_off[j, 0], p.src_step[j, 0], r.i[reads], found[reads]
-    mm = np.maximum(m, 0)
-    fine = (want >= 0) & (m >= 0) & (r.ins[mm] == want) & (r.i[mm] == i * stride + off)
-    fine |= ((want == NONE) | (want == UNCHECKED)) & (m != -1)
-    words = np.full(max(row_word, default=-1) + 1, -1, np.int64)
-    if row_word:
-        words[np.fromiter(row_word.keys(), np.int64)] = np.fromiter(row_word.values(), np.int64)
-    image_row = np.clip(-2 - m, 0, max(len(words) - 1, 0))
-    at = off + i * r.mem_step[reads]
-    if len(words):
-        fine |= (want == IMAGE) & (m <= -2) & (words[image_row] == at)
-    fine |= (want == ADDRESS) & (r.mem_addr[reads] + i * r.mem_step[reads] == at) & (m != -1)
-    for s in reads[~fine]:
-        if bad_address[s]:
-            continue
+    # the common cases in the kernel; only reads that fail them are looked at one by one below
+    for s in suspect_reads(*checks, found, bad_address, r.ins, r.i):
         j = int(r.ins[s])
         want, off, stride = int(p.src[j, 0]), int(p.src_off[j, 0]), int(p.src_step[j, 0])
         if r.mem_kind[s] == 3:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from emulator.numerics import BF16, BOOL, F16, F32, I8, I32, convert, to_dtype
+from emulator.numerics import BF16, BOOL, F16, F32, I8, I32, convert, round_row, to_dtype
 from isa.numerics import convert as np_convert
 from isa.numerics import from_f32
 
@@ -45,6 +45,24 @@ def test_kernel_store_rounds_through_f32_like_the_reference(dt, name):
         want = from_f32(xs.astype(np.float32), name).astype(np.float64)
     got = np.array([_store(float(x), dt) for x in xs])
     same = (got == want) | (np.isnan(got) & np.isnan(want))
+    assert same.all(), (xs[~same][:5], got[~same][:5], want[~same][:5])
+
+
+@pytest.mark.parametrize("dt", [F32, F16, BF16])
+@pytest.mark.parametrize("via_f32", [True, False])
+def test_rounding_a_whole_vector_matches_lane_by_lane(dt, via_f32):
+    """round_row (the kernel's vectorised rounding) gives what to_dtype and _store give one lane at a
+    time, signs of zeros and NaNs included."""
+    from emulator.kernel import _store
+
+    xs = np.concatenate(
+        [floats_to_check(), [1 + 2.0**-24, 2.0**-149 * 2.5, np.nan, -np.nan, 1e300, -1e300, 5e-324, -5e-324],
+         np.geomspace(1e30, 3e38, 200), -np.geomspace(7e4, 1e30, 200)]
+    )
+    got = xs.copy()
+    round_row(got, dt, via_f32, np.zeros(len(xs), np.int64))
+    want = np.array([_store(float(x), dt) if via_f32 else to_dtype(float(x), dt) for x in xs])
+    same = ((got == want) | (np.isnan(got) & np.isnan(want))) & (np.signbit(got) == np.signbit(want))
     assert same.all(), (xs[~same][:5], got[~same][:5], want[~same][:5])
 
 
