@@ -199,7 +199,7 @@ def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
             stream_src, weights, iw_index, iw_rows, acc_src, link_src,  # resolved sources
             trans_block, block_out, block_src,  # trans: a block's output steps and their inputs
             vec, sample, emit, mem_kind, slice_base, mem_addr, mem_step, mem_width, words,  # SRAM access
-            prov, pend_prov, pend_land, touched, image, maps, lanes, k_i8, k_f16,
+            prov, pend_prov, pend_land, touched, image, maps, map_run, lanes, k_i8, k_f16,
             out, alias, found, bad_address):  # fmt: skip
     """`prov[word]` (flat over chips and slices) starts as -1 (never written) or -2 - image row and
     becomes the step whose write landed last; a write lands at its emit cycle, so each word keeps
@@ -293,8 +293,18 @@ def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
                 b_arr, b_row = _row(alias, b_src, out, image)
             else:
                 b_arr, b_row = zrow, 0
-            for lane_i in range(lanes):
-                out[s, lane_i] = _binary(act, a_arr[a_row, lane_i], b_arr[b_row, lane_i])
+            if act == ADD:  # the common ones without _binary's dispatch, lane by lane
+                for lane_i in range(lanes):
+                    out[s, lane_i] = a_arr[a_row, lane_i] + b_arr[b_row, lane_i]
+            elif act == MUL:
+                for lane_i in range(lanes):
+                    out[s, lane_i] = a_arr[a_row, lane_i] * b_arr[b_row, lane_i]
+            elif act == SUB:
+                for lane_i in range(lanes):
+                    out[s, lane_i] = a_arr[a_row, lane_i] - b_arr[b_row, lane_i]
+            else:
+                for lane_i in range(lanes):
+                    out[s, lane_i] = _binary(act, a_arr[a_row, lane_i], b_arr[b_row, lane_i])
             if act < LT:
                 _store_row(out[s], dt[s], bits)
         elif act == ADDI or act == MULI:
@@ -378,9 +388,17 @@ def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
                     src_lane = src_lane % lanes
                 out[s, lane_i] = a_arr[a_row, src_lane] if 0 <= src_lane < lanes and a_src >= 0 else 0.0
         elif act == PERM:
-            for lane_i in range(lanes):
-                from_lane = maps[mapi[s], lane_i]
-                out[s, lane_i] = a_arr[a_row, from_lane] if from_lane >= 0 and a_src >= 0 else 0.0
+            mi = mapi[s]
+            length = map_run[mi, 2]
+            if length >= 0:  # one run of lanes moved (a shift of a window), the rest zero
+                out[s, :] = 0.0
+                if a_src >= 0:
+                    d0, s0 = map_run[mi, 0], map_run[mi, 1]
+                    out[s, d0 : d0 + length] = a_arr[a_row, s0 : s0 + length]
+            else:
+                for lane_i in range(lanes):
+                    from_lane = maps[mi, lane_i]
+                    out[s, lane_i] = a_arr[a_row, from_lane] if from_lane >= 0 and a_src >= 0 else 0.0
         elif act == BCAST:
             out[s, :] = a_arr[a_row, lane[s]] if a_src >= 0 else 0.0
         elif act == LRED:

@@ -164,7 +164,7 @@ class Emulator:
             self._prepared[e] = (layout, self._prepare(e, placed))
             # the image rows followed by what runs place: the program's part is copied once
             self._images[e] = np.ascontiguousarray(np.concatenate(rows)) if count else np.zeros((0, lanes))
-        where, image_words, image_prov, row_word, r, (args, maps), checks = self._prepared[e][1]
+        where, image_words, image_prov, row_word, r, (args, maps, map_run), checks = self._prepared[e][1]
         image = self._images[e]
         if len(rows) > 1:
             image[len(p.image_word) :] = np.concatenate(rows[1:])
@@ -178,7 +178,7 @@ class Emulator:
         prov[image_words] = image_prov
         touched = np.zeros(max(1, int(np.count_nonzero(r.mem_kind))), np.int64)
         out, alias, found, bad_address, n_touched = execute(
-            *args, words, prov, pend_prov, pend_land, touched, image, maps, lanes,
+            *args, words, prov, pend_prov, pend_land, touched, image, maps, map_run, lanes,
             chip.mxm_k_i8, chip.mxm_k_f16, *self._values(e, len(r.ins), lanes),
         )  # fmt: skip
         violations = r.violations + _sram_violations(p, r, found, bad_address, row_word, checks)
@@ -260,7 +260,22 @@ class Emulator:
             r.mem_addr, r.mem_step, r.mem_width,
         )  # fmt: skip
         checks = _read_checks(p, r, row_word)
-        return where, image_words, image_prov, row_word, r, (args, maps.astype(np.int64)), checks
+        maps = maps.astype(np.int64)
+        return where, image_words, image_prov, row_word, r, (args, maps, _runs(maps)), checks
+
+
+def _runs(maps: np.ndarray) -> np.ndarray:
+    """Per lane map: (first lane, first source lane, lanes) where it moves one run of consecutive
+    lanes and zeroes the rest (every map the compiler emits), else lanes -1 (the kernel then maps
+    lane by lane)."""
+    out = np.full((len(maps), 3), -1, np.int64)
+    for k, m in enumerate(maps):
+        to = np.nonzero(m >= 0)[0]
+        if not len(to):
+            out[k] = (0, 0, 0)
+        elif to[-1] - to[0] == len(to) - 1 and (m[to] - m[to[0]] == to - to[0]).all():
+            out[k] = (to[0], m[to[0]], len(to))
+    return out
 
 
 def _holds(pl: Placement, shape: tuple[int, ...]) -> bool:

@@ -261,3 +261,34 @@ def test_receive_buffer_overrun():
         "     6 main      29 ", "     6 main      31 "
     )
     assert "receive buffer overrun" in {v.kind for v in run(assemble(text)).violations}
+
+
+def test_lane_maps_of_one_run_take_the_fast_path_and_agree_with_the_general_one(monkeypatch):
+    """The kernel moves a lane map that shifts one run of lanes as a slice; every other map lane by
+    lane. A compiled concat (perm maps of one run each) gives the same values either way."""
+    import emulator.run as run_module
+    from compiler import parse
+    from compiler.backend import compile_module
+    from isa.spec import BY_MNEMONIC
+    from isa.system import named_system
+
+    runs = run_module._runs
+    maps = np.full((4, 8), -1, np.int64)
+    maps[1, 2:5] = [0, 1, 2]  # lanes 2..4 from 0..2
+    maps[2] = np.arange(8)[::-1]  # reversed: not one run
+    maps[3, [1, 3]] = [1, 3]  # a gap: not one run
+    assert runs(maps).tolist() == [[0, 0, 0], [2, 0, 3], [-1, -1, -1], [-1, -1, -1]]
+
+    m = parse(
+        "module cat\ngraph main(%a: f16[3, 5], %b: f16[3, 7]) -> (f16[3, 12]) {\n"
+        "  %c = concat(%a, %b) {axis = 1}\n  %d = transpose(%c)\n  %e = transpose(%d)\n  return %e\n}\n"
+    )
+    p = compile_module(m, named_system("tiny"))
+    assert (p.opcode == BY_MNEMONIC["perm"].code).any()
+    x = {"a": RNG.standard_normal((3, 5)).astype(np.float16), "b": RNG.standard_normal((3, 7)).astype(np.float16)}
+    fast = Emulator(p).run("main", x)
+    monkeypatch.setattr(run_module, "_runs", lambda maps: np.full((len(maps), 3), -1, np.int64))
+    slow = Emulator(p).run("main", x)
+    assert fast.violations == slow.violations == []
+    assert np.array_equal(fast.outputs[0], slow.outputs[0])
+    assert np.array_equal(fast.outputs[0], np.concatenate([x["a"], x["b"]], axis=1))
