@@ -74,7 +74,9 @@ def main() -> None:
     print(f"{'model':<34} {'chips':>5} {'cycles':>7} {'emulate s':>10} {'numpy s':>9} {'ratio':>7}")
     gpt2 = ("gpt2 2L d64 h4 v128 seq16", GPT2Config(2, 64, 4, 256, 128, 16), gpt2_text, gpt2_weights)
     llama = ("llama 2L d128 h8 kv2 seq32", LlamaConfig(2, 128, 8, 2, 256, 256, 32), llama_text, llama_weights)
-    cases = [(*gpt2, 1, 1), (*gpt2, 2, 2), (*llama, 1, 1), (*llama, 4, 2)]
+    # llama on 4 chips (tp 2: the key/value heads split) and on 8 (tp 4, more chips than its 2
+    # key/value heads: every chip of a stage runs the whole attention)
+    cases = [(*gpt2, 1, 1), (*gpt2, 2, 2), (*llama, 1, 1), (*llama, 2, 2), (*llama, 4, 2)]
     if not args.small:  # wider models: the numpy reference's work grows, the emulator's overheads do not
         for d in (512, 1024):
             wide = (f"gpt2 2L d{d} h{d // 64} v256 seq16", GPT2Config(2, d, d // 64, 4 * d, 256, 16))
