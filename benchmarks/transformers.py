@@ -71,12 +71,12 @@ def main() -> None:
     args = ap.parse_args()
     node = named_system("node")
     print("decode step: emulation (all checks) vs the numpy reference interpreter, median of steps")
-    print(f"{'model':<34} {'chips':>5} {'cycles':>7} {'emulate s':>10} {'numpy s':>9} {'ratio':>7}")
+    print(f"{'model':<34} {'tp':>3} {'pp':>3} {'cycles':>7} {'emulate s':>10} {'numpy s':>9} {'ratio':>7}")
     gpt2 = ("gpt2 2L d64 h4 v128 seq16", GPT2Config(2, 64, 4, 256, 128, 16), gpt2_text, gpt2_weights)
     llama = ("llama 2L d128 h8 kv2 seq32", LlamaConfig(2, 128, 8, 2, 256, 256, 32), llama_text, llama_weights)
-    # llama on 4 chips (tp 2: the key/value heads split) and on 8 (tp 4, more chips than its 2
-    # key/value heads: every chip of a stage runs the whole attention)
-    cases = [(*gpt2, 1, 1), (*gpt2, 2, 2), (*llama, 1, 1), (*llama, 2, 2), (*llama, 4, 2)]
+    # llama with tp 2 (its 2 key/value heads split) and tp 4 (more chips than key/value heads:
+    # every chip of a stage gathers the keys and values and runs the whole attention)
+    cases = [(*gpt2, 1, 1), (*gpt2, 2, 2), (*llama, 1, 1), (*llama, 2, 2), (*llama, 2, 4), (*llama, 4, 2)]
     if not args.small:  # wider models: the numpy reference's work grows, the emulator's overheads do not
         for d in (512, 1024):
             wide = (f"gpt2 2L d{d} h{d // 64} v256 seq16", GPT2Config(2, d, d // 64, 4 * d, 256, 16))
@@ -86,7 +86,7 @@ def main() -> None:
         m, w = parse(text(c)), weights(c, 0)
         p = compile_module(m, node, w, tp=tp, pp=pp)
         emu_s, ref_s, cycles = per_token(m, w, p, max(3, args.runs))
-        print(f"{name:<34} {tp * pp:>5} {cycles:>7} {emu_s:>10.4f} {ref_s:>9.4f} {emu_s / ref_s:>6.2f}x")
+        print(f"{name:<34} {tp:>3} {pp:>3} {cycles:>7} {emu_s:>10.4f} {ref_s:>9.4f} {emu_s / ref_s:>6.2f}x")
 
     print("\ncompile time, llama d128 h8 kv2 ffn256 vocab256 seq32 (median of runs)")
     print(f"{'layers':>6} {'tp':>3} {'pp':>3} {'instructions':>12} {'compile s':>10} {'vs first':>9}")
