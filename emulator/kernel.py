@@ -204,7 +204,9 @@ def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
     """`prov[word]` (flat over chips and slices) starts as -1 (never written) or -2 - image row and
     becomes the step whose write landed last; a write lands at its emit cycle, so each word keeps
     one pending write (`pend_prov`, landing at `pend_land`, both -1 when none) that a later access
-    commits once it has landed. The word arrays are the caller's, kept across runs: every word a
+    commits once it has landed. All three hold their values plus one, so that 0 (never written,
+    nothing pending) is what fresh zeroed pages hold: the SRAM of chips and slices a program never
+    touches costs no memory. The word arrays are the caller's, kept across runs: every word a
     write touches is listed in `touched` (the first `n_touched` entries, returned), so the caller
     resets only those instead of the whole of SRAM.
 
@@ -245,11 +247,12 @@ def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
                 out[s, :] = 0.0
                 continue
             flat = slice_base[s] + word
-            if pend_land[flat] >= 0 and pend_land[flat] <= sample[s]:
+            landing = pend_land[flat] - 1
+            if landing >= 0 and landing <= sample[s]:
                 prov[flat] = pend_prov[flat]
-                pend_land[flat] = -1
+                pend_land[flat] = 0
             if kind == 1 or kind == 3:
-                m = prov[flat]
+                m = prov[flat] - 1
                 found[s] = m
                 if m >= 0:
                     alias[s] = alias[m]
@@ -263,10 +266,10 @@ def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
                     alias[s] = alias[data]
                 else:
                     out[s, :] = 0.0
-                if pend_land[flat] >= 0:  # an earlier write still in flight lands first
+                if pend_land[flat] > 0:  # an earlier write still in flight lands first
                     prov[flat] = pend_prov[flat]
-                pend_prov[flat] = s
-                pend_land[flat] = emit[s]
+                pend_prov[flat] = s + 1
+                pend_land[flat] = emit[s] + 1
                 touched[n_touched] = flat
                 n_touched += 1
             continue
@@ -439,10 +442,10 @@ def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
             out[s, :] = 0.0
     for t in range(n_touched):  # everything in flight has landed when the program ends
         w = touched[t]
-        if pend_land[w] >= 0:
+        if pend_land[w] > 0:
             prov[w] = pend_prov[w]
-            pend_land[w] = -1
-            pend_prov[w] = -1
+            pend_land[w] = 0
+            pend_prov[w] = 0
     return out, alias, found, bad_address, n_touched
 
 

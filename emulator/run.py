@@ -172,7 +172,7 @@ class Emulator:
         if self._sram is None:  # SRAM provenance, kept across runs and reset where a run touched it
             size = p.system.chips * chip.mem_slices * words
             # a word's three entries side by side: an access touches one cache line, not three
-            both = np.full((size, 3), -1, np.int64)
+            both = np.zeros((size, 3), np.int64)  # plus one: pages nothing touches stay unallocated
             self._sram = (both[:, 0], both[:, 1], both[:, 2])
         prov, pend_prov, pend_land = self._sram
         prov[image_words] = image_prov
@@ -187,7 +187,7 @@ class Emulator:
         def read_back(pl: Placement) -> np.ndarray:
             n = pl.vectors(lanes)
             base = (pl.chip * chip.mem_slices + mem_index[pl.slice]) * words + pl.word
-            m = prov[base + np.arange(n) * DTYPE_BYTES[pl.dtype]]
+            m = prov[base + np.arange(n) * DTYPE_BYTES[pl.dtype]] - 1
             vectors = np.zeros((n, lanes))
             written = np.nonzero(m >= 0)[0]  # the step whose write landed: its value is where alias says
             a = alias[m[written]]
@@ -200,8 +200,8 @@ class Emulator:
         outputs = [read_back(pl) for pl in self.placements("output", entry)]
         for pl in self._state_read:
             self.state[pl.name] = read_back(pl)
-        prov[touched[:n_touched]] = -1  # back to never-written for the next run
-        prov[image_words] = -1
+        prov[touched[:n_touched]] = 0  # back to never-written for the next run
+        prov[image_words] = 0
         extra = {"resolved": r, "mem_seen": found.copy()} if trace else {}
         return RunResult(outputs, violations, r.cycles, r.busy, steps=len(r.ins), extra=extra)
 
@@ -251,7 +251,7 @@ class Emulator:
         image_words = np.array(
             [(c * chip.mem_slices + sl) * words + w for (c, sl, w) in where], np.int64
         ).reshape(-1)
-        image_prov = -2 - np.array(list(where.values()), np.int64).reshape(-1)
+        image_prov = -1 - np.array(list(where.values()), np.int64).reshape(-1)  # -2 - row, plus one
         row_word = {row: key[2] for key, row in where.items()}
         args = (
             _ACTION[op], col("dt"), col("to"), imm, col("k"), col("lane"), col("map"), col("red"),

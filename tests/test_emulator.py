@@ -292,3 +292,34 @@ def test_lane_maps_of_one_run_take_the_fast_path_and_agree_with_the_general_one(
     assert fast.violations == slow.violations == []
     assert np.array_equal(fast.outputs[0], slow.outputs[0])
     assert np.array_equal(fast.outputs[0], np.concatenate([x["a"], x["b"]], axis=1))
+
+
+def test_sram_of_chips_a_program_never_touches_costs_no_memory():
+    """The emulator's record of who wrote each SRAM word spans every chip of the system (1.2 GB for
+    the 72 chips of a rack); it starts as zeroed pages, so only the words a program touches are
+    ever resident."""
+    import sys
+
+    from compiler import parse
+    from compiler.backend import compile_module
+    from isa.system import named_system
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc/self/statm")
+
+    def resident_mb() -> float:
+        import os
+
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    m = parse("module m\ngraph main(%x: f16[2, 8]) -> (f16[2, 8]) {\n  %y = add(%x, %x)\n  return %y\n}\n")
+    p = compile_module(m, named_system("rack"))
+    before = resident_mb()
+    emu = Emulator(p)
+    r = emu.run("main", {"x": X})
+    grown = resident_mb() - before
+    assert r.violations == [] and np.array_equal(r.outputs[0], (X.astype(np.float32) * 2).astype(np.float16))
+    words = p.system.chips * p.system.chip.mem_slices * p.system.chip.words_per_slice
+    assert words * 3 * 8 / 2**20 > 1000  # what a filled record would take, in MB
+    assert grown < 200, f"{grown:.0f} MB resident after one run"
