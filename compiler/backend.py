@@ -293,6 +293,8 @@ def _compile(module, system, weights, tp, pp, timing_only, use_runs) -> Program:
     }
     if repeat_ops:
         meta["repeat_ops"] = repeat_ops
+    if plan.warnings:  # what the compile chose that costs time (lpu compile prints them)
+        meta["warnings"] = [w.render() for w in plan.warnings]
     if timing_only:
         meta["timing_only"] = {
             "stage_blocks_searched": memo.misses,

@@ -47,7 +47,7 @@ import numpy as np
 from compiler.ir import Global, Graph, Module, Op, Operand, TensorType, Value, freeze_attr
 from compiler.lower import VXM_OPS
 from compiler.ops import infer, reduce_axes
-from isa.diagnostics import error
+from isa.diagnostics import Diagnostic, error
 from isa.spec import DTYPE_BYTES
 from isa.system import SystemConfig
 
@@ -125,6 +125,7 @@ class Plan:
     states: list[tuple[int, Global, str]] = field(default_factory=list)
     entries: list[EntryPlan] = field(default_factory=list)
     tight: bool = False  # the weights fill more than half of the chips' SRAM (or of one stage's)
+    warnings: list[Diagnostic] = field(default_factory=list)  # choices that cost the user time
 
     @property
     def chips_used(self) -> int:
@@ -813,6 +814,14 @@ class Partitioner:
     # -- ops --------------------------------------------------------------------------------------
     def lower(self, op: Op, stage: int) -> Dist:
         wants, out = self.decide(op)
+        if (
+            op.name == "matmul"
+            and self.T > 1
+            and op.result.type.rank >= 3
+            and out == R
+            and not any(isinstance(o, Global) and o.kind == "param" for o in op.operands)
+        ):
+            self._warn_whole(op)
         param = self._dequantised(op)
         if param is not None:  # x @ cast(W): W stays int8 in SRAM, converted as it is loaded
             ds = [self.get(op.operands[0], wants[0], stage), self.get(param, wants[1], stage)]
@@ -849,6 +858,20 @@ class Partitioner:
             # the residual stream) sees whole rows, as it would from a table every chip holds
             return self.all_gather(d)
         return d
+
+    def _warn_whole(self, op: Op) -> None:
+        """Say once per entry that a batched matmul of computed values runs whole on every chip of its
+        stage (attention with more chips than key/value heads: the keys and values are gathered)."""
+        batch = op.result.type.shape[:-2]
+        would = [t for t in range(self.T - 1, 1, -1) if any(n % t == 0 for n in batch)]
+        message = (
+            f"in '{self.e.name}', a batched matmul of computed values runs whole on every chip of its "
+            f"stage: none of its batch axes {list(batch)} splits over tp={self.T} (attention with "
+            f"fewer key/value heads than tp gathers its keys and values"
+            + (f"; tp={would[0]} would split it)" if would else ")")
+        )
+        if all(w.message != message for w in self.plan.warnings):
+            self.plan.warnings.append(Diagnostic(message, op.loc, severity="warning"))
 
     def _dequantised(self, op: Op) -> Global | None:
         """The int8 param W of `matmul(x, cast(W))`, the weight-only-quantised projection."""

@@ -309,6 +309,8 @@ def cmd_compile(args) -> int:
         program = best.program
     else:
         program = compile_module(module, system, weights, tp=tp, pp=pp, timing_only=args.timing_only)
+    for warning in program.meta.get("warnings", []):
+        print(warning, file=sys.stderr)
     save(program, args.output)
     cycles = program.length()
     clock = system.chip.clock_mhz

@@ -473,3 +473,32 @@ def test_int8_weights_are_converted_on_their_way_to_the_matrix_unit(tp):
     assert len(loads) and all(program.opcode[program.src[i, 0]] == cvt for i in loads)  # lw <- cvt
     # the SRAM a chip uses is about the int8 weight, not an f16 copy of it
     assert max(program.meta["sram_bytes_per_chip"]) < 1.5 * sum(pl.words(16) * 16 for pl in blocks)
+
+
+def test_attention_that_cannot_split_over_tp_is_reported_where_it_is(tmp_path):
+    """More chips per stage than key/value heads: the attention runs whole on every chip (keys and
+    values gathered), which costs time; lpu compile says so, once per entry, at the score matmul."""
+    from lpu.cli import main
+    from models.llama import LlamaConfig
+    from models.llama import module_text as llama_text
+
+    text = llama_text(LlamaConfig(1, 64, 4, 2, 128, 128, 8))
+    src = tmp_path / "llama.lpu"
+    src.write_text(text)
+    m = parse(text, str(src))
+    warned = compile_module(m, named_system("node"), None, tp=4, pp=1, timing_only=True).meta["warnings"]
+    assert len(warned) == 2 and all("runs whole on every chip" in w and "tp=2 would split it" in w for w in warned)
+    assert [w.split(": warning")[0].split(":")[0] for w in warned] == [str(src)] * 2
+    assert "in 'prefill'" in warned[0] and "in 'decode'" in warned[1]
+    assert "matmul(" in warned[1].splitlines()[1]  # the source line, with a caret under it
+    fine = compile_module(m, named_system("node"), None, tp=2, pp=1, timing_only=True)
+    assert "warnings" not in fine.meta
+
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["compile", str(src), "--system", "node", "--tp", "4", "--timing-only",
+                     "-o", str(tmp_path / "p.lpuprog")])  # fmt: skip
+    assert code in (0, None) and err.getvalue().count("warning: in '") == 2
