@@ -396,6 +396,8 @@ class Partitioner:
         self.dists: dict[int, Dist] = {}
         self.free: dict[int, object] = {}  # id(value) -> ("input", value) | ("const", op)
         self.cache: dict[tuple, Dist] = {}
+        self.recompute: dict[int, tuple[Op, Dist]] = {}  # id(dist) -> (matmul, its whole input)
+        self.superseded: set[int] = set()  # the column slices of those, if computed whole instead
         for a in g.args:
             self.free[id(a)] = ("input", a)
         ops, dead = self.unfuse(g)
@@ -434,6 +436,7 @@ class Partitioner:
             d = self.get(r, R, stage)
             root = self.groups[stage][0]
             self.e.outputs.append((root, d.locals[root]))
+        self.e.stmts = _live(self.e, self.superseded)
         return self.e
 
     def _large_table(self, op: Op) -> bool:
@@ -625,7 +628,9 @@ class Partitioner:
         if out.stage != stage:
             out = self.handoff(out, stage)
         if out.spec != want:
-            if want == R:
+            if want == R and id(out) in self.recompute:
+                out = self.whole_matmul(out)
+            elif want == R:
                 out = self.all_reduce(out) if out.spec == P else self.all_gather(out)
             elif want == P:
                 raise AssertionError("nothing asks for partial sums")
@@ -661,6 +666,18 @@ class Partitioner:
             values, first = np.unique(piece, return_index=True)
             self._block_cache[key] = tuple(int(v) for v in values[np.argsort(first, kind="stable")])
         return self._block_cache[key]
+
+    def whole_matmul(self, d: Dist) -> Dist:
+        """A column-split matmul by small weights (see `lower`), computed whole on every chip."""
+        op, x = self.recompute[id(d)]
+        self.superseded.update(id(v) for v in d.locals.values())
+        w = self.get(op.operands[1], R, d.stage)
+        t = op.result.type
+        locals_ = {
+            c: self.local(c, "matmul", (x.locals[c], w.locals[c]), op.attr_dict, t, op.result.name, op.loc)
+            for c in self.groups[d.stage]
+        }
+        return Dist(R, d.stage, locals_, d.dtype, d.shape)
 
     def all_gather(self, d: Dist) -> Dist:
         """Every chip gets every block: whole vectors go straight into place when the blocks are whole
@@ -853,6 +870,23 @@ class Partitioner:
                 continue
             locals_[c] = self.local(c, op.name, operands, op.attr_dict, lt, op.result.name, op.loc)
         d = Dist(out, stage, locals_, t.dtype, t.shape)
+        if (
+            op.name == "matmul"
+            and param is None
+            and isinstance(out, int)
+            and out == t.rank - 1
+            and wants[0] == R
+            and isinstance(op.operands[1], Global)
+            and op.operands[1].kind == "param"
+            and op.operands[1].name not in self.views
+            and not self.tight
+            and -(-t.shape[-1] // self.T // self.L) == -(-t.shape[-1] // self.L)
+            and not any(self.weight_blocks(x) for x in ds[1].locals.values())
+        ):
+            # its columns split over the chips save no matrix passes (each chip's slice pads to as
+            # many vectors as the whole): if a consumer needs the whole result, each chip computes it
+            # from the whole weights instead of gathering the slices over links
+            self.recompute[id(d)] = (op, ds[0])
         if op.name == "gather" and isinstance(out, int):
             # the rows looked up by columns are gathered at once: what follows an embedding (a norm,
             # the residual stream) sees whole rows, as it would from a table every chip holds
@@ -1182,6 +1216,29 @@ class Partitioner:
         if hb is None and b.shape[-2] % T == 0 and ha is None:
             return [ra - 1, rb - 2], P
         return [R, R], R
+
+
+def _live(e: EntryPlan, droppable: set[int]) -> list:
+    """The statements but those that nothing reads among the transfers and places (the partition's
+    own) and the `droppable` ops (by id of their results: the column slices of a matmul that every
+    chip computed whole instead, see Partitioner.lower). Other ops stay, read or not: every op of
+    the module is compiled."""
+    live = {id(v) for _, v in e.outputs}
+    kept = []
+    for st in reversed(e.stmts):
+        if isinstance(st, LocalCommit):
+            live.add(id(st.value))
+        elif isinstance(st, Local):
+            if id(st.op.result) in droppable and id(st.op.result) not in live:
+                continue
+            live.update(id(o) for o in st.op.operands)
+        else:  # Transfer, Place: the partition's own, dropped when nothing reads what they fill
+            if id(st.dst) not in live:
+                continue
+            live.add(id(st.src))
+        kept.append(st)
+    kept.reverse()
+    return kept
 
 
 def _const_values(op: Op) -> np.ndarray:
