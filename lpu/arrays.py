@@ -109,13 +109,15 @@ def random_weights(module: Module, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def random_inputs(module: Module, graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded random inputs; integer inputs used as ids or offsets stay within range."""
+    """Seeded random inputs; integer inputs used as ids or offsets (directly, or through a reshape,
+    a cast or the addition of a constant: `len - 1` picking the last row) stay within range."""
     rng = np.random.default_rng(seed + 1)
     bounds = _index_bounds(graph)
     out = {}
     for a in graph.args:
         if a.type.dtype in ("i8", "i32") and id(a) in bounds:
-            out[a.name] = rng.integers(0, bounds[id(a)], size=a.type.shape).astype(STORAGE[a.type.dtype])
+            lo, hi = bounds[id(a)]
+            out[a.name] = rng.integers(lo, max(hi, lo + 1), size=a.type.shape).astype(STORAGE[a.type.dtype])
         else:
             out[a.name] = _random(rng, a.type, scale_by_fan_in=False)
     return out
@@ -131,18 +133,43 @@ def _random(rng: np.random.Generator, t: TensorType, scale_by_fan_in: bool) -> n
     return rng.integers(-8, 8, size=t.shape).astype(STORAGE[t.dtype])
 
 
-def _index_bounds(graph: Graph) -> dict[int, int]:
-    """For arguments used as gather ids or update_slice offsets: one past the largest safe value."""
-    bounds: dict[int, int] = {}
-    for op in graph.ops:
+def _index_bounds(graph: Graph) -> dict[int, tuple[int, int]]:
+    """For values used as gather ids or update_slice offsets, and for the values they are computed
+    from by a reshape, a cast or the addition or subtraction of a constant: the safe range [lo, hi)."""
+    made = {id(op.result): op for op in graph.ops}
+    bounds: dict[int, tuple[int, int]] = {}
+
+    def need(v, lo: int, hi: int) -> None:
+        old_lo, old_hi = bounds.get(id(v), (0, 1 << 30) if lo >= 0 else (lo, 1 << 30))
+        bounds[id(v)] = (max(old_lo, lo), min(old_hi, hi))
+
+    def constant(v) -> int | None:
+        op = made.get(id(v))
+        if op is None or op.name != "constant" or op.result.type.rank != 0:
+            return None
+        value = op.attr("value")
+        return int(value) if isinstance(value, (int, float)) and float(value).is_integer() else None
+
+    for op in reversed(graph.ops):  # consumers first: a range passes back to what a value is made of
         if op.name == "gather":
-            ids, table = op.operands[1], op.operands[0]
-            bounds[id(ids)] = min(bounds.get(id(ids), 1 << 30), table.type.shape[0])
+            need(op.operands[1], 0, op.operands[0].type.shape[0])
         elif op.name == "update_slice":
             x, v, index = op.operands
             axis = op.attr("axis") % x.type.rank
-            room = x.type.shape[axis] - v.type.shape[axis] + 1
-            bounds[id(index)] = min(bounds.get(id(index), 1 << 30), room)
+            need(index, 0, x.type.shape[axis] - v.type.shape[axis] + 1)
+        r = bounds.get(id(op.result))
+        if r is None:
+            continue
+        lo, hi = r
+        if op.name in ("reshape", "cast") and op.operands[0].type.dtype in ("i8", "i32"):
+            need(op.operands[0], lo, hi)
+        elif op.name in ("add", "sub") and len(op.operands) == 2:
+            a, b = op.operands
+            if constant(b) is not None:  # a + c or a - c
+                c = constant(b) if op.name == "add" else -constant(b)
+                need(a, lo - c, hi - c)
+            elif op.name == "add" and constant(a) is not None:
+                need(b, lo - constant(a), hi - constant(a))
     return bounds
 
 

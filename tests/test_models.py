@@ -158,3 +158,17 @@ def test_generate_needs_a_decoder(capsys, tmp_path):
     assert rc == 1 and "needs a decoder program with entries prefill and decode" in err
     with pytest.raises(LpuError):
         generate_on_emulator(__import__("isa.program", fromlist=["load"]).load(prog), [1], 1)
+
+
+def test_random_inputs_keep_a_position_computed_from_an_input_in_range():
+    """Llama's prefill picks its last row with gather(x, len - 1): seeded random inputs keep len in
+    1..max_seq (they once gave negative lengths, whose gather reads past the table)."""
+    from compiler import parse
+    from lpu.arrays import random_inputs
+    from models.llama import LlamaConfig, module_text
+
+    m = parse(module_text(LlamaConfig(1, 64, 4, 2, 128, 128, 8)))
+    lens = {int(random_inputs(m, m.graph("prefill"), seed)["len"]) for seed in range(40)}
+    assert lens <= set(range(1, 9)) and len(lens) > 3
+    pos = {int(random_inputs(m, m.graph("decode"), seed)["pos"]) for seed in range(40)}
+    assert pos <= set(range(0, 8))
