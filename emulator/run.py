@@ -122,9 +122,10 @@ class Emulator:
         placed: list[tuple[Placement, int]] = []  # what this run places, and the image row it starts at
         count = len(p.image_word)
 
-        def place(pl: Placement, value: np.ndarray) -> None:
+        def place(pl: Placement, value: np.ndarray, vectors: np.ndarray | None = None) -> None:
             nonlocal count
-            vectors = to_vectors(to_storage(value, pl.dtype), pl, lanes)
+            if vectors is None:
+                vectors = to_vectors(to_storage(value, pl.dtype), pl, lanes)
             placed.append((pl, len(vectors)))
             rows.append(vectors)
             count += len(vectors)
@@ -144,10 +145,7 @@ class Emulator:
             key = (pl.name, pl.part)
             if key not in state_vectors:
                 state_vectors[key] = to_vectors(to_storage(self.state[pl.name], pl.dtype), pl, lanes)
-            vectors = state_vectors[key]
-            placed.append((pl, len(vectors)))
-            rows.append(vectors)
-            count += len(vectors)
+            place(pl, self.state[pl.name], state_vectors[key])
         for pl in self.placements("param"):
             if pl.name in self.weights:
                 value = np.asarray(self.weights[pl.name])
