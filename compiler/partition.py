@@ -20,6 +20,15 @@ every value of a stage is held by the group as one of
     R      replicated: every chip holds the whole value
     axis   split: chip r holds block r of `shape[axis] // tp`
     P      partial sums: the value is the sum of the chips' values (kept in f32)
+    Copies(axis, blocks)
+           split with copies: the axis is cut into `blocks` (a divisor of tp), chip r holds block
+           r * blocks // tp, so tp / blocks neighbouring chips hold the same block
+
+Copies is what attention with fewer key/value heads than tp uses: the batched matmuls over
+the key/value heads split into as many blocks as there are heads (chips 0-1 head 0, chips
+2-3 head 1 at tp 4 with 2 heads), instead of running whole on every chip; what follows
+keeps the split, and the output projection takes each chip's own rows of it (a local slice)
+and splits its rows, partial sums added up once.
 
 A matmul whose weights are a param and whose activations are replicated splits the
 weight's columns (the result is split on its last axis); a matmul whose activations
@@ -52,6 +61,26 @@ from isa.spec import DTYPE_BYTES
 from isa.system import SystemConfig
 
 R, P = "R", "P"  # a split is the axis (an int)
+
+
+@dataclass(frozen=True)
+class Copies:
+    """A split of `axis` into `blocks` blocks, each held by tp / blocks chips (see the docstring)."""
+
+    axis: int
+    blocks: int
+
+
+def split_axis(spec) -> int | None:
+    """The axis a split (with or without copies) cuts, None for R and P."""
+    if isinstance(spec, Copies):
+        return spec.axis
+    return spec if isinstance(spec, int) else None
+
+
+def moved(spec, axis: int):
+    """The same kind of split on another axis."""
+    return Copies(axis, spec.blocks) if isinstance(spec, Copies) else axis
 FREE_OPS = ("constant", "iota")
 MOVE_OPS = ("reshape", "gather", "slice", "transpose", "concat")  # derived from free values: free too
 
@@ -529,17 +558,23 @@ class Partitioner:
             return None
         return self.dists[id(o)].spec
 
+    def blocks(self, spec) -> int:
+        return spec.blocks if isinstance(spec, Copies) else self.T
+
     def part(self, shape, spec, rank: int):
-        if not isinstance(spec, int):
+        axis = split_axis(spec)
+        if axis is None:
             return None
-        block = shape[spec] // self.T
-        return (spec, rank * block, (rank + 1) * block)
+        blocks = self.blocks(spec)
+        block, b = shape[axis] // blocks, rank * blocks // self.T
+        return (axis, b * block, (b + 1) * block)
 
     def local_shape(self, shape, spec) -> tuple[int, ...]:
-        if not isinstance(spec, int):
+        axis = split_axis(spec)
+        if axis is None:
             return tuple(shape)
         s = list(shape)
-        s[spec] //= self.T
+        s[axis] //= self.blocks(spec)
         return tuple(s)
 
     def param(self, g: Global, want, stage: int) -> Dist:
@@ -572,6 +607,9 @@ class Partitioner:
     def free_value(self, v: Value, f, want, stage: int) -> Dist:
         key = (id(v), want, stage)
         if key in self.cache:
+            return self.cache[key]
+        if isinstance(want, Copies):  # whole on each chip, then its block
+            self.cache[key] = self.split_locally(self.free_value(v, f, R, stage), want)
             return self.cache[key]
         t = v.type
         lt = TensorType(t.dtype, self.local_shape(t.shape, want))
@@ -634,14 +672,29 @@ class Partitioner:
                 out = self.all_reduce(out) if out.spec == P else self.all_gather(out)
             elif want == P:
                 raise AssertionError("nothing asks for partial sums")
-            elif out.spec == P:
+            elif out.spec == P and isinstance(want, int):
                 out = self.reduce_scatter(out, want)
+            elif out.spec == P:
+                out = self.split_locally(self.all_reduce(out), want)
+            elif self._finer(out.spec, want):  # each chip already holds its block: a local slice
+                out = self.split_locally(out, want)
             else:
                 if out.spec != R:
                     out = self.all_gather(out)
                 out = self.split_locally(out, want)
         self.cache[key] = out
         return out
+
+    def _finer(self, have, want) -> bool:
+        """Whether every chip's block of `want` lies inside its block of `have` (same axis, blocks a
+        multiple)."""
+        a = split_axis(have)
+        return (
+            a is not None
+            and a == split_axis(want)
+            and self.blocks(want) % self.blocks(have) == 0
+            and self.blocks(want) > self.blocks(have)
+        )
 
     def handoff(self, d: Dist, stage: int) -> Dist:
         """Stage hand-off: chip i of the old group sends its local value to chip i of the new one."""
@@ -650,18 +703,19 @@ class Partitioner:
             locals_[b] = self.transfer(d.locals[a], a, b)
         return Dist(d.spec, stage, locals_, d.dtype, d.shape)
 
-    def _aligned(self, shape, axis: int) -> bool:
+    def _aligned(self, shape, axis: int, blocks: int | None = None) -> bool:
         """Whether the blocks of a split along `axis` are whole vectors (no lanes move)."""
         if axis != len(shape) - 1:
             return True
-        return (shape[axis] // self.T) % self.L == 0
+        return (shape[axis] // (blocks or self.T)) % self.L == 0
 
-    def _block_vectors(self, shape, axis: int, r: int) -> tuple[int, ...]:
-        """The vectors that hold block r of a split along `axis`, in order of first element."""
-        key = (tuple(shape), axis, r)
+    def _block_vectors(self, shape, axis: int, r: int, blocks: int | None = None) -> tuple[int, ...]:
+        """The vectors that hold block r of `blocks` (tp) along `axis`, in order of first element."""
+        blocks = blocks or self.T
+        key = (tuple(shape), axis, r, blocks)
         if key not in self._block_cache:
             index = vector_index(tuple(shape), self.L)
-            block = shape[axis] // self.T
+            block = shape[axis] // blocks
             piece = np.take(index, np.arange(r * block, (r + 1) * block), axis=axis).reshape(-1)
             values, first = np.unique(piece, return_index=True)
             self._block_cache[key] = tuple(int(v) for v in values[np.argsort(first, kind="stable")])
@@ -681,25 +735,32 @@ class Partitioner:
 
     def all_gather(self, d: Dist) -> Dist:
         """Every chip gets every block: whole vectors go straight into place when the blocks are whole
-        vectors, otherwise the blocks are received and concatenated."""
-        axis = d.spec
+        vectors, otherwise the blocks are received and concatenated. With copies, a chip takes each
+        other block from the holder at its own place in that block's copies (so the senders share
+        the work)."""
+        axis, n = split_axis(d.spec), self.blocks(d.spec)
         group = self.groups[d.stage]
+        per = self.T // n  # chips per block
         full_t = TensorType(d.dtype, d.shape)
         locals_ = {}
-        if self._aligned(d.shape, axis):
-            blocks = [self._block_vectors(d.shape, axis, r) for r in range(self.T)]
-            for c in group:
+
+        def holders(rank: int) -> list[int]:  # the chip holding each block, for the chip of this rank
+            return [group[b * per + rank % per] for b in range(n)]
+
+        if self._aligned(d.shape, axis, n):
+            blocks = [self._block_vectors(d.shape, axis, b, n) for b in range(n)]
+            for r, c in enumerate(group):
                 dst = Value(full_t, "gathered")
-                for r, a in enumerate(group):
+                for b, a in enumerate(holders(r)):
                     if a == c:
-                        whole = tuple(range(len(blocks[r])))
-                        self.e.stmts.append(Place(c, d.locals[a], whole, dst, blocks[r], self.what))
+                        whole = tuple(range(len(blocks[b])))
+                        self.e.stmts.append(Place(c, d.locals[c], whole, dst, blocks[b], self.what))
                     else:
-                        self.transfer(d.locals[a], a, c, None, dst, blocks[r])
+                        self.transfer(d.locals[a], a, c, None, dst, blocks[b])
                 locals_[c] = dst
         else:
-            for c in group:
-                pieces = [d.locals[a] if a == c else self.transfer(d.locals[a], a, c) for a in group]
+            for r, c in enumerate(group):
+                pieces = [d.locals[a] if a == c else self.transfer(d.locals[a], a, c) for a in holders(r)]
                 locals_[c] = self.concat(c, pieces, axis, d.dtype)
         return Dist(R, d.stage, locals_, d.dtype, d.shape)
 
@@ -724,15 +785,20 @@ class Partitioner:
             pieces = merged
         return pieces[0]
 
-    def split_locally(self, d: Dist, axis: int) -> Dist:
+    def split_locally(self, d: Dist, want) -> Dist:
+        """Each chip's block of `want` sliced from what it holds: a whole value, or a coarser split of
+        the same axis (see `_finer`)."""
         locals_ = {}
         for r, c in enumerate(self.groups[d.stage]):
-            _, start, stop = self.part(d.shape, axis, r)
-            lt = TensorType(d.locals[c].type.dtype, self.local_shape(d.shape, axis))
+            axis, start, stop = self.part(d.shape, want, r)
+            have = self.part(d.shape, d.spec, r)
+            if have is not None:
+                start, stop = start - have[1], stop - have[1]
+            lt = TensorType(d.locals[c].type.dtype, self.local_shape(d.shape, want))
             locals_[c] = self.local(
                 c, "slice", (d.locals[c],), {"axis": axis, "start": start, "stop": stop}, lt
             )
-        return Dist(axis, d.stage, locals_, d.dtype, d.shape)
+        return Dist(want, d.stage, locals_, d.dtype, d.shape)
 
     def _sum(self, c: int, parts: list[Value], dtype: str) -> Value:
         """Sum partials in the same order on every chip (so replicas agree bit for bit), then round."""
@@ -1104,8 +1170,9 @@ class Partitioner:
             keep = op.attr("keepdims", False)
             if h == P and name == "reduce_sum":
                 return [P], P
-            if isinstance(h, int) and h not in axes:
-                return [h], h if keep else h - sum(1 for a in axes if a < h)
+            a = split_axis(h)
+            if a is not None and a not in axes:
+                return [h], moved(h, a if keep else a - sum(1 for k in axes if k < a))
             if isinstance(h, int) and name == "reduce_sum" and x.dtype in ("f32", "i32"):
                 return [h], P
             return rep
@@ -1113,24 +1180,24 @@ class Partitioner:
             x = op.operands[0].type
             if h == P:
                 return [P], P
-            if isinstance(h, int):
-                b = self._reshape_axis(x.shape, h, t.shape)
+            if split_axis(h) is not None:
+                b = self._reshape_axis(x.shape, split_axis(h), t.shape, self.blocks(h))
                 if b is not None:
-                    return [h], b
+                    return [h], moved(h, b)
             return rep
         if name == "transpose":
             perm = op.attr("perm")
             perm = tuple(reversed(range(t.rank))) if perm is None else tuple(perm)
             if h == P:
                 return [P], P
-            if isinstance(h, int):
-                return [h], perm.index(h)
+            if split_axis(h) is not None:
+                return [h], moved(h, perm.index(split_axis(h)))
             return rep
         if name == "slice":
             axis = op.attr("axis") % t.rank
             if h == P:
                 return [P], P
-            if isinstance(h, int) and h != axis:
+            if split_axis(h) not in (None, axis):
                 return [h], h
             return rep
         if name == "concat":
@@ -1138,25 +1205,26 @@ class Partitioner:
             splits = {x for x in haves if x is not None}
             if len(splits) == 1:
                 s = splits.pop()
-                if isinstance(s, int) and s != axis:
+                if split_axis(s) not in (None, axis):
                     return [s] * n, s
             return rep
         if name == "update_slice":
             axis = op.attr("axis") % t.rank
-            if isinstance(h, int) and h != axis and haves[1] in (h, None):
+            if split_axis(h) not in (None, axis) and haves[1] in (h, None):
                 return [h, h, R], h
             return rep
         return rep
 
-    def _reshape_axis(self, shape, a: int, out_shape) -> int | None:
+    def _reshape_axis(self, shape, a: int, out_shape, blocks: int) -> int | None:
         pre = math.prod(shape[:a])
-        # chip r holds, for every index of the axes before a, the r-th of T equal runs of the rest; so does
-        # a split of output axis b when the axes before b number as many elements and T divides out[b]
+        # block k holds, for every index of the axes before a, the k-th of `blocks` equal runs of the
+        # rest; so does a split of output axis b when the axes before b number as many elements and
+        # `blocks` divides out[b]
         for b in range(len(out_shape)):
             before = math.prod(out_shape[:b])
             if before > pre:
                 break
-            if before == pre and out_shape[b] % self.T == 0:
+            if before == pre and out_shape[b] % blocks == 0:
                 return b
         return None
 
@@ -1165,10 +1233,11 @@ class Partitioner:
         r = t.rank
         axis = None
         for o, h in zip(op.operands, haves):
-            if isinstance(h, int):
-                k = h + (r - o.type.rank)
-                if o.type.shape[h] == t.shape[k]:
-                    axis = k
+            a = split_axis(h)
+            if a is not None:
+                k = a + (r - o.type.rank)
+                if o.type.shape[a] == t.shape[k]:
+                    axis, like = k, h
                     break
         if axis is None:
             return [R] * len(haves), R
@@ -1176,8 +1245,8 @@ class Partitioner:
         for o in op.operands:
             k = axis - (r - o.type.rank)
             full = k >= 0 and o.type.shape[k] == t.shape[axis]
-            wants.append(k if full else R)
-        return wants, axis
+            wants.append(moved(like, k) if full else R)
+        return wants, moved(like, axis)
 
     def _matmul(self, op: Op, haves):
         a, b = (o.type for o in op.operands)
@@ -1188,13 +1257,17 @@ class Partitioner:
             return ([R, rb - 1], r - 1) if b.shape[-1] % T == 0 else ([R, R], R)
         # batched: a split batch axis carries over
         for h, x, other in ((ha, a, b), (hb, b, a)):
-            if isinstance(h, int) and h < x.rank - 2:
-                o_axis = h + (r - x.rank)
-                if x.shape[h] != op.result.type.shape[o_axis]:
+            ax = split_axis(h)
+            if ax is not None and ax < x.rank - 2:
+                o_axis = ax + (r - x.rank)
+                if x.shape[ax] != op.result.type.shape[o_axis]:
                     continue
                 k = o_axis - (r - other.rank)
-                ow = k if k >= 0 and k < other.rank - 2 and other.shape[k] == x.shape[h] else R
-                return ([h, ow] if x is a else [ow, h]), o_axis
+                ow = moved(h, k) if k >= 0 and k < other.rank - 2 and other.shape[k] == x.shape[ax] else R
+                return ([h, ow] if x is a else [ow, h]), moved(h, o_axis)
+        if isinstance(ha, Copies) and ha.axis == ra - 1 and b.shape[-2] % T == 0:
+            # attention output split with copies into the output projection: each chip's own rows
+            return [ra - 1, rb - 2], P
         if ha == ra - 1 or (ha is None and hb == rb - 2):
             return [ra - 1, rb - 2], P
         if ha == ra - 2:
@@ -1211,6 +1284,14 @@ class Partitioner:
                     k = o_axis - (r - x.rank)
                     wants.append(k if k >= 0 and x.shape[k] == out[o_axis] else R)
                 return wants, o_axis
+        for o_axis in range(r - 2):  # fewer heads than chips: as many blocks as divide, with copies
+            n = max((k for k in range(2, T) if T % k == 0 and out[o_axis] % k == 0), default=None)
+            if n is not None:
+                wants = []
+                for x in (a, b):
+                    k = o_axis - (r - x.rank)
+                    wants.append(Copies(k, n) if k >= 0 and x.shape[k] == out[o_axis] else R)
+                return wants, Copies(o_axis, n)
         if hb is None and b.shape[-1] % T == 0:  # weights: split their columns
             return [R, rb - 1], r - 1
         if hb is None and b.shape[-2] % T == 0 and ha is None:
