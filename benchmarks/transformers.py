@@ -75,7 +75,7 @@ def main() -> None:
     gpt2 = ("gpt2 2L d64 h4 v128 seq16", GPT2Config(2, 64, 4, 256, 128, 16), gpt2_text, gpt2_weights)
     llama = ("llama 2L d128 h8 kv2 seq32", LlamaConfig(2, 128, 8, 2, 256, 256, 32), llama_text, llama_weights)
     # llama with tp 2 (its 2 key/value heads split) and tp 4 (more chips than key/value heads:
-    # every chip of a stage gathers the keys and values and runs the whole attention)
+    # the attention splits by head with copies, each pair of chips running one head)
     cases = [(*gpt2, 1, 1), (*gpt2, 2, 2), (*llama, 1, 1), (*llama, 2, 2), (*llama, 2, 4), (*llama, 4, 2)]
     if not args.small:  # wider models: the numpy reference's work grows, the emulator's overheads do not
         for d in (512, 1024):

@@ -961,13 +961,14 @@ class Partitioner:
 
     def _warn_whole(self, op: Op) -> None:
         """Say once per entry that a batched matmul of computed values runs whole on every chip of its
-        stage (attention with more chips than key/value heads: the keys and values are gathered)."""
+        stage (attention whose key/value heads no divisor of tp above 1 divides: the keys and values
+        are gathered)."""
         batch = op.result.type.shape[:-2]
         would = [t for t in range(self.T - 1, 1, -1) if any(n % t == 0 for n in batch)]
         message = (
             f"in '{self.e.name}', a batched matmul of computed values runs whole on every chip of its "
-            f"stage: none of its batch axes {list(batch)} splits over tp={self.T} (attention with "
-            f"fewer key/value heads than tp gathers its keys and values"
+            f"stage: none of its batch axes {list(batch)} splits over tp={self.T} or a divisor of it "
+            f"(attention whose key/value heads do not split gathers its keys and values"
             + (f"; tp={would[0]} would split it)" if would else ")")
         )
         if all(w.message != message for w in self.plan.warnings):
