@@ -77,9 +77,15 @@ class SystemConfig:
         return tuple(sorted(out))
 
 
+MAX_CHIPS = 1 << 20  # a million chips: far beyond any deployment, small enough to tabulate
+
+
 def _problems(s: SystemConfig):
     if not isinstance(s.chips, int) or isinstance(s.chips, bool) or s.chips < 1:
         yield "system.chips", f"must be a positive integer, got {s.chips!r}"
+        return
+    if s.chips > MAX_CHIPS:  # per-chip tables are built from it: a typo must not allocate the machine
+        yield "system.chips", f"must be at most {MAX_CHIPS}, got {s.chips}"
         return
     if not isinstance(s.link_latency_cycles, int) or s.link_latency_cycles < 1:
         yield "system.link_latency_cycles", f"must be a positive integer, got {s.link_latency_cycles!r}"

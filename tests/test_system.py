@@ -93,6 +93,10 @@ def test_unknown_chip_key_points_at_its_line():
             "sys.toml:3:1: error: system.link_gbps must be a positive number, got 0",
         ),
         ("[system]\nchips = 0\n", "sys.toml:2:1: error: system.chips must be a positive integer"),
+        (
+            "[system]\nchips = 9999999999999999999999999999994\n",  # found by the hardening property
+            "sys.toml:2:1: error: system.chips must be at most 1048576",
+        ),
         ("[system]\nchips = 2\nspeed = 3\n", "sys.toml:3:1: error: unknown key 'system.speed'"),
         ('[system]\nlinks = [[0, "a"]]\n', "is not a pair of chip numbers"),
         ("[network]\nx = 1\n", "sys.toml:1:1: error: unknown table [network]"),
