@@ -427,6 +427,9 @@ class Partitioner:
         self.cache: dict[tuple, Dist] = {}
         self.recompute: dict[int, tuple[Op, Dist]] = {}  # id(dist) -> (matmul, its whole input)
         self.superseded: set[int] = set()  # the column slices of those, if computed whole instead
+        # reshapes and transposes of replicated values, lowered where they are used: a consumer that
+        # wants a split gets each chip's block moved, not the whole value moved and then sliced
+        self.lazy: dict[int, tuple[Op, int, int, str]] = {}  # id(result) -> (op, stage, index, what)
         for a in g.args:
             self.free[id(a)] = ("input", a)
         ops, dead = self.unfuse(g)
@@ -447,6 +450,14 @@ class Partitioner:
                 # rows of a decode position): free too, computed on each chip of every stage that needs
                 # it (elementwise ops for just the part it needs) instead of sent from stage to stage
                 self.free[id(op.result)] = ("derived", op)
+                continue
+            if (
+                op.name in ("reshape", "transpose")
+                and self.T > 1
+                and not isinstance(op.operands[0], Global)  # a state's old value: moved where it is read
+                and self.have(op.operands[0]) == R
+            ):
+                self.lazy[id(op.result)] = (op, stage, k, self.what)
                 continue
             self.dists[id(op.result)] = self.lower(op, stage)
         last = stage_of[-1] if stage_of else 0
@@ -481,6 +492,8 @@ class Partitioner:
         if isinstance(v, Global) and v.kind == "state":
             return self._state_home[v.name]
         d = self.dists.get(id(v))
+        if d is None and id(v) in self.lazy:
+            return self.lazy[id(v)][1]
         return d.stage if d is not None else default
 
     # -- statements ------------------------------------------------------------------------------
@@ -548,7 +561,45 @@ class Partitioner:
         f = self.free.get(id(o))
         if f is not None:
             return self.free_value(o, f, want, stage)
+        lazy = self.lazy.get(id(o))
+        if lazy is not None:
+            return self.lazy_move(o, lazy, want, stage)
         return self.convert(self.dists[id(o)], want, stage)
+
+    def lazy_move(self, v: Value, lazy, want, stage: int) -> Dist:
+        """A reshape or transpose of a replicated value (see `entry`), on its own stage: split as
+        `want` when the split maps back onto an axis of its operand (each chip moves its block),
+        else whole; then converted for `stage`."""
+        op, home, index, what = lazy
+        x, t = op.operands[0], op.result.type
+        inner = self._move_back(op, want) if split_axis(want) is not None else None
+        key = (id(v), inner and want, "lazy")
+        d = self.cache.get(key)
+        if d is None:
+            saved = self.index, self.what
+            self.index, self.what = index, what
+            src = self.get(x, inner or R, home)
+            lt = TensorType(t.dtype, self.local_shape(t.shape, want if inner else R))
+            locals_ = {
+                c: self.local(c, op.name, (src.locals[c],), op.attr_dict, lt, op.result.name, op.loc)
+                for c in self.groups[home]
+            }
+            d = self.cache[key] = Dist(want if inner else R, home, locals_, t.dtype, t.shape)
+            self.index, self.what = saved
+        return self.convert(d, want, stage)
+
+    def _move_back(self, op: Op, want):
+        """The split of a move's operand that the move turns into `want`, or None."""
+        x, t = op.operands[0].type, op.result.type
+        axis, blocks = split_axis(want), self.blocks(want)
+        if op.name == "transpose":
+            perm = op.attr("perm")
+            perm = tuple(reversed(range(t.rank))) if perm is None else tuple(perm)
+            return moved(want, perm[axis])
+        for a in range(x.rank):
+            if x.shape[a] % blocks == 0 and self._reshape_axis(x.shape, a, t.shape, blocks) == axis:
+                return moved(want, a)
+        return None
 
     def have(self, o: Operand):
         """The sharding a non-free operand has now (None: free, any sharding costs nothing)."""
@@ -556,6 +607,8 @@ class Partitioner:
             return None if o.kind == "param" else R
         if id(o) in self.free:
             return None
+        if id(o) in self.lazy:
+            return R
         return self.dists[id(o)].spec
 
     def blocks(self, spec) -> int:

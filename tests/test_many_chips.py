@@ -600,3 +600,22 @@ def test_values_split_with_copies_are_gathered_right(tp):
     assert mm == [(1, 4, 4)] * tp, mm
     program, run = compile_and_check(m, named_system("node"), tp, 1)
     assert "warnings" not in program.meta
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_a_replicated_cache_is_moved_per_head_where_attention_splits_it(tp):
+    """The keys and values come from a replicated KV cache; their reshapes and transposes into
+    [heads, ...] are lowered where attention uses them, so each chip moves only its own head's
+    block (at tp 4 with copies) instead of the whole cache and then slicing it."""
+    from compiler.partition import Local
+    from models.llama import LlamaConfig
+    from models.llama import module_text as llama_text
+
+    m = parse(llama_text(LlamaConfig(1, 64, 4, 2, 128, 128, 8)))
+    plan = partition(decompose(m), named_system("node"), tp=tp, pp=1)
+    for e in plan.entries:
+        moves = [st.op for st in e.stmts if isinstance(st, Local) and st.op.name == "transpose"]
+        kt = [op for op in moves if op.attr("perm") == (1, 2, 0)]  # keys [S, G, dh] -> [G, dh, S]
+        vh = [op for op in moves if op.attr("perm") == (1, 0, 2) and op.result.type.shape[1:] == (8, 16)]
+        assert len(kt) == tp and all(op.result.type.shape == (1, 16, 8) for op in kt), [op.result.type for op in kt]
+        assert len(vh) == tp and all(op.result.type.shape[0] == 1 for op in vh), [op.result.type for op in vh]
