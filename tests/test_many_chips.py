@@ -509,6 +509,23 @@ def test_attention_that_cannot_split_over_tp_is_reported_where_it_is(tmp_path):
     assert code in (0, None) and err.getvalue().count("warning: in '") == 2
 
 
+def prefill_and_decode_match_the_reference(m, tp: int) -> None:
+    """A toy Llama (max_seq 8) compiled with tp chips: a prefill of 3 ids and one decode step, each
+    emulated without violations and equal to the reference interpreter."""
+    from compiler.reference import Reference
+
+    w = random_weights(m, 0)
+    emu, ref = Emulator(compile_module(m, named_system("node"), w, tp=tp, pp=1)), Reference(m, w)
+    ids = np.zeros(8, np.int32)
+    ids[:3] = [5, 7, 9]
+    for entry, x in (("prefill", {"ids": ids, "len": np.int32(3)}), ("decode", {"tok": ids[:1], "pos": np.int32(3)})):
+        run = emu.run(entry, x)
+        assert run.violations == []
+        np.testing.assert_allclose(
+            run.outputs[0].astype(np.float64), ref.run(entry, x)[0].astype(np.float64), rtol=4e-3, atol=2e-3
+        )
+
+
 def test_fewer_key_value_heads_than_tp_split_attention_by_head_with_copies():
     """2 key/value heads on tp=4: chips 0-1 run head 0's attention, chips 2-3 head 1's (each batched
     matmul holds one head per chip, not both), the output projection takes each chip's own rows
@@ -517,7 +534,6 @@ def test_fewer_key_value_heads_than_tp_split_attention_by_head_with_copies():
     smaller than running the whole attention on every chip (tp=4 before this split: 15,601 cycles
     and 101,432 instructions for the toy Llama d 128 on node tp 4 pp 2)."""
     from compiler.partition import Local
-    from compiler.reference import Reference
     from models.llama import LlamaConfig
     from models.llama import module_text as llama_text
 
@@ -531,16 +547,7 @@ def test_fewer_key_value_heads_than_tp_split_attention_by_head_with_copies():
         # the residual stream's all-reduce after each projection; nothing of the attention itself
         sent = {st.what.split(" = ")[0] for st in e.stmts if isinstance(st, Transfer)}
         assert sent and all(w.startswith(("%q", "%x")) for w in sent), sent
-    w = random_weights(m, 0)
-    emu, ref = Emulator(compile_module(m, named_system("node"), w, tp=4, pp=1)), Reference(m, w)
-    ids = np.zeros(8, np.int32)
-    ids[:3] = [5, 7, 9]
-    for entry, x in (("prefill", {"ids": ids, "len": np.int32(3)}), ("decode", {"tok": ids[:1], "pos": np.int32(3)})):
-        run = emu.run(entry, x)
-        assert run.violations == []
-        np.testing.assert_allclose(
-            run.outputs[0].astype(np.float64), ref.run(entry, x)[0].astype(np.float64), rtol=4e-3, atol=2e-3
-        )
+    prefill_and_decode_match_the_reference(m, tp=4)
 
 
 def test_a_column_split_that_saves_no_matrix_pass_is_computed_whole_where_it_is_needed_whole():
@@ -558,18 +565,7 @@ def test_a_column_split_that_saves_no_matrix_pass_is_computed_whole_where_it_is_
         sent = {st.what.split(" = ")[0] for st in e.stmts if isinstance(st, Transfer)}
         producers = {st.op.result.name for st in e.stmts if hasattr(st, "op") and st.op.name == "matmul"}
         assert not any(w.lstrip("%").startswith("k") for w in sent & {"%" + n for n in producers if n}), sent
-    from compiler.reference import Reference
-
-    w = random_weights(m, 0)
-    emu, ref = Emulator(compile_module(m, named_system("node"), w, tp=4, pp=1)), Reference(m, w)
-    ids = np.zeros(8, np.int32)
-    ids[:3] = [5, 7, 9]
-    for entry, x in (("prefill", {"ids": ids, "len": np.int32(3)}), ("decode", {"tok": ids[:1], "pos": np.int32(3)})):
-        run = emu.run(entry, x)
-        assert run.violations == []
-        np.testing.assert_allclose(
-            run.outputs[0].astype(np.float64), ref.run(entry, x)[0].astype(np.float64), rtol=4e-3, atol=2e-3
-        )
+    prefill_and_decode_match_the_reference(m, tp=4)
 
 
 COPIES = """module copies
