@@ -81,6 +81,14 @@ def split_axis(spec) -> int | None:
 def moved(spec, axis: int):
     """The same kind of split on another axis."""
     return Copies(axis, spec.blocks) if isinstance(spec, Copies) else axis
+
+
+def _perm(op: Op) -> tuple[int, ...]:
+    """A transpose's permutation (none given: the axes reversed)."""
+    perm = op.attr("perm")
+    return tuple(reversed(range(op.result.type.rank))) if perm is None else tuple(perm)
+
+
 FREE_OPS = ("constant", "iota")
 MOVE_OPS = ("reshape", "gather", "slice", "transpose", "concat")  # derived from free values: free too
 
@@ -573,18 +581,19 @@ class Partitioner:
         op, home, index, what = lazy
         x, t = op.operands[0], op.result.type
         inner = self._move_back(op, want) if split_axis(want) is not None else None
-        key = (id(v), inner and want, "lazy")
+        spec = want if inner else R  # what the move itself produces
+        key = (id(v), spec, "lazy")
         d = self.cache.get(key)
         if d is None:
             saved = self.index, self.what
             self.index, self.what = index, what
             src = self.get(x, inner or R, home)
-            lt = TensorType(t.dtype, self.local_shape(t.shape, want if inner else R))
+            lt = TensorType(t.dtype, self.local_shape(t.shape, spec))
             locals_ = {
                 c: self.local(c, op.name, (src.locals[c],), op.attr_dict, lt, op.result.name, op.loc)
                 for c in self.groups[home]
             }
-            d = self.cache[key] = Dist(want if inner else R, home, locals_, t.dtype, t.shape)
+            d = self.cache[key] = Dist(spec, home, locals_, t.dtype, t.shape)
             self.index, self.what = saved
         return self.convert(d, want, stage)
 
@@ -593,9 +602,7 @@ class Partitioner:
         x, t = op.operands[0].type, op.result.type
         axis, blocks = split_axis(want), self.blocks(want)
         if op.name == "transpose":
-            perm = op.attr("perm")
-            perm = tuple(reversed(range(t.rank))) if perm is None else tuple(perm)
-            return moved(want, perm[axis])
+            return moved(want, _perm(op)[axis])
         for a in range(x.rank):
             if x.shape[a] % blocks == 0 and self._reshape_axis(x.shape, a, t.shape, blocks) == axis:
                 return moved(want, a)
@@ -1240,8 +1247,7 @@ class Partitioner:
                     return [h], moved(h, b)
             return rep
         if name == "transpose":
-            perm = op.attr("perm")
-            perm = tuple(reversed(range(t.rank))) if perm is None else tuple(perm)
+            perm = _perm(op)
             if h == P:
                 return [P], P
             if split_axis(h) is not None:
