@@ -199,7 +199,7 @@ def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
             stream_src, weights, iw_index, iw_rows, acc_src, link_src,  # resolved sources
             trans_block, block_out, block_src,  # trans: a block's output steps and their inputs
             vec, sample, emit, mem_kind, slice_base, mem_addr, mem_step, mem_width, words,  # SRAM access
-            prov, pend_prov, pend_land, touched, image, maps, map_run, lanes, k_i8, k_f16,
+            prov, pend_prov, pend_land, touched, image, image_width, maps, map_run, lanes, k_i8, k_f16,
             out, alias, found, bad_address):  # fmt: skip
     """`prov[word]` (flat over chips and slices) starts as -1 (never written) or -2 - image row and
     becomes the step whose write landed last; a write lands at its emit cycle, so each word keeps
@@ -361,7 +361,12 @@ def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
                         if row >= 0:
                             w_arr, w_row = _row(alias, row, out, image)
                             wv = w_arr[w_row]
-                            for n in range(lanes):
+                            # an image row's lanes past its last nonzero one add zeros (or NaN
+                            # when x is not finite: then every lane)
+                            width = lanes
+                            if alias[row] < 0 and xq - xq == 0.0:
+                                width = image_width[w_row]
+                            for n in range(width):
                                 acc[n] += xq * wv[n]
                         elif xq - xq != 0.0:  # an unloaded row is zeros: inf or NaN times 0 is NaN
                             for n in range(lanes):
@@ -472,3 +477,33 @@ def suspect_reads(reads, want, at, vector, words, unchecked, address_ok, is_imag
         bad[n] = s
         n += 1
     return bad[:n]
+
+
+@numba.njit(cache=True)
+def row_widths(rows, out, first: int, last: int) -> None:
+    """out[r] for rows first .. last - 1: one past the row's last nonzero lane (0 for a row of
+    zeros). A matrix pass needs a weight row's lanes only up to there: the products past it are
+    zeros that change no sum."""
+    for r in range(first, last):
+        w = rows.shape[1]
+        while w > 0 and rows[r, w - 1] == 0.0:
+            w -= 1
+        out[r] = w
+
+
+@numba.njit(cache=True)
+def as_placed(v, chunks: int, cols: int, dt: int) -> None:
+    """A tensor's vectors as SRAM holds them, in the form placing its value makes (in place): each
+    row's lanes past `cols` zero (a one-column tensor: lane 0 in every lane) and every value in its
+    dtype. Rows are `chunks` vectors each."""
+    lanes = v.shape[1]
+    for r in range(v.shape[0] // chunks):
+        for c in range(chunks):
+            row = v[r * chunks + c]
+            for lane_i in range(lanes):
+                if cols == 1:
+                    row[lane_i] = to_dtype(v[r * chunks, 0], dt)
+                elif c * lanes + lane_i >= cols:
+                    row[lane_i] = 0.0
+                else:
+                    row[lane_i] = to_dtype(row[lane_i], dt)

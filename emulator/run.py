@@ -9,11 +9,12 @@ State placements persist between runs of the same Emulator (a decode loop).
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from emulator.kernel import ACTIONS, execute, suspect_reads
+from emulator.kernel import ACTIONS, as_placed, execute, row_widths, suspect_reads
 from emulator.timing import Violation, resolve
 from isa.diagnostics import error
 from isa.numerics import STORAGE, to_storage
@@ -29,7 +30,7 @@ from isa.program import (
     from_vectors,
     to_vectors,
 )
-from isa.spec import DTYPE_BYTES, OPS
+from isa.spec import DTYPE_BYTES, DTYPES, OPS
 
 _ACTION = np.zeros(256, np.int64)
 _COLS = {
@@ -52,6 +53,54 @@ class RunResult:
     extra: dict = field(default_factory=dict)
 
 
+class States(MutableMapping):
+    """The values of a program's states by name, kept between runs. After a run a state is held as
+    the vectors SRAM holds (its value is made from them when asked for), so a decode loop places
+    the next run's state without converting it back and forth."""
+
+    def __init__(self, lanes: int):
+        self._lanes = lanes
+        self._values: dict[str, np.ndarray | None] = {}
+        self._vectors: dict[str, tuple[Placement, np.ndarray]] = {}  # the read-back replica's vectors
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        value = self._values[name]
+        if value is None:
+            pl, v = self._vectors[name]
+            value = self._values[name] = to_storage(from_vectors(v, pl, self._lanes), pl.dtype)
+        return value
+
+    def __setitem__(self, name: str, value) -> None:
+        self._values[name] = value
+        self._vectors.pop(name, None)
+
+    def __delitem__(self, name: str) -> None:
+        del self._values[name]
+        self._vectors.pop(name, None)
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def vectors(self, pl: Placement) -> np.ndarray:
+        """The vectors a placement of the state holds."""
+        held = self._vectors.get(pl.name)
+        if held is not None and held[0].part == pl.part and held[0].shape == pl.shape:
+            return held[1]
+        return to_vectors(to_storage(pl.take(self[pl.name]), pl.dtype), pl, self._lanes)
+
+    def read_back(self, pl: Placement, v: np.ndarray) -> None:
+        """The state's new value, as SRAM holds it at `pl` after a run: kept as its vectors, put in
+        the form placing it makes (padding lanes zero, or a one-column value in every lane) and
+        rounded to its dtype, as a round trip through its value would."""
+        _, chunks = pl.rows_chunks(self._lanes)
+        as_placed(v, chunks, pl.shape[-1] if pl.shape else 1, DTYPES.index(pl.dtype))
+        self._values[pl.name] = None
+        self._vectors[pl.name] = (pl, v)
+
+
 class Emulator:
     """`weights` (by param name) place params that the program's SRAM image does not hold
     (a program assembled by hand, or compiled without weights)."""
@@ -65,14 +114,20 @@ class Emulator:
         self.program = program
         self.weights = dict(weights or {})
         lanes = program.system.chip.lanes
-        self.state = {
-            pl.name: np.zeros(pl.shape, STORAGE[pl.dtype]) for pl in program.placements if pl.role == "state"
-        }
+        self.state = States(lanes)
+        for pl in program.placements:
+            if pl.role == "state":
+                self.state[pl.name] = np.zeros(pl.shape, STORAGE[pl.dtype])
         self._lanes = lanes
         self._sram: tuple[np.ndarray, ...] | None = None
         self._resolved: dict[int, object] = {}
         self._prepared: dict[int, tuple] = {}
         self._images: dict[int, np.ndarray] = {}
+        self._fresh: dict[int, bool] = {}  # the entry's image was just built with this run's values
+        self._touched: dict[int, np.ndarray] = {}
+        self._param_vectors: dict[tuple, np.ndarray] = {}  # params given as weights, as vectors
+        self._wholes: dict[tuple, dict] = {}
+        self._widths: dict[int, np.ndarray] = {}  # per image row: lanes up to its last nonzero one
         self._buffers: dict[int, np.ndarray] = {}
         self._placements: dict[tuple[str, str], list[Placement]] = {}
         self._mem_index = {name: k for k, name in enumerate(program.system.chip.mem_slice_names())}
@@ -116,56 +171,65 @@ class Emulator:
             raise error(f"the program has no entry '{entry}' (it has {', '.join(p.entries)})")
         chip = p.system.chip
         lanes = chip.lanes
-        mem_index = self._mem_index
         e = p.entries.index(entry)
-        rows = [p.image_data]
-        placed: list[tuple[Placement, int]] = []  # what this run places, and the image row it starts at
-        count = len(p.image_word)
-
-        def place(pl: Placement, value: np.ndarray, vectors: np.ndarray | None = None) -> None:
-            nonlocal count
-            if vectors is None:
-                vectors = to_vectors(to_storage(value, pl.dtype), pl, lanes)
-            placed.append((pl, len(vectors)))
-            rows.append(vectors)
-            count += len(vectors)
-
+        # what this run places, as vectors: inputs (replicas converted once), states (the vectors
+        # the last run left, unless the value was set since) and params given as weights (converted
+        # on the first run)
+        placed: list[tuple[Placement, np.ndarray]] = []
+        converted: dict[tuple, np.ndarray] = {}
         for pl in self.placements("input", entry):
             if pl.name not in inputs:
                 raise error(f"entry '{entry}' needs the input '{pl.name}' ({pl.dtype}{list(pl.shape)})")
             value = np.asarray(inputs[pl.name])
-            if not _holds(pl, value.shape) or (pl.part and value.shape != _whole_shape(p, pl)):
+            whole = self._whole_shape(pl)
+            if not _holds(pl, value.shape) or (pl.part and value.shape != whole):
                 raise error(
                     f"input '{pl.name}' has shape {list(value.shape)} but the program expects "
-                    f"{pl.dtype}{list(_whole_shape(p, pl))}"
+                    f"{pl.dtype}{list(whole)}"
                 )
-            place(pl, pl.take(value))
-        state_vectors: dict[tuple, np.ndarray] = {}  # replicas of a state: their vectors once
-        for pl in self.placements("state"):
             key = (pl.name, pl.part)
-            if key not in state_vectors:
-                state_vectors[key] = to_vectors(to_storage(self.state[pl.name], pl.dtype), pl, lanes)
-            place(pl, self.state[pl.name], state_vectors[key])
+            if key not in converted:
+                converted[key] = to_vectors(to_storage(pl.take(value), pl.dtype), pl, lanes)
+            placed.append((pl, converted[key]))
+        for pl in self.placements("state"):
+            placed.append((pl, self.state.vectors(pl)))
         for pl in self.placements("param"):
             if pl.name in self.weights:
-                value = np.asarray(self.weights[pl.name])
-                if not _holds(pl, value.shape):
-                    raise error(
-                        f"weights '{pl.name}' have shape {list(value.shape)} but the program "
-                        f"expects {pl.dtype}{list(_whole_shape(self.program, pl))}"
-                    )
-                place(pl, pl.take(value))
+                key = (pl.name, pl.part)
+                if key not in self._param_vectors:
+                    value = np.asarray(self.weights[pl.name])
+                    if not _holds(pl, value.shape):
+                        raise error(
+                            f"weights '{pl.name}' have shape {list(value.shape)} but the program "
+                            f"expects {pl.dtype}{list(self._whole_shape(pl))}"
+                        )
+                    self._param_vectors[key] = to_vectors(to_storage(pl.take(value), pl.dtype), pl, lanes)
+                placed.append((pl, self._param_vectors[key]))
         # everything below depends on the program and on where things are placed, not on their
         # values: worked out on an entry's first run and kept
-        layout = tuple((pl.chip, pl.slice, pl.word, n) for pl, n in placed)
+        layout = tuple((pl.chip, pl.slice, pl.word, len(v)) for pl, v in placed)
         if self._prepared.get(e, (None,))[0] != layout:
-            self._prepared[e] = (layout, self._prepare(e, placed))
+            sizes = [(pl, len(v)) for pl, v in placed]
+            self._prepared[e] = (layout, self._prepare(e, sizes))
             # the image rows followed by what runs place: the program's part is copied once
-            self._images[e] = np.ascontiguousarray(np.concatenate(rows)) if count else np.zeros((0, lanes))
-        where, image_words, image_prov, row_word, r, (args, maps, map_run), checks = self._prepared[e][1]
-        image = self._images[e]
-        if len(rows) > 1:
-            image[len(p.image_word) :] = np.concatenate(rows[1:])
+            rows = [p.image_data] + [v for _, v in placed]
+            self._images[e] = np.ascontiguousarray(np.concatenate(rows))
+            self._widths[e] = np.zeros(len(self._images[e]), np.int64)
+            row_widths(self._images[e], self._widths[e], 0, len(self._images[e]))
+            self._fresh[e] = True
+        prepared = self._prepared[e][1]
+        where, image_words, image_prov, row_word, r, (args, maps, map_run), checks, back = prepared
+        image, widths = self._images[e], self._widths[e]
+        if not self._fresh.pop(e, False):  # inputs and states change between runs (params do not)
+            at = first = len(p.image_word)
+            for pl, v in placed:
+                if pl.role == "param":  # in place since the image was built
+                    row_widths(image, widths, first, at)
+                    first = at + len(v)
+                else:
+                    image[at : at + len(v)] = v
+                at += len(v)
+            row_widths(image, widths, first, at)
         words = chip.words_per_slice
         if self._sram is None:  # SRAM provenance, kept across runs and reset where a run touched it
             size = p.system.chips * chip.mem_slices * words
@@ -174,34 +238,42 @@ class Emulator:
             self._sram = (both[:, 0], both[:, 1], both[:, 2])
         prov, pend_prov, pend_land = self._sram
         prov[image_words] = image_prov
-        touched = np.zeros(max(1, int(np.count_nonzero(r.mem_kind))), np.int64)
+        touched = self._touched.get(e)
+        if touched is None:
+            touched = self._touched[e] = np.zeros(max(1, int(np.count_nonzero(r.mem_kind))), np.int64)
         out, alias, found, bad_address, n_touched = execute(
-            *args, words, prov, pend_prov, pend_land, touched, image, maps, map_run, lanes,
+            *args, words, prov, pend_prov, pend_land, touched, image, widths, maps, map_run, lanes,
             chip.mxm_k_i8, chip.mxm_k_f16, *self._values(e, len(r.ins), lanes),
         )  # fmt: skip
         violations = r.violations + _sram_violations(p, r, found, bad_address, row_word, checks)
         violations.sort(key=lambda v: (v.cycle, v.chip, v.instruction, v.kind))
 
-        def read_back(pl: Placement) -> np.ndarray:
-            n = pl.vectors(lanes)
-            base = (pl.chip * chip.mem_slices + mem_index[pl.slice]) * words + pl.word
-            m = prov[base + np.arange(n) * DTYPE_BYTES[pl.dtype]] - 1
-            vectors = np.zeros((n, lanes))
-            written = np.nonzero(m >= 0)[0]  # the step whose write landed: its value is where alias says
-            a = alias[m[written]]
-            vectors[written[a >= 0]] = out[a[a >= 0]]
-            vectors[written[a < 0]] = image[-1 - a[a < 0]]
-            initial = m <= -2  # an image row (-1: nothing wrote it, zeros)
-            vectors[initial] = image[-2 - m[initial]]
-            return to_storage(from_vectors(vectors, pl, lanes), pl.dtype)
-
-        outputs = [read_back(pl) for pl in self.placements("output", entry)]
-        for pl in self._state_read:
-            self.state[pl.name] = read_back(pl)
+        # what SRAM holds at the end where the outputs and the states lie, all at once
+        flat, spans, placements = back
+        m = prov[flat] - 1
+        vectors = np.zeros((len(flat), lanes))
+        written = np.nonzero(m >= 0)[0]  # the step whose write landed: its value is where alias says
+        a = alias[m[written]]
+        vectors[written[a >= 0]] = out[a[a >= 0]]
+        vectors[written[a < 0]] = image[-1 - a[a < 0]]
+        initial = m <= -2  # an image row (-1: nothing wrote it, zeros)
+        vectors[initial] = image[-2 - m[initial]]
+        outputs = []
+        for pl, (lo, hi) in zip(placements, spans):
+            if pl.role == "output":
+                outputs.append(to_storage(from_vectors(vectors[lo:hi], pl, lanes), pl.dtype))
+            else:
+                self.state.read_back(pl, vectors[lo:hi])
         prov[touched[:n_touched]] = 0  # back to never-written for the next run
         prov[image_words] = 0
         extra = {"resolved": r, "mem_seen": found.copy()} if trace else {}
         return RunResult(outputs, violations, r.cycles, r.busy, steps=len(r.ins), extra=extra)
+
+    def _whole_shape(self, pl: Placement) -> tuple[int, ...]:
+        key = (pl.role, pl.graph)
+        if key not in self._wholes:
+            self._wholes[key] = self.program.whole(pl.role, pl.graph)
+        return self._wholes[key][pl.name][1]
 
     def _prepare(self, e: int, placed: list[tuple[Placement, int]]) -> tuple:
         """An entry's resolved timing and the kernel's arguments that do not change between runs."""
@@ -259,7 +331,18 @@ class Emulator:
         )  # fmt: skip
         checks = _read_checks(p, r, row_word)
         maps = maps.astype(np.int64)
-        return where, image_words, image_prov, row_word, r, (args, maps, _runs(maps)), checks
+        # where the outputs and the states read back after a run lie in the provenance arrays
+        back = [pl for pl in self.placements("output", p.entries[e])] + list(self._state_read)
+        flat, spans, at = [], [], 0
+        for pl in back:
+            n = pl.vectors(chip.lanes)
+            base = (pl.chip * chip.mem_slices + mem_index[pl.slice]) * words + pl.word
+            flat.append(base + np.arange(n, dtype=np.int64) * DTYPE_BYTES[pl.dtype])
+            spans.append((at, at + n))
+            at += n
+        flat_arr = np.concatenate(flat) if flat else np.zeros(0, np.int64)
+        kernel = (args, maps, _runs(maps))
+        return where, image_words, image_prov, row_word, r, kernel, checks, (flat_arr, spans, back)
 
 
 def _runs(maps: np.ndarray) -> np.ndarray:

@@ -56,6 +56,21 @@ def test_matmul_program_matches_numpy_bit_for_bit():
     assert r.busy["MXM"] == 8 + 20 + 2
 
 
+def test_matmul_skips_zero_weight_lanes_exactly():
+    """A pass reads an image weight row only up to its last nonzero lane; the result is still numpy's
+    bit for bit, including where an infinite activation meets those zeros (inf * 0 = NaN)."""
+    w = W.copy()
+    w[0, 9:] = 0.0  # row 0 is zero past lane 9, row 3 entirely
+    w[3, :] = 0.0
+    for x in (X, np.where(np.arange(8) == 0, np.inf, X).astype(np.float16), np.where(np.arange(8) == 3, -np.inf, X).astype(np.float16)):
+        r = run(load("matmul.lpuasm"), x=x, w=w)
+        with np.errstate(invalid="ignore"):
+            want = (x.astype(np.float32) @ w.astype(np.float32)).astype(np.float16)
+        assert r.violations == []
+        assert np.array_equal(r.outputs[0], want, equal_nan=True), (r.outputs[0], want)
+    assert np.isnan(want[:, 9:]).all()  # the case that must not be skipped
+
+
 def kinds(p, **kw):
     return sorted({v.kind for v in run(p, **kw).violations})
 
@@ -169,6 +184,12 @@ def test_state_persists_between_runs():
         r = emu.run("main", {"x": one})
         assert r.violations == [], [v.render() for v in r.violations]
         assert np.array_equal(r.outputs[0], k * one) and np.array_equal(emu.state["s"], k * one)
+    # a state set between runs is what the next run starts from (the vectors the last run left
+    # are dropped), and the mapping behaves like a dict
+    emu.state["s"] = np.full((1, 4), 10, np.float32)
+    r = emu.run("main", {"x": one})
+    assert np.array_equal(r.outputs[0], 10 + one) and np.array_equal(emu.state["s"], 10 + one)
+    assert list(emu.state) == ["s"] and len(emu.state) == 1 and dict(emu.state)["s"].dtype == np.float32
 
 
 # -- the checker bites: every single mutation of the hand-written programs ----------------------
