@@ -214,7 +214,9 @@ def execute(action, dt, to, imm, k, lane, mapi, red, kof, mode,  # per step
     recv) copies nothing: `alias[s]` says where its value lives (>= 0: row of `out`, the caller's
     buffer reused across runs; < 0: row -1 - alias of `image`). The caller reads values through it.
     `alias`, `found` (what each read or gather saw) and `bad_address` are the caller's buffers too,
-    one entry per step, filled here (fresh pages for them would cost more than small programs' work)."""
+    one entry per step, filled here (fresh pages for them would cost more than small programs' work).
+    `image_width[row]` is one past the last nonzero lane of an image row (`row_widths`): a matrix
+    pass by a weight row of the image stops there unless the activation is not finite."""
     steps = action.shape[0]
     rows = iw_rows.shape[1]
     for s in range(steps):
