@@ -119,7 +119,7 @@ class Emulator:
             if pl.role == "state":
                 self.state[pl.name] = np.zeros(pl.shape, STORAGE[pl.dtype])
         self._lanes = lanes
-        self._sram: tuple[np.ndarray, ...] | None = None
+        self._sram: dict[int, tuple[np.ndarray, ...]] = {}
         self._resolved: dict[int, object] = {}
         self._prepared: dict[int, tuple] = {}
         self._images: dict[int, np.ndarray] = {}
@@ -218,7 +218,7 @@ class Emulator:
             row_widths(self._images[e], self._widths[e], 0, len(self._images[e]))
             self._fresh[e] = True
         prepared = self._prepared[e][1]
-        where, image_words, image_prov, row_word, r, (args, maps, map_run), checks, back = prepared
+        where, image_words, image_prov, row_word, r, (args, maps, map_run), checks, back, compact = prepared
         image, widths = self._images[e], self._widths[e]
         if not self._fresh.pop(e, False):  # inputs and states change between runs (params do not)
             at = first = len(p.image_word)
@@ -231,12 +231,12 @@ class Emulator:
                 at += len(v)
             row_widths(image, widths, first, at)
         words = chip.words_per_slice
-        if self._sram is None:  # SRAM provenance, kept across runs and reset where a run touched it
-            size = p.system.chips * chip.mem_slices * words
+        sram = self._sram.get(e)
+        if sram is None:  # SRAM provenance, kept across runs and reset where a run touched it
             # a word's three entries side by side: an access touches one cache line, not three
-            both = np.zeros((size, 3), np.int64)  # plus one: pages nothing touches stay unallocated
-            self._sram = (both[:, 0], both[:, 1], both[:, 2])
-        prov, pend_prov, pend_land = self._sram
+            both = np.zeros((compact.size, 3), np.int64)
+            sram = self._sram[e] = (both[:, 0], both[:, 1], both[:, 2])
+        prov, pend_prov, pend_land = sram
         prov[image_words] = image_prov
         touched = self._touched.get(e)
         if touched is None:
@@ -317,32 +317,82 @@ class Emulator:
             for s in s_list:
                 trans_block[s] = b
         maps = p.maps if p.maps.size else np.zeros((1, chip.lanes), np.int32)
-        words = chip.words_per_slice
+        back = [pl for pl in self.placements("output", p.entries[e])] + list(self._state_read)
+        compact = _Compact(p, r, where, placed + [(pl, pl.vectors(chip.lanes)) for pl in back], mem_index)
         image_words = np.array(
-            [(c * chip.mem_slices + sl) * words + w for (c, sl, w) in where], np.int64
+            [compact.flat(c * chip.mem_slices + sl, w) for (c, sl, w) in where], np.int64
         ).reshape(-1)
         image_prov = -1 - np.array(list(where.values()), np.int64).reshape(-1)  # -2 - row, plus one
         row_word = {row: key[2] for key, row in where.items()}
         args = (
             _ACTION[op], col("dt"), col("to"), imm, col("k"), col("lane"), col("map"), col("red"),
             col("kof"), col("mode"), r.stream_src, r.weights, r.iw_index, r.iw_rows, r.acc_src, r.link_src,
-            trans_block, block_out, block_src, r.i, r.sample, r.emit, r.mem_kind, r.slice_base,
+            trans_block, block_out, block_src, r.i, r.sample, r.emit, r.mem_kind, compact.slice_base,
             r.mem_addr, r.mem_step, r.mem_width,
         )  # fmt: skip
         checks = _read_checks(p, r, row_word)
         maps = maps.astype(np.int64)
         # where the outputs and the states read back after a run lie in the provenance arrays
-        back = [pl for pl in self.placements("output", p.entries[e])] + list(self._state_read)
         flat, spans, at = [], [], 0
         for pl in back:
             n = pl.vectors(chip.lanes)
-            base = (pl.chip * chip.mem_slices + mem_index[pl.slice]) * words + pl.word
+            base = compact.flat(pl.chip * chip.mem_slices + mem_index[pl.slice], pl.word)
             flat.append(base + np.arange(n, dtype=np.int64) * DTYPE_BYTES[pl.dtype])
             spans.append((at, at + n))
             at += n
         flat_arr = np.concatenate(flat) if flat else np.zeros(0, np.int64)
         kernel = (args, maps, _runs(maps))
-        return where, image_words, image_prov, row_word, r, kernel, checks, (flat_arr, spans, back)
+        return where, image_words, image_prov, row_word, r, kernel, checks, (flat_arr, spans, back), compact
+
+
+class _Compact:
+    """Where each MEM slice's words sit in the SRAM provenance arrays of one entry: only the words
+    the entry can touch (its static accesses, the image, what it places and what it reads back),
+    slice after slice; a slice the entry addresses at run time (a gather or scatter) whole. Dense:
+    the kernel's accesses stay near each other instead of a page apart in a system-sized array
+    (3 % of a toy Llama's decode step on 8 chips; a dragonfly:8 array would be 10 GB of address
+    space)."""
+
+    def __init__(self, p, r, where, placed: list[tuple[Placement, int]], mem_index):
+        chip = p.system.chip
+        words = chip.words_per_slice
+        kinds = r.mem_kind
+        steps = np.nonzero(kinds)[0]
+        pair = r.slice_base[steps] // words
+        lo_w = np.where(kinds[steps] <= 2, r.mem_addr[steps] + r.i[steps] * r.mem_step[steps], 0)
+        hi_w = np.where(kinds[steps] <= 2, lo_w + r.mem_width[steps], words)
+        keys = [pair]
+        los = [lo_w]
+        his = [hi_w]
+        if where:
+            ks = np.array(list(where.keys()), np.int64).reshape(-1, 3)
+            keys.append(ks[:, 0] * chip.mem_slices + ks[:, 1])
+            los.append(ks[:, 2])
+            his.append(ks[:, 2] + 2)
+        for pl, n in placed:
+            keys.append(np.array([pl.chip * chip.mem_slices + mem_index[pl.slice]], np.int64))
+            los.append(np.array([pl.word], np.int64))
+            his.append(np.array([pl.word + n * DTYPE_BYTES[pl.dtype] + 1], np.int64))
+        k = np.concatenate(keys)
+        lo = np.clip(np.concatenate(los), 0, words)
+        hi = np.clip(np.concatenate(his), 0, words)
+        uniq, inv = np.unique(k, return_inverse=True)
+        first = np.full(len(uniq), words, np.int64)
+        last = np.zeros(len(uniq), np.int64)
+        np.minimum.at(first, inv, lo)
+        np.maximum.at(last, inv, hi)
+        span = np.maximum(last - first, 0)
+        base = np.concatenate(([0], np.cumsum(span)[:-1])).astype(np.int64)
+        self.pairs, self.first, self.base = uniq, first, base
+        self.size = int(span.sum()) + 1
+        self.slice_base = np.zeros(len(kinds), np.int64)
+        at = np.searchsorted(uniq, pair)
+        self.slice_base[steps] = base[at] - first[at]
+
+    def flat(self, pair: int, word: int) -> int:
+        k = int(np.searchsorted(self.pairs, pair))
+        assert k < len(self.pairs) and self.pairs[k] == pair and self.first[k] <= word
+        return int(self.base[k] - self.first[k] + word)
 
 
 def _runs(maps: np.ndarray) -> np.ndarray:

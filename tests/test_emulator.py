@@ -316,9 +316,8 @@ def test_lane_maps_of_one_run_take_the_fast_path_and_agree_with_the_general_one(
 
 
 def test_sram_of_chips_a_program_never_touches_costs_no_memory():
-    """The emulator's record of who wrote each SRAM word spans every chip of the system (1.2 GB for
-    the 72 chips of a rack); it starts as zeroed pages, so only the words a program touches are
-    ever resident."""
+    """The emulator's record of who wrote each SRAM word holds only the words an entry can touch
+    (one for every word of the 72 chips of a rack would be 1.2 GB)."""
     import sys
 
     from compiler import parse
