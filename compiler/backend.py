@@ -131,6 +131,9 @@ def _compile(module, system, weights, tp, pp, timing_only, use_runs) -> Program:
             # own: a chip's lowering depends on its own statements only (so alike stages lower alike)
             low.maps, low._rr, low.jobs, low.pinned = maps, dict(first[c]._rr), jobs, first[c].pinned
             lows[c] = low
+        in_place = in_place_updates(ep)
+        for low in lows.values():
+            low.in_place = in_place
         inputs = []
         for c, name, v, part in ep.inputs:
             t = lows[c].new_tensor(name, v.type, "input")
@@ -456,7 +459,47 @@ def _lower_statements(ep, lows: dict, system: SystemConfig, before_commits=None,
         else:  # LocalCommit: copy the new value into the state's words after every read of the old one
             low = lows[stmt.chip]
             low.op_index, low.op_name = -1, stmt.what
-            low.copy(low.tensor(stmt.value), low.symbols[stmt.state.name])
+            value, state = low.tensor(stmt.value), low.symbols[stmt.state.name]
+            if value is not state:  # else updated in place (Lowering.update_slice)
+                low.copy(value, state)
+
+
+def in_place_updates(ep) -> set[int]:
+    """The update_slice ops (by id) that may scatter into their state's own words: the result is
+    committed to that state on the same chip, nothing else on the chip reads the state's old value
+    (reads of a state see its value at the start of the run), the entry does not return it, and
+    the update is along an axis other than the last (which is not a scatter)."""
+    readers: dict[tuple[int, str], list] = {}
+    made_by: dict[int, Local] = {}
+    for st in ep.stmts:
+        if isinstance(st, Local):
+            made_by[id(st.op.result)] = st
+            for o in st.op.operands:
+                if isinstance(o, Global) and o.kind == "state":
+                    readers.setdefault((st.chip, o.name), []).append(st)
+        elif isinstance(st, Transfer | Place):
+            if isinstance(st.src, Global) and st.src.kind == "state":
+                chip = st.route[0] if isinstance(st, Transfer) else st.chip
+                readers.setdefault((chip, st.src.name), []).append(st)
+        elif isinstance(st, LocalCommit) and isinstance(st.value, Global):
+            readers.setdefault((st.chip, st.value.name), []).append(st)
+    returned = {(c, v.name) for c, v in ep.outputs if isinstance(v, Global)}
+    out = set()
+    for st in ep.stmts:
+        if not isinstance(st, LocalCommit):
+            continue
+        upd = made_by.get(id(st.value))
+        if upd is None or upd.chip != st.chip or upd.op.name != "update_slice":
+            continue
+        target = upd.op.operands[0]
+        key = (st.chip, st.state.name)
+        if not (isinstance(target, Global) and target.kind == "state" and target.name == st.state.name):
+            continue
+        rank = len(target.type.shape)
+        if upd.op.attr("axis") % rank == rank - 1 or key in returned or readers.get(key) != [upd]:
+            continue
+        out.add(id(upd.op))
+    return out
 
 
 class _LinkLowering:

@@ -155,6 +155,7 @@ class Lowering:
         self.op_index = -1
         self.op_name = ""
         self.op_loc = ""  # the IR location of the op being lowered ("" for collectives)
+        self.in_place: set[int] = set()  # update_slice ops that write their state in place (ids)
 
     # -- places ------------------------------------------------------------------------------
     def _slice_order(self) -> list[str]:
@@ -957,14 +958,28 @@ class Lowering:
         return out
 
     def update_slice(self, op: Op) -> Tensor:
-        """A copy of the target, then the value scattered in at a run-time offset along `axis`."""
+        """A copy of the target, then the value scattered in at a run-time offset along `axis`. A state
+        whose old value nothing else reads and which the result is committed to (a KV cache in a
+        decode step: `in_place`) is not copied: the value is scattered into the state's own words,
+        and the commit has nothing left to do."""
         x, v, index = (self.tensor(o) for o in op.operands)
         axis = op.attr("axis") % len(x.shape)
         if axis == len(x.shape) - 1:
             return self._update_last_axis(op, x, v, index)
-        out = self.new_tensor(op.result.name or "u", op.result.type, avoid={x.slice, v.slice, index.slice})
-        self.copy(x, out)
-        if v.slice == index.slice:
+        if id(op) in self.in_place:
+            assert x.kind == "state"
+            out = x
+        else:
+            busy = {x.slice, v.slice, index.slice}
+            out = self.new_tensor(op.result.name or "u", op.result.type, avoid=busy)
+            self.copy(x, out)
+        if index.slice == out.slice:  # the scatter's port writes the target: its operands come from others
+            moved = self.new_tensor(
+                f"{index.name}.copy", TensorType(index.dtype, index.shape), avoid={out.slice}
+            )
+            self.copy(index, moved)
+            index = moved
+        if v.slice in (index.slice, out.slice):
             moved = self.new_tensor(
                 f"{v.name}.copy", TensorType(v.dtype, v.shape), avoid={index.slice, out.slice}
             )

@@ -206,6 +206,47 @@ def test_decode_loop_with_kv_cache_state(system):
     assert np.abs(emu.state["k_cache"][:4]).sum() > 0 and not emu.state["k_cache"][4:].any()
 
 
+def test_kv_cache_is_updated_in_place():
+    """A decode step scatters its new row into the cache state itself: no instruction copies the
+    cache (a copy before the scatter and one more for the commit would move the whole cache every
+    step). Another reader of the state's old value keeps the copy (reads of a state see its value at
+    the start of the run), and stays right."""
+    from compiler.reference import Reference
+
+    m = parse((ROOT / "tests" / "ir" / "kv_decode.lpu").read_text(), "kv_decode.lpu")
+    p = compile_module(m, named_system("tiny"), random_weights(m, 5))
+    cache_vectors = 16  # f16[16, 16] on 16 lanes
+    ops, op_of = p.meta["ops"], p.meta["op_of"]
+    mem = {"read", "write"}
+    moves = [
+        ops[op_of[j]]
+        for j in range(len(p))
+        if p.spec(j).mnemonic in mem and p.n[j] >= cache_vectors and ("cache" in ops[op_of[j]] or "commit" in ops[op_of[j]])
+    ]
+    assert moves == [], moves
+    assert not any(ops[op_of[j]].startswith("commit") for j in range(len(p)))
+
+    text = """module m
+state @s : f16[4, 16]
+graph main(%v: f16[1, 16], %p: i32[]) -> (f16[4, 16], f16[4, 16]) {
+  %u = update_slice(@s, %v, %p) {axis = 0}
+  %old = add(@s, @s)
+  commit @s = %u
+  return %old, %u
+}
+"""
+    m = parse(text, "s.lpu")
+    emu, ref = Emulator(compile_module(m, named_system("tiny"))), Reference(m, {})
+    rng = np.random.default_rng(3)
+    for p_ in (1, 3):
+        x = {"v": rng.standard_normal((1, 16)).astype(np.float16), "p": np.int32(p_)}
+        got, want = emu.run("main", x), ref.run("main", x)
+        assert got.violations == []
+        for g, w in zip(got.outputs, want):
+            assert np.array_equal(g, w)
+        assert np.array_equal(emu.state["s"], ref.state["s"])
+
+
 def test_compilation_is_deterministic_across_processes(tmp_path):
     code = (
         "import sys; from compiler import parse; from compiler.backend import compile_module; "
