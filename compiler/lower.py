@@ -560,6 +560,7 @@ class Lowering:
         done = self._transposes(srcs, out, where)
         plan = self._move_plan(srcs, where, done)
         # runs of whole vectors copied unchanged become one copy pipeline
+        mapped: dict[tuple, list[tuple[int, int]]] = {}  # (source, lane map) -> its output vectors
         v = 0
         while v < len(plan):
             if done[v]:
@@ -582,9 +583,44 @@ class Lowering:
                 self.finish(job)
                 v += n
                 continue
-            self._gather(out, v, plan[v])
+            if len(plan[v]) == 1:  # one lane map of one source vector: grouped below
+                s, sv, m = plan[v][0]
+                mapped.setdefault((s.id, tuple(m)), []).append((v, sv))
+            else:
+                self._gather(out, v, plan[v])
             v += 1
+        for (t_id, m), vs in mapped.items():
+            self._lane_runs(self.tensors[t_id], list(m), vs, out)
         return out
+
+    def _lane_runs(self, s: Tensor, m: list[int], vs: list[tuple[int, int]], out: Tensor) -> None:
+        """Output vectors that are each the lane map `m` of one vector of `s` ((output vector, source
+        vector) pairs, in order): runs whose output and source vectors are both evenly spaced (a head
+        split off every row of a cache, [S, H * D] -> [S, H, D]) are one read, one perm and one
+        write of the whole run instead of one of each per vector."""
+        k = 0
+        while k < len(vs):
+            n = 1
+            if k + 1 < len(vs):
+                dv, ds = vs[k + 1][0] - vs[k][0], vs[k + 1][1] - vs[k][1]
+                if ds >= 0:
+                    n = 2
+                    while k + n < len(vs) and vs[k + n][0] - vs[k + n - 1][0] == dv:
+                        if vs[k + n][1] - vs[k + n - 1][1] != ds:
+                            break
+                        n += 1
+            v, sv = vs[k]
+            if n == 1:
+                self._gather(out, v, [(s, sv, m)])
+            else:
+                job = self.new_job()
+                rd = self.read(job, s, sv, n, ds)
+                pm = self.unit(
+                    job, "perm", self.sxm_queue(self.x_of_slice(s.slice)), n, [("a", rd)], map=self.map_id(m)
+                )
+                self.write(job, out, v, n, dv, pm)
+                self.finish(job)
+            k += n
 
     def _move_sources(self, srcs: list[Tensor], out: Tensor, which: np.ndarray, index: np.ndarray):
         """For every (output vector, lane): whether it holds an element, which source, its vector and

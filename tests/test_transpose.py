@@ -16,7 +16,6 @@ from isa.spec import BY_MNEMONIC
 from isa.system import SystemConfig, named_system
 from lpu.api import check_outputs
 from lpu.arrays import random_inputs
-from models.gpt2 import GPT2Config, module_text, random_weights
 
 TRANS = BY_MNEMONIC["trans"].code
 
@@ -81,58 +80,90 @@ def test_long_columns_fold_a_few_blocks_at_a_time():
     assert (program.opcode == TRANS).sum() == 4 * 7  # 4 groups of 16 output vectors, 7 blocks
 
 
+PIECES = """module m
+graph main(%x: f32[8, 32], %y: f32[8, 32]) -> (f32[32, 16]) {
+  %p = add(%x, %x)
+  %q = mul(%y, %y)
+  %c = concat(%p, %q) {axis = 0}
+  %t = transpose(%c)
+  return %t
+}
+"""
+
+
 @pytest.fixture(scope="module")
-def decode():
-    """A GPT-2 decode step: the key cache is transposed every step, and its rows were written by
-    different instructions, so the read feeding each trans is cut into pieces."""
-    c = GPT2Config(1, 64, 4, 128, 64, 16)
-    m, w = parse(module_text(c)), random_weights(c, 0)
-    return compile_module(m, named_system("tsp"), w)
+def pieces():
+    """A transpose of 16 rows written by two instructions (a concat of two results): the read
+    feeding the trans is cut into two pieces."""
+    m = parse(PIECES)
+    return m, compile_module(m, named_system("tsp"), {})
 
 
 def _split_trans(p):
     """(trans row, its input's first read row) for trans whose input read is in pieces."""
-    e = p.entries.index("decode")
     out = []
-    for r in np.nonzero((p.opcode == TRANS) & (p.entry == e))[0]:
+    for r in np.nonzero(p.opcode == TRANS)[0]:
         src = int(p.src[r, 0])
         if p.n[src] < 16:
             out.append((int(r), src))
     return out
 
 
-def test_decode_transposes_a_key_cache_read_in_pieces(decode):
-    split = _split_trans(decode)
+def test_a_transpose_of_rows_written_by_two_instructions_reads_them_in_pieces(pieces):
+    _, p = pieces
+    split = _split_trans(p)
     assert split, "no trans took its input from a read in pieces"
     r, src = split[0]
     # the pieces: consecutive rows of the same read on the same queue, issued back to back
     total, row = 0, src
     while total < 16:
-        assert decode.opcode[row] == BY_MNEMONIC["read"].code and decode.queue[row] == decode.queue[src]
-        assert decode.cycle[row] == decode.cycle[src] + total
-        total += int(decode.n[row])
+        assert p.opcode[row] == BY_MNEMONIC["read"].code and p.queue[row] == p.queue[src]
+        assert p.cycle[row] == p.cycle[src] + total
+        total += int(p.n[row])
         row += 1
     assert total == 16
 
 
-def _decode_run(p):
-    emu = Emulator(p)
-    ids = np.zeros(16, np.int32)
-    ids[:3] = [1, 2, 3]
-    assert emu.run("prefill", {"ids": ids, "len": np.int32(3)}).violations == []
-    return emu.run("decode", {"tok": np.array([4], np.int32), "pos": np.int32(3)})
+def _pieces_run(m, p):
+    inputs = random_inputs(m, m.graphs[0], 5)
+    run = Emulator(p).run("main", inputs)
+    return run, inputs
 
 
-def test_checker_follows_the_pieces_and_bites(decode):
-    assert _decode_run(decode).violations == []
-    r, src = _split_trans(decode)[0]
+def test_checker_follows_the_pieces_and_bites(pieces):
+    m, p = pieces
+    run, inputs = _pieces_run(m, p)
+    assert run.violations == []
+    x, y = inputs["x"].astype(np.float32), inputs["y"].astype(np.float32)
+    assert np.array_equal(run.outputs[0], np.concatenate([x + x, y * y]).T)
+    r, src = _split_trans(p)[0]
     # the trans names the wrong vector of its pieced input: caught
-    off = decode.src_off.copy()
+    off = p.src_off.copy()
     off[r, 0] += 1
-    bad = _decode_run(dataclasses.replace(decode, src_off=off))
+    bad, _ = _pieces_run(m, dataclasses.replace(p, src_off=off))
     assert any(v.kind == "wrong vector" and v.instruction == r for v in bad.violations)
     # the second piece issued a cycle late: the trans samples a gap, caught
-    cycle = decode.cycle.copy()
+    cycle = p.cycle.copy()
     cycle[src + 1] += 1
-    bad = _decode_run(dataclasses.replace(decode, cycle=cycle))
+    bad, _ = _pieces_run(m, dataclasses.replace(p, cycle=cycle))
     assert any(v.instruction == r for v in bad.violations)
+
+
+@pytest.mark.parametrize("S, H, D", [(24, 2, 16), (8, 4, 40), (6, 3, 8)])
+def test_heads_split_off_rows_move_many_vectors_per_instruction(S, H, D):
+    """Heads split off every row of a cache ([S, H * D] -> [S, H, D], then [H, S, D]): each output
+    vector of the reshape is one lane map of a source vector, evenly spaced, so each head is one
+    read, one perm and one write of S vectors, not S of each."""
+    text = (
+        f"module m\ngraph main(%x: f32[{S}, {H * D}]) -> (f32[{H}, {S}, {D}]) {{\n"
+        f"  %r = reshape(%x) : f32[{S}, {H}, {D}]\n"
+        f"  %t = transpose(%r) {{perm = [1, 0, 2]}}\n  return %t\n}}\n"
+    )
+    m = parse(text)
+    program = compile_module(m, named_system("tsp"), {})
+    inputs = random_inputs(m, m.graphs[0], 3)
+    run = Emulator(program).run("main", inputs)
+    assert run.violations == []
+    assert np.array_equal(run.outputs[0], inputs["x"].reshape(S, H, D).transpose(1, 0, 2))
+    perms = program.opcode == BY_MNEMONIC["perm"].code
+    assert 0 < perms.sum() <= H and (program.n[perms] == S).all()
