@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from emulator.kernel import ACTIONS, as_placed, execute, row_widths, suspect_reads
+from emulator.kernel import ACTIONS, as_placed, execute, row_widths, suspect_reads, value_slots
 from emulator.timing import Violation, resolve
 from isa.diagnostics import error
 from isa.numerics import STORAGE, to_storage
@@ -138,15 +138,15 @@ class Emulator:
                 first[pl.name] = pl
         self._state_read = list(first.values())
 
-    def _values(self, e: int, steps: int, lanes: int) -> tuple[np.ndarray, ...]:
-        """The buffers of an entry's steps (every vector step's value, and what the kernel says of
-        each step), allocated once (fresh pages cost more than the kernel's own work on small
+    def _values(self, e: int, steps: int, slots: int, lanes: int) -> tuple[np.ndarray, ...]:
+        """The buffers of an entry's steps (the values' slots, and what the kernel says of each
+        step), allocated once (fresh pages cost more than the kernel's own work on small
         programs)."""
         buf = self._buffers.get(e)
-        if buf is None or buf[0].shape != (steps, lanes):
+        if buf is None or buf[0].shape != (slots, lanes) or buf[1].shape != (steps,):
             # values, alias, found, bad_address: see kernel.execute
             buf = self._buffers[e] = (
-                np.zeros((steps, lanes)),
+                np.zeros((slots, lanes)),
                 np.zeros(steps, np.int64),
                 np.zeros(steps, np.int64),
                 np.zeros(steps, np.bool_),
@@ -214,22 +214,23 @@ class Emulator:
             # the image rows followed by what runs place: the program's part is copied once
             rows = [p.image_data] + [v for _, v in placed]
             self._images[e] = np.ascontiguousarray(np.concatenate(rows))
-            self._widths[e] = np.zeros(len(self._images[e]), np.int64)
-            row_widths(self._images[e], self._widths[e], 0, len(self._images[e]))
+            # what runs place has zero padding past each row's columns (a one-column value fills
+            # every lane): its widths follow from the shapes; the program's image is looked at
+            self._widths[e] = np.concatenate(
+                [np.zeros(len(p.image_word), np.int64)] + [_placed_widths(pl, lanes) for pl, _ in placed]
+            )
+            row_widths(self._images[e], self._widths[e], 0, len(p.image_word))
             self._fresh[e] = True
         prepared = self._prepared[e][1]
-        where, image_words, image_prov, row_word, r, (args, maps, map_run), checks, back, compact = prepared
+        where, image_words, image_prov, row_word, r, kernel, checks, back, compact, slots = prepared
+        args, maps, map_run = kernel
         image, widths = self._images[e], self._widths[e]
         if not self._fresh.pop(e, False):  # inputs and states change between runs (params do not)
-            at = first = len(p.image_word)
+            at = len(p.image_word)
             for pl, v in placed:
-                if pl.role == "param":  # in place since the image was built
-                    row_widths(image, widths, first, at)
-                    first = at + len(v)
-                else:
+                if pl.role != "param":  # in place since the image was built
                     image[at : at + len(v)] = v
                 at += len(v)
-            row_widths(image, widths, first, at)
         words = chip.words_per_slice
         sram = self._sram.get(e)
         if sram is None:  # SRAM provenance, kept across runs and reset where a run touched it
@@ -241,9 +242,10 @@ class Emulator:
         touched = self._touched.get(e)
         if touched is None:
             touched = self._touched[e] = np.zeros(max(1, int(np.count_nonzero(r.mem_kind))), np.int64)
+        slot, n_slots = slots
         out, alias, found, bad_address, n_touched = execute(
             *args, words, prov, pend_prov, pend_land, touched, image, widths, maps, map_run, lanes,
-            chip.mxm_k_i8, chip.mxm_k_f16, *self._values(e, len(r.ins), lanes),
+            chip.mxm_k_i8, chip.mxm_k_f16, slot, *self._values(e, len(r.ins), n_slots, lanes),
         )  # fmt: skip
         violations = r.violations + _sram_violations(p, r, found, bad_address, row_word, checks)
         violations.sort(key=lambda v: (v.cycle, v.chip, v.instruction, v.kind))
@@ -342,7 +344,9 @@ class Emulator:
             at += n
         flat_arr = np.concatenate(flat) if flat else np.zeros(0, np.int64)
         kernel = (args, maps, _runs(maps))
-        return where, image_words, image_prov, row_word, r, kernel, checks, (flat_arr, spans, back), compact
+        slots = _value_slots(p, r, args, checks, back, mem_index)
+        back_at = (flat_arr, spans, back)
+        return where, image_words, image_prov, row_word, r, kernel, checks, back_at, compact, slots
 
 
 class _Compact:
@@ -393,6 +397,52 @@ class _Compact:
         k = int(np.searchsorted(self.pairs, pair))
         assert k < len(self.pairs) and self.pairs[k] == pair and self.first[k] <= word
         return int(self.base[k] - self.first[k] + word)
+
+
+def _placed_widths(pl: Placement, lanes: int) -> np.ndarray:
+    """Per vector of a placed tensor: one past the last lane that can be nonzero."""
+    rows, chunks = pl.rows_chunks(lanes)
+    cols = pl.shape[-1] if pl.shape else 1
+    if cols == 1:
+        return np.full(rows * chunks, lanes, np.int64)
+    per_row = np.minimum(lanes, cols - np.arange(chunks) * lanes)
+    return np.tile(per_row, rows).astype(np.int64)
+
+
+def _value_slots(p: Program, r, args, checks, back: list[Placement], mem_index) -> tuple[np.ndarray, int]:
+    """kernel.value_slots for an entry: the write each SRAM read is meant to see (from the program's
+    intended sources), and the writes whose values must live to the end of the run (a scatter's;
+    a write to a slice that a gather or a read of a run-time address may see; a write to a slice
+    holding an output or a state, read back after the run)."""
+    chip = p.system.chip
+    words = chip.words_per_slice
+    n = len(r.ins)
+    reads, want, _, vector = checks[0], checks[1], checks[2], checks[3]
+    read_from = np.full(n, -1, np.int64)
+    exact = want >= 0  # an instruction: find the step of its vector
+    if exact.any():
+        width = int(r.i.max()) + 2 if n else 1
+        keys = r.ins.astype(np.int64) * width + r.i
+        order = np.argsort(keys, kind="stable")
+        wanted = want[exact].astype(np.int64) * width + vector[exact]
+        at = np.minimum(np.searchsorted(keys[order], wanted), max(n - 1, 0))
+        hit = keys[order][at] == wanted
+        read_from[reads[exact][hit]] = order[at][hit]
+    pair = r.slice_base // words
+    kind = r.mem_kind
+    loose = set(pair[reads[~exact]].tolist()) | set(pair[(kind == 3) | (kind == 4)].tolist())
+    loose |= {pl.chip * chip.mem_slices + mem_index[pl.slice] for pl in back}
+    read_back = [pl for pl in p.placements if pl.role in ("output", "state")]
+    loose |= {pl.chip * chip.mem_slices + mem_index[pl.slice] for pl in read_back}
+    kept = (kind == 4) | ((kind == 2) & np.isin(pair, np.array(sorted(loose), np.int64)))
+    (action, *_rest) = args
+    stream_src, weights, iw_index, iw_rows, acc_src, link_src = args[10:16]
+    trans_block, block_out, block_src = args[16:19]
+    slot, used = value_slots(
+        action, kind, stream_src, link_src, acc_src, weights, iw_index, iw_rows,
+        trans_block, block_out, block_src, read_from, kept,
+    )  # fmt: skip
+    return slot, int(used)
 
 
 def _runs(maps: np.ndarray) -> np.ndarray:

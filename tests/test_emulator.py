@@ -343,3 +343,43 @@ def test_sram_of_chips_a_program_never_touches_costs_no_memory():
     words = p.system.chips * p.system.chip.mem_slices * p.system.chip.words_per_slice
     assert words * 3 * 8 / 2**20 > 1000  # what a filled record would take, in MB
     assert grown < 200, f"{grown:.0f} MB resident after one run"
+
+
+def test_value_slots_reuse_rows_only_after_the_last_reader():
+    """kernel.value_slots on a made-up step list: a chain of adds, each read by the next, needs two
+    rows however long it is; a value written to SRAM and read back much later keeps its row until
+    that read's consumer; a write that must outlive the run (kept) is never freed; row 0 stays the
+    zero row."""
+    from emulator.kernel import ACTIONS, FOREVER, ZERO, value_slots  # noqa: F401
+
+    add, read, write, nop = ACTIONS["add"], ACTIONS["read"], ACTIONS["write"], ACTIONS["nop"]
+    n = 12
+    action = np.full(n, add, np.int64)
+    mem_kind = np.zeros(n, np.int64)
+    src = np.full((n, 3), -1, np.int64)
+    for s in range(1, 6):  # 0: a value; 1..5: add of the previous step to itself
+        src[s, :2] = s - 1
+    action[6], mem_kind[6], src[6, 0] = write, 2, 2  # step 2's value written to SRAM
+    action[7] = nop
+    action[8], mem_kind[8] = read, 1  # read back the word step 6 wrote
+    action[9], src[9, :2] = add, 8  # uses it
+    action[10], mem_kind[10], src[10, 0] = write, 2, 9  # step 9's value, kept (say, an output)
+    action[11], src[11, :2] = add, 5
+    none = np.full(n, -1, np.int64)
+    read_from = none.copy()
+    read_from[8] = 6
+    kept = np.zeros(n, np.bool_)
+    kept[10] = True
+    slot, used = value_slots(
+        action, mem_kind, src, none, none, none, none, np.zeros((0, 1), np.int64),
+        none, np.zeros((0, 16), np.int64), np.zeros((0, 16), np.int64), read_from, kept,
+    )  # fmt: skip
+    computed = [s for s in range(n) if action[s] == add]
+    assert ZERO not in slot[computed]
+    # every value's row is not given to another value before its last reader has run
+    last = {0: 1, 1: 2, 2: 9, 3: 4, 4: 5, 5: 11, 9: n, 11: 11}
+    for a in computed:
+        for b in computed:
+            if a < b <= last[a]:
+                assert slot[a] != slot[b], (a, b)
+    assert used <= 5  # zero row + at most 4 live values (2, the chain's two, 9 or 11)
