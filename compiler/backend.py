@@ -106,10 +106,10 @@ def _compile(module, system, weights, tp, pp, timing_only, use_runs) -> Program:
         t = first[c].new_tensor(g.name, g.type, "param", data=data)
         symbols[c][g.name] = t
         pinned_symbols.append((t, Placement("param", "", name, t.dtype, t.shape, c, t.slice, 0, part)))
-    for c, g, name in plan.states:  # pinned for good; the emulator places their values before each run
+    for c, g, name, part in plan.states:  # pinned for good; the emulator places their values before each run
         t = first[c].new_tensor(g.name, g.type, "state")
         symbols[c][g.name] = t
-        pinned_symbols.append((t, Placement("state", "", name, t.dtype, t.shape, c, t.slice, 0)))
+        pinned_symbols.append((t, Placement("state", "", name, t.dtype, t.shape, c, t.slice, 0, part)))
 
     runs: list[Run] = []
     if use_runs:

@@ -159,7 +159,8 @@ class Plan:
     pp: int
     groups: tuple[tuple[int, ...], ...]
     params: list[tuple[int, Global, str, tuple | None]] = field(default_factory=list)
-    states: list[tuple[int, Global, str]] = field(default_factory=list)
+    # chip, local state, name, part (a KV cache split by heads: `Partitioner.state_spec`)
+    states: list[tuple[int, Global, str, tuple | None]] = field(default_factory=list)
     entries: list[EntryPlan] = field(default_factory=list)
     tight: bool = False  # the weights fill more than half of the chips' SRAM (or of one stage's)
     warnings: list[Diagnostic] = field(default_factory=list)  # choices that cost the user time
@@ -292,6 +293,7 @@ class Partitioner:
         self._param_cache: dict[tuple, Dist] = {}
         self._state_home: dict[str, int] = {}
         self._state_locals: dict[str, dict[int, Global]] = {}
+        self._state_spec: dict[str, object] = {}  # how the chips of its home stage hold each state
         self._routes: dict[tuple[int, int], tuple[int, ...]] = {}
         self._inferred: dict[tuple, TensorType] = {}  # (op, operand types, attrs, declared) -> result
         self._adj = {c: system.neighbours(c) for c in range(system.chips)}
@@ -334,11 +336,13 @@ class Partitioner:
                 self._state_home.setdefault(c.state.name, st[-1] if st else 0)
         for s in self.m.states:
             home = self._state_home.setdefault(s.name, 0)
+            spec = self._state_spec[s.name] = self.state_spec(s)
             self._state_locals[s.name] = {}
-            for c in self.groups[home]:
-                g = Global("state", s.name, s.type, s.loc)
+            for r, c in enumerate(self.groups[home]):
+                lt = TensorType(s.type.dtype, self.local_shape(s.type.shape, spec))
+                g = Global("state", s.name, lt, s.loc)
                 self._state_locals[s.name][c] = g
-                self.plan.states.append((c, g, s.name))
+                self.plan.states.append((c, g, s.name, self.part(s.type.shape, spec, r)))
         for g, st in zip(self.m.graphs, stages):
             self.plan.entries.append(self.entry(g, st))
         used = set()  # local params some statement reads (a weight cut into column blocks is not)
@@ -473,7 +477,7 @@ class Partitioner:
         for c in g.commits:
             self.what = f"commit @{c.state.name}"
             home = self._state_home[c.state.name]
-            d = self.get(c.value, R, home)
+            d = self.get(c.value, self._state_spec[c.state.name], home)
             for chip in self.groups[home]:
                 self.e.stmts.append(
                     LocalCommit(chip, self._state_locals[c.state.name][chip], d.locals[chip], self.what)
@@ -495,6 +499,41 @@ class Partitioner:
         t = op.operands[0].type
         size = vectors_of(t.shape, self.L) * self.L * DTYPE_BYTES[t.dtype]
         return size > self.chip.mem_slice_bytes * 3 // 4
+
+    def state_spec(self, s: Global):
+        """How the chips of a state's stage hold it: split by heads when it is a KV cache, else whole
+        on each. A cache [..., H * D] (H key/value heads of D lanes) is recognised by what the
+        graphs do with it: updated at a run-time row (update_slice along another axis) and read
+        as [..., H, D]. Each chip then holds the heads it attends with: H / tp of them when tp
+        divides H, else (tp a multiple of H) one head, shared by tp / H chips (as the attention's
+        batched matmuls split, `Copies`). Reads that want it otherwise gather it."""
+        t = s.type
+        if self.T == 1 or t.rank < 2:
+            return R
+        last = t.rank - 1
+        for g in self.m.graphs:
+            users: dict[int, list[Op]] = {}
+            for op in g.ops:
+                for o in op.operands:
+                    users.setdefault(id(o), []).append(op)
+            for op in g.ops:
+                target = op.operands[0] if op.operands else None
+                if op.name != "update_slice" or not (isinstance(target, Global) and target.name == s.name):
+                    continue
+                if op.attr("axis") % t.rank == last:
+                    continue
+                for use in users.get(id(op.result), []):
+                    out = use.result.type.shape
+                    if use.name != "reshape" or len(out) != t.rank + 1 or out[:last] != t.shape[:last]:
+                        continue
+                    heads = out[last]
+                    if heads * out[-1] != t.shape[-1] or heads < 2:
+                        continue
+                    if heads % self.T == 0:
+                        return last
+                    if self.T % heads == 0:
+                        return Copies(last, heads)
+        return R
 
     def stage_of_value(self, v: Operand, default: int) -> int:
         if isinstance(v, Global) and v.kind == "state":
@@ -562,9 +601,10 @@ class Partitioner:
         """`o` as the chips of `stage` hold it with sharding `want`."""
         if isinstance(o, Global) and o.kind == "param":
             return self.param(o, want, stage)
-        if isinstance(o, Global):  # a state: replicated on its home stage
+        if isinstance(o, Global):  # a state: on its home stage, as `state_spec` chose
             home = self._state_home[o.name]
-            d = Dist(R, home, dict(self._state_locals[o.name]), o.type.dtype, o.type.shape)
+            spec = self._state_spec[o.name]
+            d = Dist(spec, home, dict(self._state_locals[o.name]), o.type.dtype, o.type.shape)
             return self.convert(d, want, stage)
         f = self.free.get(id(o))
         if f is not None:
@@ -611,7 +651,7 @@ class Partitioner:
     def have(self, o: Operand):
         """The sharding a non-free operand has now (None: free, any sharding costs nothing)."""
         if isinstance(o, Global):
-            return None if o.kind == "param" else R
+            return None if o.kind == "param" else self._state_spec[o.name]
         if id(o) in self.free:
             return None
         if id(o) in self.lazy:
@@ -738,6 +778,8 @@ class Partitioner:
                 out = self.split_locally(self.all_reduce(out), want)
             elif self._finer(out.spec, want):  # each chip already holds its block: a local slice
                 out = self.split_locally(out, want)
+            elif id(out) in self.recompute and split_axis(want) == len(out.shape) - 1:
+                out = self.column_matmul(out, want)
             else:
                 if out.spec != R:
                     out = self.all_gather(out)
@@ -792,6 +834,20 @@ class Partitioner:
             for c in self.groups[d.stage]
         }
         return Dist(R, d.stage, locals_, d.dtype, d.shape)
+
+    def column_matmul(self, d: Dist, want) -> Dist:
+        """A column-split matmul by small weights (see `lower`) computed again with the columns `want`
+        splits (its weights split alike): each chip its block, nothing over the links."""
+        op, x = self.recompute[id(d)]
+        self.superseded.update(id(v) for v in d.locals.values())
+        w = self.get(op.operands[1], moved(want, 1), d.stage)
+        t = op.result.type
+        lt = TensorType(t.dtype, self.local_shape(t.shape, want))
+        locals_ = {
+            c: self.local(c, "matmul", (x.locals[c], w.locals[c]), op.attr_dict, lt, op.result.name, op.loc)
+            for c in self.groups[d.stage]
+        }
+        return Dist(want, d.stage, locals_, d.dtype, d.shape)
 
     def all_gather(self, d: Dist) -> Dist:
         """Every chip gets every block: whole vectors go straight into place when the blocks are whole
@@ -1270,7 +1326,8 @@ class Partitioner:
             return rep
         if name == "update_slice":
             axis = op.attr("axis") % t.rank
-            if split_axis(h) not in (None, axis) and haves[1] in (h, None):
+            # the value comes as the target is split (a replicated one: each chip takes its block)
+            if split_axis(h) not in (None, axis):
                 return [h, h, R], h
             return rep
         return rep

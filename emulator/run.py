@@ -55,28 +55,33 @@ class RunResult:
 
 class States(MutableMapping):
     """The values of a program's states by name, kept between runs. After a run a state is held as
-    the vectors SRAM holds (its value is made from them when asked for), so a decode loop places
-    the next run's state without converting it back and forth."""
+    the vectors SRAM holds, a part at a time (a state split over chips: a KV cache by heads); its
+    value is made from them when asked for, so a decode loop places the next run's state without
+    converting it back and forth."""
 
-    def __init__(self, lanes: int):
+    def __init__(self, lanes: int, whole: dict[str, tuple[str, tuple[int, ...]]]):
         self._lanes = lanes
+        self._whole = whole  # name -> (dtype, shape of the whole state)
         self._values: dict[str, np.ndarray | None] = {}
-        self._vectors: dict[str, tuple[Placement, np.ndarray]] = {}  # the read-back replica's vectors
+        self._parts: dict[str, dict] = {}  # name -> part -> (placement, its vectors after the last run)
 
     def __getitem__(self, name: str) -> np.ndarray:
         value = self._values[name]
         if value is None:
-            pl, v = self._vectors[name]
-            value = self._values[name] = to_storage(from_vectors(v, pl, self._lanes), pl.dtype)
+            dtype, shape = self._whole[name]
+            value = np.zeros(shape, STORAGE[dtype])
+            for pl, v in self._parts[name].values():
+                value[pl.index()] = to_storage(from_vectors(v, pl, self._lanes), pl.dtype)
+            self._values[name] = value
         return value
 
     def __setitem__(self, name: str, value) -> None:
         self._values[name] = value
-        self._vectors.pop(name, None)
+        self._parts.pop(name, None)
 
     def __delitem__(self, name: str) -> None:
         del self._values[name]
-        self._vectors.pop(name, None)
+        self._parts.pop(name, None)
 
     def __iter__(self):
         return iter(self._values)
@@ -86,19 +91,21 @@ class States(MutableMapping):
 
     def vectors(self, pl: Placement) -> np.ndarray:
         """The vectors a placement of the state holds."""
-        held = self._vectors.get(pl.name)
-        if held is not None and held[0].part == pl.part and held[0].shape == pl.shape:
+        held = self._parts.get(pl.name, {}).get(pl.part)
+        if held is not None and held[0].shape == pl.shape:
             return held[1]
         return to_vectors(to_storage(pl.take(self[pl.name]), pl.dtype), pl, self._lanes)
 
     def read_back(self, pl: Placement, v: np.ndarray) -> None:
-        """The state's new value, as SRAM holds it at `pl` after a run: kept as its vectors, put in
-        the form placing it makes (padding lanes zero, or a one-column value in every lane) and
-        rounded to its dtype, as a round trip through its value would."""
+        """A part of the state's new value, as SRAM holds it at `pl` after a run: kept as its
+        vectors, put in the form placing it makes (padding lanes zero, or a one-column value in
+        every lane) and rounded to its dtype, as a round trip through its value would."""
         _, chunks = pl.rows_chunks(self._lanes)
         as_placed(v, chunks, pl.shape[-1] if pl.shape else 1, DTYPES.index(pl.dtype))
+        if self._values.get(pl.name) is not None:  # the first part of this run: the others follow
+            self._parts[pl.name] = {}
         self._values[pl.name] = None
-        self._vectors[pl.name] = (pl, v)
+        self._parts.setdefault(pl.name, {})[pl.part] = (pl, v)
 
 
 class Emulator:
@@ -114,10 +121,10 @@ class Emulator:
         self.program = program
         self.weights = dict(weights or {})
         lanes = program.system.chip.lanes
-        self.state = States(lanes)
-        for pl in program.placements:
-            if pl.role == "state":
-                self.state[pl.name] = np.zeros(pl.shape, STORAGE[pl.dtype])
+        wholes = program.whole("state")
+        self.state = States(lanes, wholes)
+        for name, (dtype, shape) in wholes.items():
+            self.state[name] = np.zeros(shape, STORAGE[dtype])
         self._lanes = lanes
         self._sram: dict[int, tuple[np.ndarray, ...]] = {}
         self._resolved: dict[int, object] = {}
@@ -131,11 +138,12 @@ class Emulator:
         self._buffers: dict[int, np.ndarray] = {}
         self._placements: dict[tuple[str, str], list[Placement]] = {}
         self._mem_index = {name: k for k, name in enumerate(program.system.chip.mem_slice_names())}
-        # a state's replicas hold the same value: the first one (lowest chip) is read back
-        first: dict[str, Placement] = {}
+        # a state's replicas hold the same value: of each part, the first one (lowest chip) is read back
+        first: dict[tuple, Placement] = {}
         for pl in self.placements("state"):
-            if pl.name not in first or pl.chip < first[pl.name].chip:
-                first[pl.name] = pl
+            key = (pl.name, pl.part)
+            if key not in first or pl.chip < first[key].chip:
+                first[key] = pl
         self._state_read = list(first.values())
 
     def _values(self, e: int, steps: int, slots: int, lanes: int) -> tuple[np.ndarray, ...]:

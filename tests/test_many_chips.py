@@ -599,10 +599,9 @@ def test_values_split_with_copies_are_gathered_right(tp):
 
 
 @pytest.mark.parametrize("tp", [2, 4])
-def test_a_replicated_cache_is_moved_per_head_where_attention_splits_it(tp):
-    """The keys and values come from a replicated KV cache; their reshapes and transposes into
-    [heads, ...] are lowered where attention uses them, so each chip moves only its own head's
-    block (at tp 4 with copies) instead of the whole cache and then slicing it."""
+def test_each_chip_moves_only_its_own_heads_of_the_cache(tp):
+    """The keys and values come from the KV cache; their reshapes and transposes into [heads, ...]
+    move only each chip's own head (at tp 4 with copies), never the whole cache."""
     from compiler.partition import Local
     from models.llama import LlamaConfig
     from models.llama import module_text as llama_text
@@ -615,3 +614,50 @@ def test_a_replicated_cache_is_moved_per_head_where_attention_splits_it(tp):
         vh = [op for op in moves if op.attr("perm") == (1, 0, 2) and op.result.type.shape[1:] == (8, 16)]
         assert len(kt) == tp and all(op.result.type.shape == (1, 16, 8) for op in kt), [op.result.type for op in kt]
         assert len(vh) == tp and all(op.result.type.shape[0] == 1 for op in vh), [op.result.type for op in vh]
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_the_kv_cache_is_split_by_heads(tp):
+    """A Llama's KV cache ([S, kv_heads * head_dim], updated at a run-time row, read as [S, kv_heads,
+    head_dim]) is held by heads: at tp 2 each chip its own head, at tp 4 (2 heads) each pair of
+    chips one head. Each chip holds half the cache; decode steps update each chip's part in place
+    and the state the emulator reads back is the whole cache, as the reference's. A state that is
+    not a cache stays whole on every chip."""
+    from compiler.reference import Reference
+    from models.llama import LlamaConfig
+    from models.llama import module_text as llama_text
+
+    m = parse(llama_text(LlamaConfig(1, 64, 4, 2, 128, 128, 8)))
+    w = random_weights(m, 0)
+    p = compile_module(m, named_system("node"), w, tp=tp, pp=1)
+    caches = [pl for pl in p.placements if pl.role == "state"]
+    assert {pl.name for pl in caches} == {"cache.0.k", "cache.0.v"} and len(caches) == 2 * tp
+    for pl in caches:
+        head = pl.chip * 2 // tp  # the key/value head the chip attends with
+        assert pl.shape == (8, 16) and pl.part == (1, 16 * head, 16 * head + 16), (pl.chip, pl.part)
+    emu, ref = Emulator(p), Reference(m, w)
+    ids = np.zeros(8, np.int32)
+    ids[:3] = [5, 7, 9]
+    runs = [("prefill", {"ids": ids, "len": np.int32(3)})]
+    runs += [("decode", {"tok": np.array([t], np.int32), "pos": np.int32(3 + k)}) for k, t in enumerate([4, 2, 8])]
+    for entry, x in runs:
+        run = emu.run(entry, x)
+        assert run.violations == []
+        np.testing.assert_allclose(
+            run.outputs[0].astype(np.float64), ref.run(entry, x)[0].astype(np.float64), rtol=4e-3, atol=2e-3
+        )
+        for name in ("cache.0.k", "cache.0.v"):
+            assert emu.state[name].shape == (8, 32)
+            np.testing.assert_allclose(
+                emu.state[name].astype(np.float64), ref.state[name].astype(np.float64), rtol=4e-3, atol=2e-3
+            )
+    assert np.abs(emu.state["cache.0.v"][3:6]).min() > 0  # the decode steps' rows, in both heads
+
+    other = parse(
+        "module dec\nparam @w : f16[16, 16]\nstate @s : f16[4, 16]\n"
+        "graph main(%x: f16[1, 16], %pos: i32[]) -> (f16[1, 16]) {\n"
+        "  %h = matmul(%x, @w)\n  %c = update_slice(@s, %h, %pos) {axis = 0}\n"
+        "  commit @s = %c\n  %y = add(%h, %h)\n  return %y\n}\n"
+    )
+    p = compile_module(other, tiny_system(4, "ring"), random_weights(other, 1), tp=2)
+    assert [pl.part for pl in p.placements if pl.role == "state"] == [None, None]
