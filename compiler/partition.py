@@ -248,6 +248,43 @@ def balanced_cuts(
     return sorted(starts)[1:]
 
 
+def periodic_cuts(
+    cost: list[float], param_bytes: list[float], layer_starts: list[int], pp: int, budget: float
+) -> list[int] | None:
+    """Cuts inside layers that repeat: L layers over pp stages are g = gcd(L, pp) periods of pp / g
+    stages holding L / g layers each, cut alike in every period (one period's ops split by
+    `balanced_cuts` at any op), so that stage s + pp / g holds what stage s holds, a period of layers
+    on. The ops before the first layer go with stage 0, those after the last with the last stage.
+    None when there is one period only, or a stage's params would exceed `budget`."""
+    starts = layer_starts
+    if len(starts) < 3:
+        return None
+    k = starts[1] - starts[0]
+    if any(b - a != k for a, b in zip(starts, starts[1:])):
+        return None
+    first, layers = starts[0], len(starts) - 1  # the last start is where the layers end
+    g = math.gcd(layers, pp)
+    per, span = pp // g, layers // g * k  # stages and ops in a period
+    if g < 2 or per < 2:
+        return None
+    ops = slice(first, first + span)
+    inner = balanced_cuts(cost[ops], param_bytes[ops], list(range(1, span)), per, budget)
+    if inner is None:
+        return None
+    bounds = [0] + inner + [span]
+    out = []
+    for j in range(g):
+        for i in range(per):
+            if j or i:
+                out.append(first + j * span + bounds[i])
+    head = sum(param_bytes[:first]) + sum(param_bytes[first : first + bounds[1]])
+    end = first + g * span
+    tail = sum(param_bytes[end:]) + sum(param_bytes[end - span + bounds[-2] : end])
+    if head > budget or tail > budget:
+        return None
+    return out
+
+
 def vectors_of(shape: tuple[int, ...], lanes: int) -> int:
     cols = shape[-1] if shape else 1
     rows = math.prod(shape[:-1]) if shape else 1
@@ -384,6 +421,8 @@ class Partitioner:
         if cuts is not None:
             allowed = sorted(c for c in cuts if 0 < c < len(ops))
             starts = balanced_cuts(cost, param_bytes, allowed, self.pp, budget)
+            if starts is None:  # whole layers do not fit: cut inside them, alike every few stages
+                starts = periodic_cuts(cost, param_bytes, sorted(cuts), self.pp, budget)
             if starts is not None:
                 return [bisect.bisect_right(starts, k) for k in range(len(ops))]
         total = sum(cost) or 1.0

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from compiler import parse
 from compiler.backend import compile_module
 from compiler.decompose import decompose
-from compiler.partition import balanced_cuts, layer_boundaries
+from compiler.partition import balanced_cuts, layer_boundaries, periodic_cuts
 from compiler.repeats import Run
 from isa.diagnostics import LpuError
 from isa.system import named_system
@@ -225,6 +225,58 @@ def test_property_balanced_cuts_minimise_the_costliest_stage(cost, pp, data):
     assert got is not None and len(got) == pp - 1 and all(c in allowed for c in got)
     assert all(p <= budget for _, p in stages(got))
     assert max(c for c, _ in stages(got)) == min(feasible)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    layer=st.lists(st.integers(0, 9), min_size=2, max_size=6),
+    periods=st.integers(2, 4),
+    shape=st.sampled_from([(5, 4), (3, 2), (4, 3), (10, 9)]),
+    data=st.data(),
+)
+def test_property_periodic_cuts_repeat_every_period_within_the_budget(layer, periods, shape, data):
+    """L layers over pp stages, cut inside layers: every stage starts the same number of ops after
+    the stage a period (pp / gcd stages) before it, stages are contiguous and nonempty, and no
+    stage's params exceed the budget (or None when no such cut exists)."""
+    per_layers, per_stages = shape
+    layers, pp = per_layers * periods, per_stages * periods
+    k = len(layer)
+    head, tail = data.draw(st.integers(0, 3), label="head"), data.draw(st.integers(0, 3), label="tail")
+    params_layer = data.draw(st.lists(st.integers(0, 5), min_size=k, max_size=k), label="params")
+    cost = [1.0] * head + [float(c) for c in layer] * layers + [1.0] * tail
+    params = [0.0] * head + [float(p) for p in params_layer] * layers + [0.0] * tail
+    starts = [head + i * k for i in range(layers + 1)]
+    budget = float(data.draw(st.integers(0, 3 * sum(params_layer) + 1), label="budget"))
+    got = periodic_cuts(cost, params, starts, pp, budget)
+    if budget >= sum(params):  # anything fits: a cut is found
+        assert got is not None
+    if got is None:
+        return
+    assert len(got) == pp - 1 and got == sorted(set(got)) and 0 < got[0] and got[-1] < len(cost)
+    bounds = [0, *got, len(cost)]
+    assert all(sum(params[a:b]) <= budget for a, b in zip(bounds, bounds[1:]))
+    span = per_layers * k
+    firsts = [0, *got]
+    for s in range(1, pp - per_stages):
+        assert firsts[s + per_stages] == firsts[s] + span
+
+
+def test_seventy_b_stages_repeat_every_nine():
+    """Llama-70B's 80 layers over 72 stages (int8, tp 8 on dragonfly:8) do not fit two whole layers
+    in a stage: they are cut inside layers, alike every 9 stages (10 layers)."""
+    from compiler.partition import Partitioner
+    from models.llama import LlamaConfig, module_text
+
+    big = LlamaConfig(80, 8192, 64, 8, 28672, 32000, 16, dtype="i8")
+    m = decompose(parse(module_text(big)))
+    part = Partitioner(m, named_system("dragonfly:8"), 8, 72)
+    for g in m.graphs:
+        stage = part.stages(g)
+        firsts = [stage.index(s) for s in range(72)]
+        cuts = sorted(layer_boundaries(list(g.ops)))
+        k = cuts[1] - cuts[0]
+        assert any((f - cuts[0]) % k for f in firsts[1:])  # inside layers
+        assert all(firsts[s + 9] - firsts[s] == 10 * k for s in range(1, 63)), g.name
 
 
 def test_cli_timing_only(tmp_path, capsys):
