@@ -188,11 +188,14 @@ def _compile(module, system, weights, tp, pp, timing_only, use_runs) -> Program:
             job.exclusive = []
             for nd in job.nodes:
                 nd.holds = _NONE
-        for run in runs:
-            t = run.template
-            if not keys.get(t) or keys.get(t) != keys.get(t - 1):
-                raise _NotPeriodic(f"stages {run.first}..{run.last} of {ep.name}")
-            shifts.append(releases[t] - releases[t - 1])
+        for run in runs:  # each template stage placed as the stage a period before it, shifted alike
+            t, p_ = run.template, run.period
+            shift = releases[t] - releases[t - p_]
+            for u in range(t, run.template_last + 1):
+                alike = keys.get(u) and keys.get(u) == keys.get(u - p_)
+                if not alike or releases[u] - releases[u - p_] != shift:
+                    raise _NotPeriodic(f"stages {run.first}..{run.last} of {ep.name}")
+            shifts.append(shift)
         per_entry.append((ep, jobs, inputs, results, order, placed, stage, shifts))
 
     # SRAM: params and constants for the whole program; each entry's tensors by lifetime
@@ -237,11 +240,11 @@ def _compile(module, system, weights, tp, pp, timing_only, use_runs) -> Program:
         jobs.clear()  # emitted: the entry's jobs are no longer needed
         placed.clear()
         for run, shift in zip(runs, shifts):
-            t = run.template
+            t, before = run.template, run.template - run.period
             rows = first_row[run.last] - first_row[t]
-            if first_row[t] - first_row[t - 1] != rows:  # alike blocks emit alike rows
-                raise _NotPeriodic(f"stages {t - 1} and {t} of {ep.name} emit different rows")
-            groups.append((e, run, first_row[t - 1], first_row[t], rows, shift, emitter.n_rows))
+            if first_row[t] - first_row[before] != rows:  # alike blocks emit alike rows
+                raise _NotPeriodic(f"stages {before}.. and {t}.. of {ep.name} emit different rows")
+            groups.append((e, run, first_row[before], first_row[t], rows, shift, emitter.n_rows))
             # the copies' instructions come from their own stages' ops: map the template's op names
             fix, per_copy = op_names(ep, run, stage_of_chip)
             keys = list(emitter.ops)
@@ -302,8 +305,8 @@ def _compile(module, system, weights, tp, pp, timing_only, use_runs) -> Program:
         meta["timing_only"] = {
             "stage_blocks_searched": memo.misses,
             "stage_blocks_reused": memo.hits,
-            "stage_blocks_copied": int(sum(repeats.count)),
-            "runs": [[run.first, run.last] for run in runs],
+            "stage_blocks_copied": int((repeats.count * repeats.chip_step).sum()) // tp,
+            "runs": [[run.first, run.last, run.period] for run in runs],
         }
     program = Program(
         system,
@@ -348,7 +351,7 @@ def _run_statements(stmts: list, runs: list[Run], values: list[dict], stage_of_c
         if b in last and isinstance(st, Transfer):
             run, vmap = last[b]
             prev = run.last - 1
-            away = (prev - run.template) * tp
+            away = (prev - run.template_last) * tp
             route = tuple(c - away if stage_of_chip.get(c) == prev else c for c in st.route)
             if route != st.route:
                 src = vmap.get(id(st.src), st.src)
@@ -361,14 +364,15 @@ def _stored_runs(groups: list, tp: int, chip_col, cycle, src) -> Repeats:
     """Turn the rows emitted with stand-ins into the stored rows of the program (in place) and the
     table of copies: the block after each run's copies back on the last copy's chips and cycles,
     and every source numbered as in the expanded program, where the copies follow the template."""
-    sizes = [len(run.copies) * rows for _, run, _, _, rows, _, _ in groups]
+    sizes = [run.count * rows for _, run, _, _, rows, _, _ in groups]
     at = np.array([start_t + rows for _, _, _, start_t, rows, _, _ in groups], np.int64)
     for _, run, _, start_t, rows, shift, end in groups:
         start_last = start_t + rows
         seg = slice(start_last, end)
-        t_chips = (chip_col[seg] >= run.template * tp) & (chip_col[seg] < (run.template + 1) * tp)
-        chip_col[seg][t_chips] += (run.last - 1 - run.template) * tp
-        cycle[seg] += len(run.copies) * shift
+        t_last = run.template_last
+        t_chips = (chip_col[seg] >= t_last * tp) & (chip_col[seg] < (t_last + 1) * tp)
+        chip_col[seg][t_chips] += (run.last - 1 - t_last) * tp
+        cycle[seg] += run.count * shift
     # sources, expanded numbering: each group's copies sit between its template and what follows
     inserted = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     real = src.copy()
@@ -386,10 +390,10 @@ def _stored_runs(groups: list, tp: int, chip_col, cycle, src) -> Repeats:
     return Repeats(
         first=np.array([g[3] for g in groups], np.int64),
         rows=np.array([g[4] for g in groups], np.int64),
-        count=np.array([len(g[1].copies) for g in groups], np.int64),
+        count=np.array([g[1].count for g in groups], np.int64),
         cycles=np.array([g[5] for g in groups], np.int64),
         src_lo=np.array(lo, np.int64),
-        chip_step=np.full(len(groups), tp, np.int64),
+        chip_step=np.array([g[1].period * tp for g in groups], np.int64),
     )
 
 
@@ -402,14 +406,15 @@ def _copy_chips(runs: list[Run], tp: int, placements: list, sram: dict, image: t
     moved = {}
     for run in runs:
         for s in run.copies:
-            away = (s - run.template) * tp
+            like = run.like(s)
+            away = (s - like) * tp
             for r in range(tp):
-                c, ct = s * tp + r, run.template * tp + r
+                c, ct = s * tp + r, like * tp + r
                 sram[c] = sram.get(ct, 0)
                 moved[c] = ct
             n = len(img_chip)
             for k in range(n):
-                if run.template * tp <= img_chip[k] < (run.template + 1) * tp:
+                if like * tp <= img_chip[k] < (like + 1) * tp:
                     img_chip.append(img_chip[k] + away)
                     img_slice.append(img_slice[k])
                     img_word.append(img_word[k])

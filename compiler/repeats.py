@@ -34,22 +34,42 @@ from compiler.ir import Global, Value
 from compiler.partition import Local, LocalCommit, Place, Plan, Transfer
 
 MIN_RUN = 5  # stages in a run worth storing once: a, a + 1, T, e are lowered, the rest copied
+MAX_PERIOD = 16  # the longest period looked for
 
 
 @dataclass(frozen=True)
 class Run:
-    """Stages first .. last lower alike; stages first + 3 .. last - 1 are copies of first + 2."""
+    """Stages first .. last lower alike, `period` stages apart (a stage holds what the stage a
+    period before it holds, a period of layers on). Stages first + 1 .. first + P (P = period) are
+    lowered and placed; so is the template, the P stages after them; the stages from there to
+    last - 1 are copies of the template, a period at a time; `last` (alike the template's first
+    stage) is lowered with the template's last stage standing in for the one before it."""
 
     first: int
     last: int
+    period: int = 1
 
     @property
     def template(self) -> int:
-        return self.first + 2
+        """The template's first stage."""
+        return self.first + self.period + 1
+
+    @property
+    def template_last(self) -> int:
+        return self.first + 2 * self.period
 
     @property
     def copies(self) -> range:
-        return range(self.first + 3, self.last)
+        return range(self.template_last + 1, self.last)
+
+    @property
+    def count(self) -> int:
+        """How many times the template is repeated after itself."""
+        return len(self.copies) // self.period
+
+    def like(self, s: int) -> int:
+        """The template's stage that a copy stage repeats."""
+        return self.template + (s - self.template) % self.period
 
 
 def block_of(stmt, stage_of_chip: dict[int, int]) -> int:
@@ -160,19 +180,35 @@ def find_runs(plan: Plan, slice_of, link_of) -> list[Run]:
             keys[s].append(canon[s].digest())
         for c, _ in ep.outputs:
             local[stage_of_chip.get(c, 0)] = False
+    best: list[Run] = []
+    for period in range(1, min(MAX_PERIOD, (pp - 2) // 3) + 1):
+        runs = _runs_of_period(keys, local, touched, pp, period)
+        if sum(len(r.copies) for r in runs) > sum(len(r.copies) for r in best):
+            best = runs
+    return best
+
+
+def _runs_of_period(keys, local, touched, pp: int, period: int) -> list[Run]:
+    """The runs whose stages are alike `period` apart (see `Run`), each with a copy at least."""
     runs = []
     s = 1
     while s < pp:
         e = s
-        while e + 1 < pp and keys[e + 1] == keys[s] and local[e + 1]:
+        while e + 1 < pp and local[e + 1] and (e + 1 - period < s or keys[e + 1] == keys[e + 1 - period]):
             e += 1
-        if local[s] and e - s + 1 >= MIN_RUN:
-            run = Run(s, e)
+        if e - period < s:  # nothing repeats from s
+            s += 1
+            continue
+        last = s + 1 + (e - s - 1) // period * period  # alike the template's first stage
+        run = Run(s, last, period)
+        if local[s] and run.count >= 1 and (period > 1 or last - s + 1 >= MIN_RUN):
             copies = set(run.copies)
-            outside = [t for b in range(pp) if b not in copies and b != e for t in touched[b]]
+            outside = [t for b in range(pp) if b not in copies and b != last for t in touched[b]]
             if not copies & set(outside):
                 runs.append(run)
-        s = e + 1
+                s = last + 1
+                continue
+        s += 1
     return runs
 
 
@@ -183,7 +219,7 @@ def value_map(plan: Plan, run: Run, stage_of_chip: dict[int, int]) -> list[dict[
     out = []
     for ep in plan.entries:
         blocks = blocks_of(ep, stage_of_chip)
-        mine, theirs = blocks[run.last], blocks[run.template + 1]
+        mine, theirs = blocks[run.last], blocks[run.template_last + 1]
         assert len(mine) == len(theirs), "alike blocks have as many statements"
         prev = run.last - 1
         m: dict[int, Value] = {}
@@ -234,9 +270,10 @@ def op_names(ep, run: Run, stage_of_chip: dict[int, int]) -> tuple[dict, list[di
                 names.setdefault(op_key(a), op_key(b))
         return names
 
-    fix = pairs((blocks[last], blocks[t + 1]))
+    end, period = run.template_last + 1, run.period
+    fix = pairs((blocks[last], blocks[end]))
     copies = [
-        pairs((blocks[t], blocks[t + k]), (blocks[t + 1], blocks[t + k + 1]))
-        for k in range(1, len(run.copies) + 1)
+        pairs(*[(blocks[s], blocks[s + k * period]) for s in range(t, end + 1)])
+        for k in range(1, run.count + 1)
     ]
     return fix, copies

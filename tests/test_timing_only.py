@@ -84,11 +84,11 @@ def gpt2_ring(layers: int = 10):
 @pytest.mark.parametrize(
     "module, system, tp, pp, run",
     [
-        (gpt2_ring(), "ring:16", 1, 10, [2, 8]),
+        (gpt2_ring(), "ring:16", 1, 10, [2, 8, 1]),
         # a node per stage: the all-reduce inside it, the hand-over through chips 0 and 4 of one node
         # to chips 7 and 3 of the next (forwarded within both)
         (module_of("llama", LlamaConfig(7, 64, heads=8, kv_heads=8, ffn=128, vocab=128, max_seq=8)), "rack", 8, 7,
-         [1, 5]),  # fmt: skip
+         [1, 5, 1]),  # fmt: skip
     ],
     ids=["gpt2-ring", "llama-rack-tp8"],
 )
@@ -106,6 +106,33 @@ def test_alike_stages_are_stored_once_and_expand_to_the_full_program(module, sys
         a, b = report(fast, entry).to_json(), report(full, entry).to_json()
         a.pop("timing_only"), b.pop("timing_only")
         assert a == b  # busy cycles, SRAM, links, every bound, the critical path and its ops
+
+
+@pytest.mark.parametrize("layers, pp, run", [(21, 14, [2, 11, 2]), (20, 15, [2, 12, 3])])
+def test_stages_alike_a_period_apart_are_stored_once(layers, pp, run):
+    """Layers cut inside them (too few stages for whole layers: 1.5 and 1.33 layers a stage, on
+    chips whose SRAM holds fewer than two) repeat every 2 and 3 stages: the template is a period of
+    stages, its copies a period apart, and the program written out is the full one (every table,
+    placement, image word, op name and report field)."""
+    from isa.chip import TINY
+    from isa.system import SystemConfig
+    from lpu.report import report
+    from lpu.strategies import links_for
+
+    chip = TINY.replace(c2c_links=8, mem_slice_bytes=11520, mem_slices_per_hemisphere=8)
+    system = SystemConfig(f"ring{pp}", chip, pp, links_for("ring", pp), link_latency_cycles=20)
+    m = module_of("llama", LlamaConfig(layers, 64, heads=4, kv_heads=2, ffn=128, vocab=32, max_seq=4))
+    full = compile_module(m, system, None, tp=1, pp=pp)
+    fast = compile_module(m, system, None, tp=1, pp=pp, timing_only=True)
+    memo = fast.meta["timing_only"]
+    copies = run[1] - run[0] - 1 - 2 * run[2]
+    assert memo["runs"] == [run] and memo["stage_blocks_copied"] == copies * len(fast.entries)
+    assert (fast.repeats.chip_step == run[2]).all() and len(fast) < len(full)
+    assert_same_program(full, fast)
+    for entry in fast.entries:
+        a, b = report(fast, entry).to_json(), report(full, entry).to_json()
+        a.pop("timing_only"), b.pop("timing_only")
+        assert a == b
 
 
 def test_a_run_whose_stages_do_not_repeat_is_compiled_stage_by_stage(monkeypatch):
