@@ -329,7 +329,8 @@ def cmd_compile(args) -> int:
         copied = memo.get("stage_blocks_copied", 0)
         total = memo["stage_blocks_searched"] + memo["stage_blocks_reused"] + copied
         runs = ", ".join(
-            f"{r[0]}..{r[1]}" + (f" every {r[2]}" if len(r) > 2 and r[2] > 1 else "") for r in memo.get("runs", [])
+            f"{r[0]}..{r[1]}" + (f" every {r[2]}" if len(r) > 2 and r[2] > 1 else "")
+            for r in memo.get("runs", [])
         )
         print(
             f"timing-only: {memo['stage_blocks_searched']} of {total} stage blocks searched, "
