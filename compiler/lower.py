@@ -224,33 +224,37 @@ class Lowering:
         cols = t.shape[-1] if t.shape else 1
         size = math.prod(t.shape[:-1]) * -(-cols // self.L) * self.L * DTYPE_BYTES[t.dtype]
         room = self.chip.mem_slice_bytes
-        if kind in ("param", "const", "state"):  # held for good: never more than a slice can take
-            if self.pack and kind == "param":  # SRAM is short: fill slices in order (to 15/16, a
-                # little room for what reads them), leaving the last ones free
-                where = next(
-                    (
-                        s
-                        for s in self.slices
-                        if s not in avoid and self.pinned.get(s, 0) + size <= room * 15 // 16
-                    ),
-                    where,
-                )
-            if self.pinned.get(where, 0) + size > room:
-                free = [s for s in self.slices if s not in avoid]
-                where = min(free, key=lambda s: (self.pinned.get(s, 0), self.slices.index(s)), default=where)
+        packed = None
+        if self.pack and kind == "param":  # SRAM is short: fill slices in order (to 15/16, a little
+            # room for what reads them), leaving the last ones free
+            limit = room * 15 // 16
+            fits = [s for s in self.slices if s not in avoid and self.pinned.get(s, 0) + size <= limit]
+            packed = fits[0] if fits else None
+        where = packed or self._roomy(where, size, avoid)
+        if kind in ("param", "const", "state"):  # held for good
             self.pinned[where] = self.pinned.get(where, 0) + size
-        elif self.pinned.get(where, 0) + size > room * 3 // 4:
-            # a slice mostly held by weights has no room for large temporaries: the next that has
-            for _ in range(len(self.slices) - 1):
-                s = self.pick_slice(avoid)
-                if self.pinned.get(s, 0) + size <= room * 3 // 4:
-                    where = s
-                    break
         tensor = Tensor(
             len(self.tensors), name, t.dtype, t.shape, where, kind, self.L, data, chip=self.chip_index
         )
         self.tensors.append(tensor)
         return tensor
+
+    def _roomy(self, where: str, size: int, avoid: set[str]) -> str:
+        """A slice for `size` more bytes: `where` (round robin) when what is held there for good leaves
+        a quarter of it for temporaries, else the next slice round robin that does, else the next that
+        can hold it at all, else the one with the most room. A slice held by weights and constants has
+        no room for what lives a while; filling one to the last word starves the temporaries placed
+        there earlier (another entry's), which the allocator finds only after scheduling."""
+        room = self.chip.mem_slice_bytes
+        for limit in (room * 3 // 4, room):
+            if self.pinned.get(where, 0) + size <= limit:
+                return where
+            for _ in range(len(self.slices) - 1):
+                s = self.pick_slice(avoid)
+                if self.pinned.get(s, 0) + size <= limit:
+                    return s
+        free = [s for s in self.slices if s not in avoid]
+        return min(free, key=lambda s: (self.pinned.get(s, 0), self.slices.index(s)), default=where)
 
     def const(
         self, dtype: str, shape: tuple[int, ...], values: np.ndarray, avoid: set[str] = frozenset()
