@@ -213,12 +213,19 @@ def layer_boundaries(ops: list[Op]) -> set[int] | None:
     return set(range(start, start + length + period + 1, period))
 
 
+# the most of a chip's SRAM the params of a pipeline stage may take: the rest holds constants, the KV
+# cache and the temporaries of prefill (a 70B Llama's first stage at 0.8, 183 MB of 231 with the
+# embedding, left too little for prefill's 16-row activations in the slices packing leaves free)
+STAGE_PARAMS = 0.7
+
+
 def balanced_cuts(
-    cost: list[float], param_bytes: list[float], allowed: list[int], pp: int, budget: float
+    cost: list[float], param_bytes: list[float], allowed: list[int], pp: int, budget: float | list[float]
 ) -> list[int] | None:
     """The first op of stages 1 .. pp-1, chosen among `allowed` positions, minimising the costliest
-    stage with every stage's params within `budget` (linear partition by dynamic programming; ties go
-    to the earliest cuts). None when no such choice exists."""
+    stage with every stage's params within `budget` (one for all, or one per stage; linear partition
+    by dynamic programming; ties go to the earliest cuts). None when no such choice exists."""
+    caps = budget if isinstance(budget, list) else [budget] * pp
     n = len(cost)
     points = [0] + allowed + [n]
     pre_c = np.concatenate(([0.0], np.cumsum(cost)))
@@ -234,7 +241,7 @@ def balanced_cuts(
     for s in range(1, pp + 1):
         for i in range(s, m):
             for j in range(s - 1, i):
-                if best[s - 1][j] == inf or pre_p[points[i]] - pre_p[points[j]] > budget:
+                if best[s - 1][j] == inf or pre_p[points[i]] - pre_p[points[j]] > caps[s - 1]:
                     continue
                 v = max(best[s - 1][j], pre_c[points[i]] - pre_c[points[j]])
                 if v < best[s][i]:
@@ -254,8 +261,9 @@ def periodic_cuts(
     """Cuts inside layers that repeat: L layers over pp stages are g = gcd(L, pp) periods of pp / g
     stages holding L / g layers each, cut alike in every period (one period's ops split by
     `balanced_cuts` at any op), so that stage s + pp / g holds what stage s holds, a period of layers
-    on. The ops before the first layer go with stage 0, those after the last with the last stage.
-    None when there is one period only, or a stage's params would exceed `budget`."""
+    on. The ops before the first layer go with stage 0, those after the last with the last stage
+    (the first and last stage of a period are cut with that much less room, so that the first and
+    last stage fit). None when there is one period only, or a stage's params would exceed `budget`."""
     starts = layer_starts
     if len(starts) < 3:
         return None
@@ -268,7 +276,11 @@ def periodic_cuts(
     if g < 2 or per < 2:
         return None
     ops = slice(first, first + span)
-    inner = balanced_cuts(cost[ops], param_bytes[ops], list(range(1, span)), per, budget)
+    end = first + g * span
+    caps = [budget] * per
+    caps[0] -= sum(param_bytes[:first])
+    caps[-1] -= sum(param_bytes[end:])
+    inner = balanced_cuts(cost[ops], param_bytes[ops], list(range(1, span)), per, caps)
     if inner is None:
         return None
     bounds = [0] + inner + [span]
@@ -278,7 +290,6 @@ def periodic_cuts(
             if j or i:
                 out.append(first + j * span + bounds[i])
     head = sum(param_bytes[:first]) + sum(param_bytes[first : first + bounds[1]])
-    end = first + g * span
     tail = sum(param_bytes[end:]) + sum(param_bytes[end - span + bounds[-2] : end])
     if head > budget or tail > budget:
         return None
@@ -351,7 +362,7 @@ class Partitioner:
 
     # -- the whole module ---------------------------------------------------------------------
     def run(self) -> Plan:
-        stages = [self.stages(g) for g in self.m.graphs]
+        stages = self.entry_stages()
         # tight also when one stage's weights fill more than half of its chips (the first stage holds
         # the embedding too), though the whole model fills less than half of all of them
         per_stage: dict[int, dict[str, float]] = {}
@@ -400,6 +411,42 @@ class Partitioner:
                 self.param(g, R, 0)
         return self.plan
 
+    def entry_stages(self) -> list[list[int]]:
+        """The stage of every op of every graph, cut once for all: the graph reading the most params
+        (the last of those that tie: `decode` in a decoder, the step that repeats) is cut by `stages`,
+        and every other graph follows it: an op goes to the latest stage among the params it reads
+        (their home in that graph), else stays with the op before it. Cut apart, the entries would
+        put a weight at a boundary on two stages (a 70B Llama's prefill and decode cuts held up to
+        185 MB of weights on a chip, over the budget of either) and move a KV cache between them."""
+        graphs = self.m.graphs
+
+        def reads(op: Op) -> list[str]:
+            return [o.name for o in op.operands if isinstance(o, Global) and o.kind == "param"]
+
+        def params(g: Graph) -> set[str]:
+            return {name for op in g.ops for name in reads(op)}
+
+        if self.pp == 1 or not graphs:
+            return [[0] * len(g.ops) for g in graphs]
+        read = [params(g) for g in graphs]
+        first = max(range(len(graphs)), key=lambda k: (len(read[k]), k))
+        cut = self.stages(graphs[first])
+        home: dict[str, int] = {}
+        for op, s in zip(graphs[first].ops, cut):
+            for name in reads(op):
+                home.setdefault(name, s)
+        out = []
+        for k, g in enumerate(graphs):
+            if k == first or not read[k] & home.keys():  # nothing in common: cut on its own
+                out.append(cut if k == first else self.stages(g))
+                continue
+            st, s = [], 0
+            for op in g.ops:
+                s = max([s] + [home.get(name, 0) for name in reads(op)])
+                st.append(s)
+            out.append(st)
+        return out
+
     def stages(self, g: Graph) -> list[int]:
         """Contiguous stages balanced by cost; a stage also ends before its params would overflow SRAM.
         Where the graph repeats a block of ops (the layers of a transformer), stages are cut only
@@ -409,7 +456,7 @@ class Partitioner:
         if self.pp == 1 or not ops:
             return [0] * len(ops)
         cost = [op_cost(op, self.chip) for op in ops]
-        budget = self.chip.sram_bytes * 0.8
+        budget = self.chip.sram_bytes * STAGE_PARAMS
         param_bytes = [0.0] * len(ops)
         seen: set[str] = set()
         for k, op in enumerate(ops):
@@ -1250,10 +1297,11 @@ class Partitioner:
         rows, cols = w.type.shape
         L = self.L
         width = DTYPE_BYTES[w.type.dtype]
-        # a weight of up to 3/4 of a slice stays whole; a larger one is cut into blocks of at most a
-        # third, which pack the slices well (two blocks of 3/4 cannot share a slice: a quarter of
-        # each slice would be lost, and a 70B stage's weights would not fit)
-        budget = self.chip.mem_slice_bytes // 3
+        # a weight of up to 3/4 of a slice stays whole; a larger one is cut into blocks of at most
+        # 5/16, which pack the slices well: three fill one to 15/16, the packing limit (lower.py;
+        # blocks of a third pack two to a slice and lose a third of it; two blocks of 3/4 cannot
+        # share one at all, and a 70B stage's weights would not fit)
+        budget = self.chip.mem_slice_bytes * 5 // 16
 
         def size(r: int, c: int) -> int:
             return r * -(-c // L) * L * width

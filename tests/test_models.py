@@ -12,7 +12,7 @@ from compiler.backend import compile_module
 from compiler.reference import Reference
 from emulator.run import Emulator
 from isa.diagnostics import LpuError
-from isa.system import named_system
+from isa.system import SystemConfig, named_system
 from lpu.api import generate_on_emulator, generate_on_reference
 from lpu.cli import main
 from models import FAMILIES
@@ -104,6 +104,46 @@ def test_int8_weights_decode_like_numpy_and_use_less_sram(family, tp, pp):
         return sum(pl.words(p.system.chip.lanes) for pl in p.placements if pl.role == "param")
 
     assert param_bytes(p8) < param_bytes(p16)
+
+
+def test_a_chip_mostly_held_by_weights_still_places_what_both_entries_need():
+    """int8 weights pack the slices of a small chip in order; the constants and temporaries of prefill
+    and decode go where a quarter of a slice is free, else where they fit at all (not round robin
+    into a full slice, which the allocator finds only after scheduling: this config overflowed one
+    slice by 10 KB so)."""
+    c = LlamaConfig(layers=2, d_model=128, heads=4, kv_heads=2, ffn=128, vocab=128, max_seq=8, dtype="i8")
+    m, w, module = build("llama", c)
+    chip = named_system("tiny").chip.replace(mem_slices_per_hemisphere=4)
+    program = compile_module(m, SystemConfig("tight", chip), w)
+    assert program.meta["sram_bytes_max_per_chip"] > chip.sram_bytes // 2
+    prompt, tokens = [3, 7, 1], 4
+    g = generate_on_emulator(program, prompt, tokens)
+    assert g.violations == []
+    assert g.ids == greedy(lambda ids: module.logits(c, w, ids), prompt, tokens)
+
+
+def test_prefill_and_decode_share_their_stages():
+    """Prefill and decode are cut into pipeline stages once (decode's cuts; prefill's ops follow the
+    weights they read): a weight lives on one stage, not on two where the entries' cuts would
+    differ (these cuts did: 24 params of 5 layers on two stages each), and decode still equals
+    numpy."""
+    from compiler.decompose import decompose
+    from compiler.partition import partition
+
+    c = GPT2Config(layers=5, d_model=64, heads=4, ffn=256, vocab=128, max_seq=32)
+    m, w, module = build("gpt2", c)
+    plan = partition(decompose(m), named_system("node"), 2, 3)
+    stage_of = {chip: s for s, group in enumerate(plan.groups) for chip in group}
+    homes: dict[str, set[int]] = {}
+    for chip, _, name, _ in plan.params:
+        homes.setdefault(name, set()).add(stage_of[chip])
+    assert len(homes) == len(m.params) and all(len(s) == 1 for s in homes.values())
+    assert {s for h in homes.values() for s in h} == {0, 1, 2}
+    program = compile_module(m, named_system("node"), w, tp=2, pp=3)
+    prompt, tokens = [3, 7, 1], 3
+    g = generate_on_emulator(program, prompt, tokens)
+    assert g.violations == []
+    assert g.ids == greedy(lambda ids: module.logits(c, w, ids), prompt, tokens)
 
 
 def test_param_names_follow_hugging_face():

@@ -234,7 +234,9 @@ def test_property_balanced_cuts_minimise_the_costliest_stage(cost, pp, data):
     n = len(cost)
     allowed = sorted(data.draw(st.sets(st.integers(1, n - 1), max_size=n - 1), label="allowed"))
     params = data.draw(st.lists(st.integers(0, 5), min_size=n, max_size=n), label="params")
-    budget = data.draw(st.integers(0, 12), label="budget")
+    # one budget for all stages, or one per stage
+    budget = data.draw(st.integers(0, 12) | st.lists(st.integers(0, 12), min_size=pp, max_size=pp), label="budget")
+    caps = budget if isinstance(budget, list) else [budget] * pp
     got = balanced_cuts([float(c) for c in cost], [float(p) for p in params], allowed, pp, budget)
 
     def stages(starts):
@@ -244,13 +246,13 @@ def test_property_balanced_cuts_minimise_the_costliest_stage(cost, pp, data):
     feasible = [
         max(c for c, _ in stages(list(starts)))
         for starts in itertools.combinations(allowed, pp - 1)
-        if all(p <= budget for _, p in stages(list(starts)))
+        if all(p <= cap for (_, p), cap in zip(stages(list(starts)), caps))
     ]
     if not feasible:
         assert got is None
         return
     assert got is not None and len(got) == pp - 1 and all(c in allowed for c in got)
-    assert all(p <= budget for _, p in stages(got))
+    assert all(p <= cap for (_, p), cap in zip(stages(got), caps))
     assert max(c for c, _ in stages(got)) == min(feasible)
 
 
@@ -264,14 +266,17 @@ def test_property_balanced_cuts_minimise_the_costliest_stage(cost, pp, data):
 def test_property_periodic_cuts_repeat_every_period_within_the_budget(layer, periods, shape, data):
     """L layers over pp stages, cut inside layers: every stage starts the same number of ops after
     the stage a period (pp / gcd stages) before it, stages are contiguous and nonempty, and no
-    stage's params exceed the budget (or None when no such cut exists)."""
+    stage's params exceed the budget, the first and last stage's with the params of the ops before
+    and after the layers (an embedding, a head) too (or None when no such cut exists)."""
     per_layers, per_stages = shape
     layers, pp = per_layers * periods, per_stages * periods
     k = len(layer)
     head, tail = data.draw(st.integers(0, 3), label="head"), data.draw(st.integers(0, 3), label="tail")
     params_layer = data.draw(st.lists(st.integers(0, 5), min_size=k, max_size=k), label="params")
     cost = [1.0] * head + [float(c) for c in layer] * layers + [1.0] * tail
-    params = [0.0] * head + [float(p) for p in params_layer] * layers + [0.0] * tail
+    outer = st.lists(st.integers(0, 4), min_size=head + tail, max_size=head + tail)
+    params_outer = [float(p) for p in data.draw(outer, label="params outside the layers")]
+    params = params_outer[:head] + [float(p) for p in params_layer] * layers + params_outer[head:]
     starts = [head + i * k for i in range(layers + 1)]
     budget = float(data.draw(st.integers(0, 3 * sum(params_layer) + 1), label="budget"))
     got = periodic_cuts(cost, params, starts, pp, budget)
@@ -286,6 +291,20 @@ def test_property_periodic_cuts_repeat_every_period_within_the_budget(layer, per
     firsts = [0, *got]
     for s in range(1, pp - per_stages):
         assert firsts[s + per_stages] == firsts[s] + span
+
+
+def test_periodic_cuts_leave_room_for_an_embedding_and_a_head():
+    """The first and last stage of every period are cut with less room, by the params before and
+    after the layers: a cut where stage 0 would hold the embedding and a full share of a period
+    (over the budget) is avoided, not refused."""
+    layer_cost, layer_params = [5.0, 1.0], [4.0, 0.0]
+    cost = [1.0] + layer_cost * 6 + [1.0]
+    params = [3.0] + layer_params * 6 + [1.0]
+    starts = [1 + 2 * i for i in range(7)]
+    got = periodic_cuts(cost, params, starts, 4, 9.0)
+    assert got == [3, 7, 9]  # stage 0: the embedding and one layer (7); 1: two layers (8); ...
+    bounds = [0, *got, len(cost)]
+    assert [sum(params[a:b]) for a, b in zip(bounds, bounds[1:])] == [7.0, 8.0, 4.0, 9.0]
 
 
 def test_seventy_b_stages_repeat_every_nine():
