@@ -145,6 +145,8 @@ class Lowering:
         self.queue_x = {q.index: q.x for q in queues}
         self.slices = self._slice_order()
         self._rr = {"slice": 0, "vxm": 0, "sxm": 0, "plane": 0}
+        self._load: dict[str, tuple[float, int]] = {}  # temporaries placed lately per slice (_roomy)
+        self._clock = 0
         self.maps: dict[tuple[int, ...], int] = {}
         self._consts: dict[tuple, Tensor] = {}
         self.values: dict[int, Tensor] = {}
@@ -230,7 +232,7 @@ class Lowering:
             limit = room * 15 // 16
             fits = [s for s in self.slices if s not in avoid and self.pinned.get(s, 0) + size <= limit]
             packed = fits[0] if fits else None
-        where = packed or self._roomy(where, size, avoid)
+        where = packed or self._roomy(where, size, avoid, kind not in ("param", "const", "state"))
         if kind in ("param", "const", "state"):  # held for good
             self.pinned[where] = self.pinned.get(where, 0) + size
         tensor = Tensor(
@@ -239,22 +241,35 @@ class Lowering:
         self.tensors.append(tensor)
         return tensor
 
-    def _roomy(self, where: str, size: int, avoid: set[str]) -> str:
-        """A slice for `size` more bytes: `where` (round robin) when what is held there for good leaves
-        a quarter of it for temporaries, else the next slice round robin that does, else the next that
-        can hold it at all, else the one with the most room. A slice held by weights and constants has
-        no room for what lives a while; filling one to the last word starves the temporaries placed
-        there earlier (another entry's), which the allocator finds only after scheduling."""
+    def _roomy(self, where: str, size: int, avoid: set[str], temp: bool) -> str:
+        """A slice for `size` more bytes: `where` (round robin) while what is held there for good takes
+        less than a quarter of it, else the slice with the most room left, counting what is held for
+        good and what temporaries placed lately take (their bytes fade as more are placed: a
+        temporary lives a while, not for good), else the roomiest slice. The allocator finds a slice
+        that temporaries overflow only after scheduling; a slice weights fill has room for few, and
+        the first free slice after a run of full ones would take them all."""
         room = self.chip.mem_slice_bytes
-        for limit in (room * 3 // 4, room):
-            if self.pinned.get(where, 0) + size <= limit:
-                return where
-            for _ in range(len(self.slices) - 1):
-                s = self.pick_slice(avoid)
-                if self.pinned.get(s, 0) + size <= limit:
-                    return s
-        free = [s for s in self.slices if s not in avoid]
-        return min(free, key=lambda s: (self.pinned.get(s, 0), self.slices.index(s)), default=where)
+        self._clock += temp
+        if self.pinned.get(where, 0) + size > room // 4:
+            best = -1
+            for s in self.slices:
+                held = self.pinned.get(s, 0)
+                if s in avoid or held + size > room:
+                    continue
+                left = room - held - self._load_of(s)
+                if left > best:
+                    where, best = s, left
+            if best < 0:  # fits nowhere: the roomiest (the allocator says by how much)
+                free = [s for s in self.slices if s not in avoid]
+                where = min(free, key=lambda s: (self.pinned.get(s, 0), self.slices.index(s)), default=where)
+        if temp:
+            self._load[where] = (self._load_of(where) + size, self._clock)
+        return where
+
+    def _load_of(self, s: str) -> float:
+        """Bytes of temporaries placed in slice `s` lately, fading by 1 / slices per temporary placed."""
+        v, t = self._load.get(s, (0.0, 0))
+        return v * (1 - 1 / len(self.slices)) ** (self._clock - t) if v else 0.0
 
     def const(
         self, dtype: str, shape: tuple[int, ...], values: np.ndarray, avoid: set[str] = frozenset()
