@@ -399,10 +399,11 @@ def _stored_runs(groups: list, tp: int, chip_col, cycle, src) -> Repeats:
 
 def _copy_chips(runs: list[Run], tp: int, placements: list, sram: dict, image: tuple) -> list:
     """What the copies' chips hold, from the template's chips of the same rank: SRAM use, constants
-    in the image (appended) and the words of the inputs placed on them (params and states are
-    placed alike already: they come first on every chip)."""
+    in the image (appended) and the slices and words of the inputs placed on them (params and states
+    are placed alike already: they come first on every chip; a copy's own inputs were placed without
+    the constants of the entries before, which its stages did not lower)."""
     img_chip, img_slice, img_word, img_data = image
-    word_of = {(pl.chip, pl.graph, pl.name): pl.word for pl in placements if pl.role == "input"}
+    where = {(pl.chip, pl.graph, pl.name): (pl.slice, pl.word) for pl in placements if pl.role == "input"}
     moved = {}
     for run in runs:
         for s in run.copies:
@@ -419,12 +420,13 @@ def _copy_chips(runs: list[Run], tp: int, placements: list, sram: dict, image: t
                     img_slice.append(img_slice[k])
                     img_word.append(img_word[k])
                     img_data.append(img_data[k])
-    return [
-        dataclasses.replace(pl, word=word_of[(moved[pl.chip], pl.graph, pl.name)])
-        if pl.role == "input" and pl.chip in moved
-        else pl
-        for pl in placements
-    ]
+    out = []
+    for pl in placements:
+        if pl.role == "input" and pl.chip in moved:
+            sl, word = where[(moved[pl.chip], pl.graph, pl.name)]
+            pl = dataclasses.replace(pl, slice=sl, word=word)
+        out.append(pl)
+    return out
 
 
 def _blocks(order: list[int], stage: list[int]) -> list[list[int]]:
