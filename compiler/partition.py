@@ -214,9 +214,10 @@ def layer_boundaries(ops: list[Op]) -> set[int] | None:
 
 
 # the most of a chip's SRAM the params of a pipeline stage may take: the rest holds constants, the KV
-# cache and the temporaries of prefill (a 70B Llama's first stage at 0.8, 183 MB of 231 with the
-# embedding, left too little for prefill's 16-row activations in the slices packing leaves free)
-STAGE_PARAMS = 0.7
+# cache and the temporaries of prefill. 0.7 would leave more room, but then a 70B-shaped stage with
+# the f16 embedding (65.5 + 107 MB per chip) no longer takes a whole layer: 64 layers over 64
+# stages get cut inside layers and no longer repeat from stage to stage
+STAGE_PARAMS = 0.8
 
 
 def balanced_cuts(
@@ -415,7 +416,8 @@ class Partitioner:
         """The stage of every op of every graph, cut once for all: the graph reading the most params
         (the last of those that tie: `decode` in a decoder, the step that repeats) is cut by `stages`,
         and every other graph follows it: an op goes to the latest stage among the params it reads
-        (their home in that graph), else stays with the op before it. Cut apart, the entries would
+        (their home in that graph), else with the op before it; a stage starts at the start of a
+        layer when no op between that and its first param reads a param. Cut apart, the entries would
         put a weight at a boundary on two stages (a 70B Llama's prefill and decode cuts held up to
         185 MB of weights on a chip, over the budget of either) and move a KV cache between them."""
         graphs = self.m.graphs
@@ -440,9 +442,16 @@ class Partitioner:
             if k == first or not read[k] & home.keys():  # nothing in common: cut on its own
                 out.append(cut if k == first else self.stages(g))
                 continue
-            st, s = [], 0
-            for op in g.ops:
-                s = max([s] + [home.get(name, 0) for name in reads(op)])
+            st, s, last = [], 0, -1  # last: the latest op that reads a param
+            starts = set(layer_boundaries(g.ops) or ())
+            for k, op in enumerate(g.ops):
+                homes = [home[n] for n in reads(op) if n in home]
+                if homes and max(homes) > s:  # a new stage: from the layer start before, if no
+                    # op since it reads a param (a hand-over of the layer's input, not of a part)
+                    b = max((c for c in starts if last < c <= k), default=k)
+                    st[b:] = [max(homes)] * (k - b)
+                s = max([s] + homes)
+                last = k if homes else last
                 st.append(s)
             out.append(st)
         return out

@@ -325,6 +325,22 @@ def test_seventy_b_stages_repeat_every_nine():
         assert all(firsts[s + 9] - firsts[s] == 10 * k for s in range(1, 63)), g.name
 
 
+def test_seventy_b_layers_one_per_stage_are_whole():
+    """Llama-70B's shapes, one layer a stage (8 over 8 stages, both entries): every stage holds one
+    whole layer, the first with the f16 embedding too (65.5 + 107 MB per chip, within the stage
+    budget), so the stages repeat one to the next (a budget that cuts inside layers here leaves a
+    64-layer compile without runs)."""
+    from compiler.partition import Partitioner
+    from models.llama import LlamaConfig, module_text
+
+    big = LlamaConfig(8, 8192, 64, 8, 28672, 32000, 16, dtype="i8")
+    m = decompose(parse(module_text(big)))
+    part = Partitioner(m, named_system("dragonfly:8"), 8, 8)
+    for g, stage in zip(m.graphs, part.entry_stages()):
+        firsts = [stage.index(s) for s in range(1, 8)]
+        assert firsts == sorted(layer_boundaries(list(g.ops)))[1:8], g.name
+
+
 def test_cli_timing_only(tmp_path, capsys):
     model = tmp_path / "l.lpu"
     assert main(["model", "llama", "--layers", "4", "--d-model", "32", "--heads", "4", "--vocab", "64",
