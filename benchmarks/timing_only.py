@@ -93,7 +93,8 @@ def seventy_b() -> None:
     """The 70B configuration of issue 6: in f16 its params do not fit 576 chips (refused); in int8
     its 80 layers over 72 stages are cut inside layers, so no two consecutive stages are alike (the
     partition shows it); the cuts repeat every 9 stages, which a run with a period stores once, but
-    the whole compile still fails (docs/models.md, Not yet). Measured
+    the whole compile does not finish on this machine (prefill's instruction table outgrows its
+    memory; docs/models.md, Not yet). Measured
     instead, each in a process of its own (time and peak memory its own): two of its stages, and 64
     layers of its shapes on 512 chips (one layer per stage), where the runs of alike stages are
     stored once."""
@@ -123,7 +124,7 @@ def seventy_b() -> None:
         f"{system.chip.sram_bytes / 1e6:.0f}); "
         f"the decode hand-overs of stages 2..71 have "
         f"{len({shapes.get(s) for s in range(1, 72)})} different shapes ({alike} of 70 like the one "
-        "before): runs need a period (9 stages here; the 80-layer compile fails, docs/models.md)"
+        "before): runs need a period (9 stages here; the 80-layer compile runs out of memory, docs/models.md)"
     )
     for flag in ("--two-stages", "--sixty-four"):
         out = subprocess.run([sys.executable, __file__, flag], capture_output=True, text=True)
