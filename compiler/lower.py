@@ -259,9 +259,9 @@ class Lowering:
                 left = room - held - self._load_of(s)
                 if left > best:
                     where, best = s, left
-            if best < 0:  # fits nowhere: the roomiest (the allocator says by how much)
+            if best < 0:  # fits nowhere: the roomiest, first in slice order (the allocator says by how much)
                 free = [s for s in self.slices if s not in avoid]
-                where = min(free, key=lambda s: (self.pinned.get(s, 0), self.slices.index(s)), default=where)
+                where = min(free, key=lambda s: self.pinned.get(s, 0), default=where)
         if temp:
             self._load[where] = (self._load_of(where) + size, self._clock)
         return where

