@@ -7,9 +7,9 @@ is an error that says how many bytes are missing.
 
 Intended sources: every instruction records which instruction produced each
 vector it reads. A read that spans vectors written by different instructions is
-split at those boundaries, and so is everything its vectors flow through in the
-job: pieces keep their exact cycles (vector i of an instruction always moves at
-issue + i), so splitting changes no timing.
+split at those boundaries into pieces issued back to back on its queue (vector i
+of an instruction always moves at issue + i, so splitting changes no timing);
+what its vectors flow into stays one instruction and names the first piece.
 """
 
 from __future__ import annotations
@@ -93,29 +93,6 @@ class Allocator:
         return out
 
 
-def _groups(job: Job) -> list[int]:
-    """Union of nodes whose vectors correspond one to one (stream edges, acc -> last mm). A `trans`
-    is not joined to its input: when the read feeding it is cut into pieces (its vectors have
-    different writers), the trans stays one instruction and names the first piece as its source,
-    vector i past that piece's end being vector i - n of the next piece (isa/program.py)."""
-    parent = list(range(len(job.nodes)))
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for k, nd in enumerate(job.nodes):
-        if nd.mnemonic == "trans":  # each output mixes 16 inputs: its input may come in pieces
-            continue
-        for _, p in nd.inputs:
-            parent[find(k)] = find(p)
-        if "acc" in nd.sources:
-            parent[find(k)] = find(nd.sources["acc"])
-    return [find(k) for k in range(len(job.nodes))]
-
-
 class Emitter:
     def __init__(self, chip: ChipConfig, tensors: list[Tensor], base: dict[int, int]):
         self.chip = chip
@@ -176,16 +153,14 @@ class Emitter:
     def emit(self, job: Job, placed: Placed, entry: int) -> None:
         key = (job.name, job.loc)
         origin = self.ops.setdefault(key, len(self.ops))  # the IR op each instruction comes from
-        groups = _groups(job)
-        cuts: dict[int, set[int]] = {}
-        for k, nd in enumerate(job.nodes):
-            if nd.mnemonic == "read":
-                cuts.setdefault(groups[k], set()).update(self._read_runs(nd))
         # rows of each node's pieces: node -> {first vector of the piece: row index}
         pieces: dict[int, dict[int, int]] = {}
         for k, nd in enumerate(job.nodes):
-            cut = cuts.get(groups[k])
-            bounds = sorted({0, nd.n} | {c for c in cut if 0 < c < nd.n}) if cut else (0, nd.n)
+            # only a read is cut (where its vectors' writer changes); what its vectors flow into stays
+            # one instruction, naming the first piece: vector i past a piece's end is vector i - n of
+            # the next piece, issued right after on the same queue (isa/program.py)
+            cut = self._read_runs(nd) if nd.mnemonic == "read" else None
+            bounds = [0, *cut, nd.n] if cut else (0, nd.n)
             pieces[k] = {}
             for s, e in zip(bounds[:-1], bounds[1:]):
                 pieces[k][s] = self.n_rows
