@@ -612,17 +612,11 @@ class _LinkLowering:
             via = low.new_tensor(f"{src.name}.via", TensorType(src.dtype, src.shape), avoid={src.slice})
             low.copy(src, via)
             src = via
-        sv, dv = list(st.src_vectors), list(st.dst_vectors)
-        k = 0
-        while k < len(sv):  # runs of consecutive vectors on both sides: one read, one write each
-            n = 1
-            while k + n < len(sv) and sv[k + n] == sv[k] + n and dv[k + n] == dv[k] + n:
-                n += 1
-            job = low.new_job()
-            r = low.read(job, src, sv[k], n, 1)
-            low.write(job, dst, dv[k], n, 1, r)
-            low.finish(job)
-            k += n
+        # one pipeline; its read and write are cut into runs of evenly spaced vectors
+        job = low.new_job()
+        r = low.read_index(job, src, np.asarray(st.src_vectors, np.int64))
+        low.write_index(job, dst, np.asarray(st.dst_vectors, np.int64), r)
+        low.finish(job)
 
 
 def _rows(t: Tensor, n: int) -> TensorType:

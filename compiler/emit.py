@@ -127,28 +127,38 @@ class Emitter:
         """Whether a scatter may have written the tensor: its reads then have no single source."""
         return self.n_dynamic.get(t.id, 0) > 0
 
-    def _read_runs(self, nd) -> list[int]:
-        """Split points (vector indices within the read) where its source changes."""
+    def _cuts(self, nd) -> list[int]:
+        """Where a read or write is cut into instructions (vector indices within it): at the starts
+        of its runs of vectors, and for a read also where its vectors' writer changes."""
+        cuts = [] if nd.segments is None else [s for s, _, _ in nd.segments[1:]]
+        if nd.mnemonic != "read":
+            return cuts
         t_id, first, step = nd.mem
         t = self.tensors[t_id]
         if t.kind != "temp" or self._dynamic(t):
-            return []
-        cuts = []
-        prev = self._source_of(t, first)
+            return cuts
+        if nd.segments is not None:
+            vectors = nd.vectors().tolist()
+        else:
+            vectors = range(first, first + step * nd.n, step) if step else [first] * nd.n
+        w = self.writer.get(t_id)
+        starts = set(cuts)
+        prev = None if w is None else w[vectors[0]]
         stride = None
         for i in range(1, nd.n):
-            cur = self._source_of(t, first + step * i)
-            ok = prev is not None and cur is not None and cur[0] == prev[0]
+            cur = None if w is None else w[vectors[i]]
+            ok = prev is not None and cur is not None and cur[0] == prev[0] and i not in starts
             if ok:
                 d = cur[1] - prev[1]
                 if stride is None:
                     stride = d
                 ok = d == stride and stride >= 0
             if not ok:
-                cuts.append(i)
+                if i not in starts:
+                    cuts.append(i)
                 stride = None
             prev = cur
-        return cuts
+        return sorted(cuts)
 
     def emit(self, job: Job, placed: Placed, entry: int) -> None:
         key = (job.name, job.loc)
@@ -159,7 +169,7 @@ class Emitter:
             # only a read is cut (where its vectors' writer changes); what its vectors flow into stays
             # one instruction, naming the first piece: vector i past a piece's end is vector i - n of
             # the next piece, issued right after on the same queue (isa/program.py)
-            cut = self._read_runs(nd) if nd.mnemonic == "read" else None
+            cut = self._cuts(nd) if nd.mnemonic in ("read", "write") and not nd.dynamic else None
             bounds = [0, *cut, nd.n] if cut else (0, nd.n)
             pieces[k] = {}
             for s, e in zip(bounds[:-1], bounds[1:]):
@@ -187,7 +197,12 @@ class Emitter:
         streams = placed.streams
         for name, p in nd.inputs:
             fields[name] = streams[p]
-            sources[name] = (pieces[p][s], 0, 1)
+            at = pieces[p]
+            if s in at:
+                sources[name] = (at[s], 0, 1)
+            else:  # the producer's piece holding vector s (a write cut where a unit's result is not)
+                first = max(k for k in at if k < s)
+                sources[name] = (at[first], s - first, 1)
         if output:
             # 0: a result nothing in the job reads (never the case for our jobs)
             fields[output] = streams.get(k, 0)
@@ -209,6 +224,10 @@ class Emitter:
                     self.writer.setdefault(t_id, [None] * t.vectors)[:] = ["dynamic"] * t.vectors
                     self.n_dynamic[t_id] = t.vectors
             else:
+                if nd.segments is not None:
+                    # the run holding vector s: vector i of the node is `first + step * i` in it
+                    s0, f0, step = nd.segment(s)
+                    first, fields["step"] = f0 - step * s0, step * t.width
                 addr = fields["addr"] = self.base[t_id] + (first + step * s) * DTYPE_BYTES[t.dtype]
                 if nd.mnemonic == "read":
                     if self.n_dynamic.get(t_id, 0) > 0:

@@ -14,7 +14,10 @@ instruction arrive on the same cycle. The scheduler then places whole jobs.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from isa.spec import BY_MNEMONIC
 
@@ -37,10 +40,47 @@ class Node:
     chip: int = -1  # the chip it runs on (-1: the lowering's chip)
     # further resources it holds: (key, offset from issue, cycles); a send holds its link direction
     holds: list[tuple[tuple, int, int]] = field(default_factory=list)
+    # a read / write whose vectors are not one arithmetic run: (first i, first vector, step) per run,
+    # the first being `mem`'s; it becomes one instruction per run, issued back to back on its queue
+    segments: tuple[tuple[int, int, int], ...] | None = None
 
     @property
     def spec(self):
         return BY_MNEMONIC[self.mnemonic]
+
+    def vectors(self) -> np.ndarray:
+        """The tensor vectors a (non-dynamic) read or write touches, in order."""
+        _, first, step = self.mem
+        if self.segments is None:
+            return first + step * np.arange(self.n)
+        ends = [s for s, _, _ in self.segments[1:]] + [self.n]
+        return np.concatenate([f + st * np.arange(e - s) for (s, f, st), e in zip(self.segments, ends)])
+
+    def segment(self, i: int) -> tuple[int, int, int]:
+        """(first i, first vector, step) of the run that vector i of the node belongs to."""
+        if self.segments is None:
+            return (0, *self.mem[1:])
+        return self.segments[bisect_right(self.segments, (i, 1 << 62, 0)) - 1]
+
+
+def runs(index) -> list[tuple[int, int, int]]:
+    """Vector indices cut into maximal arithmetic runs, greedily from the start: (first i, first
+    vector, step) each."""
+    index = np.asarray(index, np.int64)
+    n = len(index)
+    d = np.diff(index)
+    change = np.nonzero(d[1:] != d[:-1])[0] + 1  # m where the step d[m] differs from d[m - 1]
+    out = []
+    i = 0
+    while i < n:
+        if i == n - 1:
+            out.append((i, int(index[i]), 1))
+            break
+        k = int(np.searchsorted(change, i, side="right"))
+        end = int(change[k]) if k < len(change) else n - 1  # the run holds elements i .. end
+        out.append((i, int(index[i]), int(d[i])))
+        i = end + 1
+    return out
 
 
 @dataclass

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from compiler.ir import Global, Graph, Module, Op, Operand, TensorType, Value
-from compiler.jobs import Job, Node, align
+from compiler.jobs import Job, Node, align, runs
 from isa.chip import ChipConfig
 from isa.diagnostics import error
 from isa.numerics import convert
@@ -80,6 +80,8 @@ class Tensor:
     landing: np.ndarray | None = field(default=None, repr=False)  # per vector: cycle it lands (scheduler)
     last_read: np.ndarray | None = field(default=None, repr=False)  # state: per vector, its last read
     chip: int = 0  # the chip whose SRAM holds it
+    # written a column chunk of all rows at a time (a matmul's result): what reads it whole goes so too
+    chunk_major: bool = False
 
     @property
     def cols(self) -> int:
@@ -121,6 +123,7 @@ class Tensor:
             self.lanes,
             self.data,
             chip=self.chip,
+            chunk_major=self.chunk_major,
         )
         assert (v.rows, v.cols) == (self.rows, self.cols)
         return v
@@ -323,6 +326,21 @@ class Lowering:
             Node(mnemonic, q, self.queue_x[q], n, fields, inputs=inputs, mem=(t.id, first, step_vectors))
         )
 
+    def _mem_runs(self, job: Job, mnemonic: str, t: Tensor, index: np.ndarray, inputs) -> int:
+        """A read or write of the vectors `index` of t, in that order: one node, one instruction per
+        arithmetic run of the index."""
+        segments = runs(index)
+        k = self._mem(job, mnemonic, t, segments[0][1], len(index), segments[0][2], inputs)
+        if len(segments) > 1:
+            job.nodes[k].segments = tuple(segments)
+        return k
+
+    def read_index(self, job: Job, t: Tensor, index: np.ndarray) -> int:
+        return self._mem_runs(job, "read", t, index, [])
+
+    def write_index(self, job: Job, t: Tensor, index: np.ndarray, producer: int) -> int:
+        return self._mem_runs(job, "write", t, index, [("a", producer)])
+
     def read(self, job: Job, t: Tensor, first: int, n: int, step_vectors: int) -> int:
         return self._mem(job, "read", t, first, n, step_vectors, [])
 
@@ -482,33 +500,46 @@ class Lowering:
         target = out
         if mask and not fused:
             target = self.new_tensor("unmasked", out_t, avoid={s.slice for s in srcs} | {out.slice})
-        whole = all(s.shape == out.shape or s.size_one for s in srcs)
-        self._vxm_pipelines(srcs, target, out, field_names, mnemonic, fields, whole, mask and fused)
+        order = np.arange(out.vectors)
+        if out.rows > 1 and out.chunks > 1 and any(x.chunk_major and x.shape == out.shape for x in srcs):
+            # a column chunk of all rows at a time, as a matmul wrote a source: row by row would read
+            # it one vector at a time (each vector of a row has another writer)
+            order = order.reshape(out.rows, out.chunks).T.reshape(-1)
+            out.chunk_major = target.chunk_major = True
+        self._vxm_pipeline(srcs, target, out, field_names, mnemonic, fields, order, mask and fused)
         if mask and not fused:
-            self._mask(target, out)
+            self._mask(target, out, order)
         return out
 
-    def _mask(self, src: Tensor, out: Tensor) -> None:
-        """out = src with its padding lanes zeroed, one sel per row of vectors."""
+    def _source_index(self, s: Tensor, out: Tensor) -> np.ndarray:
+        """For each vector of `out` (in order), the vector of source s (same shape or broadcast) it takes."""
+        if s.shape == out.shape:
+            return np.arange(out.vectors)
+        if s.size_one:
+            return np.zeros(out.vectors, np.int64)
+        lead = out.shape[:-1]
+        src_lead = (1,) * (len(lead) - len(s.shape[:-1])) + tuple(s.shape[:-1])
+        rows = np.broadcast_to(np.arange(s.rows).reshape(src_lead), lead).reshape(-1, 1)
+        if s.splat:
+            return np.repeat(rows, out.chunks, axis=1).reshape(-1)
+        return (rows * s.chunks + np.arange(out.chunks)).reshape(-1)
+
+    def _mask(self, src: Tensor, out: Tensor, order: np.ndarray) -> None:
+        """out = src with its padding lanes zeroed, in one sel over the vectors in `order`."""
         lanes_ok = np.arange(out.chunks * self.L) < out.cols
         busy = {src.slice, out.slice}
         mask_t = self.const("bool", (out.chunks * self.L,), lanes_ok.astype(np.float64), avoid=busy)
         zero_t = self.const(out.dtype, (), np.zeros(()), avoid=busy | {mask_t.slice})
-        rows = (
-            [(0, out.vectors)] if out.chunks == 1 else [(r * out.chunks, out.chunks) for r in range(out.rows)]
-        )
-        for first, n in rows:
-            job = self.new_job()
-            a = self.read(job, src, first, n, 1)
-            m = self.read(job, mask_t, 0, n, 1 if out.chunks > 1 else 0)
-            z = self.read(job, zero_t, 0, n, 0)
-            res = self.unit(
-                job, "sel", self.vxm_queue(), n, [("c", m), ("a", a), ("b", z)], dt=DTYPES.index(out.dtype)
-            )
-            self.write(job, out, first, n, 1, res)
-            self.finish(job)
+        job = self.new_job()
+        a = self.read_index(job, src, order)
+        m = self.read_index(job, mask_t, order % out.chunks)
+        z = self.read(job, zero_t, 0, len(order), 0)
+        dt = DTYPES.index(out.dtype)
+        res = self.unit(job, "sel", self.vxm_queue(), len(order), [("c", m), ("a", a), ("b", z)], dt=dt)
+        self.write_index(job, out, order, res)
+        self.finish(job)
 
-    def _vxm_pipelines(
+    def _vxm_pipeline(
         self,
         srcs,
         target: Tensor,
@@ -516,47 +547,38 @@ class Lowering:
         field_names,
         mnemonic: str,
         fields: dict,
-        whole: bool,
+        order: np.ndarray,
         mask: bool,
     ) -> None:
-        """target = mnemonic(srcs), optionally followed by a sel that zeroes padding lanes."""
+        """target = mnemonic(srcs) over the output vectors in `order`, as one job whose reads and write
+        are cut into runs of vectors (a broadcast source: a run per row), optionally followed by a sel
+        that zeroes padding lanes."""
+        n = len(order)
         if mask:
             # a row of `chunks` vectors: vector c masks the real lanes of chunk c
             lanes_ok = np.arange(out.chunks * self.L) < out.cols
             busy = {s.slice for s in srcs} | {target.slice}
             mask_t = self.const("bool", (out.chunks * self.L,), lanes_ok.astype(np.float64), avoid=busy)
             zero_t = self.const(out.dtype, (), np.zeros(()), avoid=busy | {mask_t.slice})
-            whole = whole and out.chunks == 1
-        if whole:
-            plans = [(0, out.vectors, [(s, 0, 1 if s.shape == out.shape else 0) for s in srcs])]
-        else:
-            plans = []
-            for r in range(out.rows):
-                accesses = []
-                for s in srcs:
-                    row = _broadcast_row(r, out.shape, s.shape)
-                    accesses.append((s, row, 0) if s.splat else (s, row * s.chunks, 1))
-                plans.append((r * out.chunks, out.chunks, accesses))
-        for first, n, accesses in plans:
-            job = self.new_job()
-            reads: dict[tuple, int] = {}
-            inputs = []
-            for fname, (s, start, step) in zip(field_names, accesses):
-                key = (s.id, start, step)
-                if key not in reads:
-                    reads[key] = self.read(job, s, start, n, step)
-                inputs.append((fname, reads[key]))
-            q = self.vxm_queue()
-            res = self.unit(job, mnemonic, q, n, inputs, **fields)
-            if mask:
-                m = self.read(job, mask_t, 0, n, 1 if out.chunks > 1 else 0)
-                z = self.read(job, zero_t, 0, n, 0)
-                sel_q = self.vxm_queue(avoid=q)
-                res = self.unit(
-                    job, "sel", sel_q, n, [("c", m), ("a", res), ("b", z)], dt=DTYPES.index(out.dtype)
-                )
-            self.write(job, target, first, n, 1, res)
-            self.finish(job)
+        job = self.new_job()
+        reads: dict[tuple, int] = {}
+        inputs = []
+        for fname, s in zip(field_names, srcs):
+            index = self._source_index(s, out)[order]
+            key = (s.id, index.tobytes())
+            if key not in reads:
+                reads[key] = self.read_index(job, s, index)
+            inputs.append((fname, reads[key]))
+        q = self.vxm_queue()
+        res = self.unit(job, mnemonic, q, n, inputs, **fields)
+        if mask:
+            m = self.read_index(job, mask_t, order % out.chunks)
+            z = self.read(job, zero_t, 0, n, 0)
+            sel_q = self.vxm_queue(avoid=q)
+            dt = DTYPES.index(out.dtype)
+            res = self.unit(job, "sel", sel_q, n, [("c", m), ("a", res), ("b", z)], dt=dt)
+        self.write_index(job, target, order, res)
+        self.finish(job)
 
     # -- copies and movement ---------------------------------------------------------------------------
     def copy(self, src: Tensor, dst: Tensor) -> None:
@@ -578,68 +600,31 @@ class Lowering:
         where = self._move_sources(srcs, out, which, index)
         done = self._transposes(srcs, out, where)
         plan = self._move_plan(srcs, where, done)
-        # runs of whole vectors copied unchanged become one copy pipeline
-        mapped: dict[tuple, list[tuple[int, int]]] = {}  # (source, lane map) -> its output vectors
-        v = 0
-        while v < len(plan):
-            if done[v]:
-                v += 1
+        # vectors copied unchanged, or each one lane map of one source vector: per source (and map),
+        # one pipeline whose read and write are cut into runs of evenly spaced vectors
+        mapped: dict[tuple, list[tuple[int, int]]] = {}  # (source, lane map) -> (output, source vector)
+        for v in range(len(plan)):
+            if done[v] or not plan[v]:
                 continue
             if self._is_copy(plan[v], v, out):
                 s, sv, _ = plan[v][0]
-                n = 1
-                while (
-                    v + n < len(plan)
-                    and not done[v + n]
-                    and self._is_copy(plan[v + n], v + n, out)
-                    and plan[v + n][0][0] is s
-                    and plan[v + n][0][1] == sv + n
-                ):
-                    n += 1
-                job = self.new_job()
-                rd = self.read(job, s, sv, n, 1)
-                self.write(job, out, v, n, 1, rd)
-                self.finish(job)
-                v += n
-                continue
-            if len(plan[v]) == 1:  # one lane map of one source vector: grouped below
+                mapped.setdefault((s.id, None), []).append((v, sv))
+            elif len(plan[v]) == 1:
                 s, sv, m = plan[v][0]
                 mapped.setdefault((s.id, tuple(m)), []).append((v, sv))
             else:
                 self._gather(out, v, plan[v])
-            v += 1
         for (t_id, m), vs in mapped.items():
-            self._lane_runs(self.tensors[t_id], list(m), vs, out)
+            s = self.tensors[t_id]
+            pairs = np.array(vs, np.int64)
+            job = self.new_job()
+            res = self.read_index(job, s, pairs[:, 1])
+            if m is not None:
+                q = self.sxm_queue(self.x_of_slice(s.slice))
+                res = self.unit(job, "perm", q, len(vs), [("a", res)], map=self.map_id(list(m)))
+            self.write_index(job, out, pairs[:, 0], res)
+            self.finish(job)
         return out
-
-    def _lane_runs(self, s: Tensor, m: list[int], vs: list[tuple[int, int]], out: Tensor) -> None:
-        """Output vectors that are each the lane map `m` of one vector of `s` ((output vector, source
-        vector) pairs, in order): runs whose output and source vectors are both evenly spaced (a head
-        split off every row of a cache, [S, H * D] -> [S, H, D]) are one read, one perm and one
-        write of the whole run instead of one of each per vector."""
-        k = 0
-        while k < len(vs):
-            n = 1
-            if k + 1 < len(vs):
-                dv, ds = vs[k + 1][0] - vs[k][0], vs[k + 1][1] - vs[k][1]
-                if ds >= 0:
-                    n = 2
-                    while k + n < len(vs) and vs[k + n][0] - vs[k + n - 1][0] == dv:
-                        if vs[k + n][1] - vs[k + n - 1][1] != ds:
-                            break
-                        n += 1
-            v, sv = vs[k]
-            if n == 1:
-                self._gather(out, v, [(s, sv, m)])
-            else:
-                job = self.new_job()
-                rd = self.read(job, s, sv, n, ds)
-                pm = self.unit(
-                    job, "perm", self.sxm_queue(self.x_of_slice(s.slice)), n, [("a", rd)], map=self.map_id(m)
-                )
-                self.write(job, out, v, n, dv, pm)
-                self.finish(job)
-            k += n
 
     def _move_sources(self, srcs: list[Tensor], out: Tensor, which: np.ndarray, index: np.ndarray):
         """For every (output vector, lane): whether it holds an element, which source, its vector and
@@ -1134,6 +1119,7 @@ class Lowering:
             b = moved
         out_t = op.result.type
         out = self.new_tensor(op.result.name or "mm", out_t, avoid={a.slice, b.slice})
+        out.chunk_major = out.rows > 1 and out.chunks > 1  # written a column chunk of rows at a time
         M, K = a.shape[-2], a.shape[-1]
         kt = self.chip.mxm_k(a.dtype)
         # weight-only quantisation: b's int8 rows are converted on the VXM on their way to the
@@ -1226,16 +1212,6 @@ def _batch_index(lead: tuple[int, ...], batch: tuple[int, ...]) -> np.ndarray:
     """For each output batch element (row-major), the operand's batch element it broadcasts from."""
     own = np.arange(math.prod(lead)).reshape(lead)
     return np.broadcast_to(own.reshape((1,) * (len(batch) - len(lead)) + lead), batch).reshape(-1)
-
-
-def _broadcast_row(r: int, out_shape: tuple[int, ...], src_shape: tuple[int, ...]) -> int:
-    """The row of a broadcast operand that output row r reads."""
-    out_lead = out_shape[:-1]
-    src_lead = src_shape[:-1] if src_shape else ()
-    idx = np.unravel_index(r, out_lead) if out_lead else ()
-    pad = len(out_lead) - len(src_lead)
-    src_idx = [0 if src_lead[k] == 1 else idx[k + pad] for k in range(len(src_lead))]
-    return int(np.ravel_multi_index(src_idx, src_lead)) if src_lead else 0
 
 
 __all__ = ["Lowering", "Tensor", "Unit", "Module", "Value"]

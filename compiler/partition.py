@@ -795,6 +795,32 @@ class Partitioner:
             self._param_cache[key] = Dist(want, stage, locals_, g.type.dtype, g.type.shape)
         return self._param_cache[key]
 
+    def _derived(self, v: Value, op: Op, want, stage: int, key, lt: TensorType) -> Dist:
+        """A value computed from free values only, on each chip of `stage` that needs it."""
+        t = v.type
+        locals_ = {}
+        if op_is_move(op):  # computed whole on each chip, then split locally
+            ds = [self.get(o, R, stage) for o in op.operands]
+            for c in self.groups[stage]:
+                operands = [d.locals[c] for d in ds]
+                locals_[c] = self.local(c, op.name, operands, op.attr_dict, t, op.result.name, op.loc)
+            d = Dist(R, stage, locals_, t.dtype, t.shape)
+            if want != R:
+                d = self.split_locally(d, want)
+            self.cache[key] = d
+            return d
+        wants = []
+        for o in op.operands:
+            k = want - (t.rank - o.type.rank) if isinstance(want, int) else -1
+            wants.append(k if k >= 0 and o.type.shape[k] == t.shape[want] else R)
+        ds = [self.get(o, w, stage) for o, w in zip(op.operands, wants)]
+        for c in self.groups[stage]:
+            operands = [d.locals[c] for d in ds]
+            locals_[c] = self.local(c, op.name, operands, op.attr_dict, lt, op.result.name, op.loc)
+        d = Dist(want, stage, locals_, t.dtype, t.shape)
+        self.cache[key] = d
+        return d
+
     def free_value(self, v: Value, f, want, stage: int) -> Dist:
         key = (id(v), want, stage)
         if key in self.cache:
@@ -805,30 +831,14 @@ class Partitioner:
         t = v.type
         lt = TensorType(t.dtype, self.local_shape(t.shape, want))
         locals_ = {}
-        if f[0] == "derived" and op_is_move(f[1]):  # computed whole on each chip, then split locally
-            op = f[1]
-            ds = [self.get(o, R, stage) for o in op.operands]
-            for c in self.groups[stage]:
-                operands = [d.locals[c] for d in ds]
-                locals_[c] = self.local(c, op.name, operands, op.attr_dict, t, op.result.name, op.loc)
-            d = Dist(R, stage, locals_, t.dtype, t.shape)
-            if want != R:
-                d = self.split_locally(d, want)
-            self.cache[key] = d
-            return d
         if f[0] == "derived":
-            op = f[1]
-            wants = []
-            for o in op.operands:
-                k = want - (t.rank - o.type.rank) if isinstance(want, int) else -1
-                wants.append(k if k >= 0 and o.type.shape[k] == t.shape[want] else R)
-            ds = [self.get(o, w, stage) for o, w in zip(op.operands, wants)]
-            for c in self.groups[stage]:
-                operands = [d.locals[c] for d in ds]
-                locals_[c] = self.local(c, op.name, operands, op.attr_dict, lt, op.result.name, op.loc)
-            d = Dist(want, stage, locals_, t.dtype, t.shape)
-            self.cache[key] = d
-            return d
+            # computed where it is first needed, but named after itself (not the op that needs it)
+            saved = self.what
+            self.what = f"%{f[1].result.name} = {f[1].name}" if f[1].result.name else saved
+            try:
+                return self._derived(v, f[1], want, stage, key, lt)
+            finally:
+                self.what = saved
         for r, c in enumerate(self.groups[stage]):
             if f[0] == "input":
                 local = Value(lt, v.name)

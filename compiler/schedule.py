@@ -143,7 +143,7 @@ class Scheduler:
                 if nd.mnemonic == "scatter" and t.last_read is not None:
                     start = max(start, int(t.last_read.max()) + 1 - (nd.rel + nd.spec.dfunc))
                 continue
-            vectors = first + step * np.arange(nd.n)
+            vectors = first + step * np.arange(nd.n) if nd.segments is None else nd.vectors()
             if nd.mnemonic == "read":
                 land = t.landing[vectors]
                 assert (land >= 0).all(), f"{job.name}: reads a vector nothing has written"
@@ -279,7 +279,7 @@ class Scheduler:
             t = self.tensors[t_id]
             if nd.mnemonic == "write":
                 lands = start + nd.rel + nd.spec.dfunc + np.arange(nd.n)
-                t.landing[first + step * np.arange(nd.n)] = lands
+                t.landing[first + step * np.arange(nd.n) if nd.segments is None else nd.vectors()] = lands
             elif nd.mnemonic == "scatter":
                 t.landing[:] = np.maximum(t.landing, start + nd.rel + nd.spec.dfunc + nd.n - 1)
             elif t.last_read is not None:  # reads of a state: remember the last one per vector
@@ -287,7 +287,7 @@ class Scheduler:
                 if nd.dynamic:
                     t.last_read[:] = np.maximum(t.last_read, samples.max())
                 else:
-                    idx = first + step * np.arange(nd.n)
+                    idx = first + step * np.arange(nd.n) if nd.segments is None else nd.vectors()
                     t.last_read[idx] = np.maximum(t.last_read[idx], samples)
 
 
@@ -311,6 +311,8 @@ def critical_path_order(
         t_id, first, step = nd.mem
         if nd.dynamic:
             return range(tensors[t_id].vectors)
+        if nd.segments is not None:
+            return nd.vectors().tolist()
         return range(first, first + step * nd.n, step) if step else range(first, first + 1)
 
     # only what some job writes can order jobs: reads of params and constants (most vectors a

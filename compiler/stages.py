@@ -83,7 +83,7 @@ class StageMemo:
                 mem = None
                 if nd.mem is not None:
                     t_id, first, step = nd.mem
-                    mem = (tensors.setdefault(t_id, len(tensors)), first, step)
+                    mem = (tensors.setdefault(t_id, len(tensors)), first, step, nd.segments)
                 if nd.inputs:
                     for _, p in nd.inputs:
                         flow_chips.setdefault(job.nodes[p].chip, None)

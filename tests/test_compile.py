@@ -271,7 +271,7 @@ def test_compilation_is_deterministic_across_processes(tmp_path):
 
 # -- the differential property: random graphs on random small chips --------------------------------
 
-from hypothesis import assume, given  # noqa: E402
+from hypothesis import assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from lpu.strategies import CHIP_OPS, chips, modules, systems_of  # noqa: E402
@@ -375,3 +375,59 @@ def test_cases_found_by_fuzzing(text, system):
     first = Emulator(program).run("main", inputs)
     assert check_outputs(program, "main", inputs, first.outputs).ok
     assert not np.isnan(first.outputs[0].astype(np.float64)).any()
+
+
+# -- reads and writes in runs of vectors ---------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-6, 6), min_size=1, max_size=40))
+def test_property_runs_rebuild_the_index_and_are_maximal(index):
+    from compiler.jobs import runs
+
+    cut = runs(index)
+    assert cut[0][0] == 0 and [s for s, _, _ in cut] == sorted({s for s, _, _ in cut})
+    ends = [s for s, _, _ in cut[1:]] + [len(index)]
+    rebuilt = [f + step * i for (s, f, step), e in zip(cut, ends) for i in range(e - s)]
+    assert rebuilt == index
+    for (s, f, step), e in zip(cut[:-1], ends[:-1]):  # the next vector would not have continued it
+        assert e - s == 1 or index[e] != f + step * (e - s)
+
+
+def _instructions_of(program, op_prefix: str, mnemonic: str):
+    """(n, ...) of the instructions of one IR op with that mnemonic."""
+    from isa.spec import BY_MNEMONIC
+
+    ops, of = program.meta["ops"], program.meta["op_of"]
+    code = BY_MNEMONIC[mnemonic].code
+    return [
+        int(program.n[r])
+        for r in range(len(program))
+        if ops[of[r]].startswith(op_prefix) and int(program.opcode[r]) == code
+    ]
+
+
+def test_broadcasts_and_matmul_results_are_read_a_column_chunk_of_rows_per_instruction():
+    """An elementwise op with broadcast operands is one pipeline writing its result with one
+    instruction, so a matmul reading it takes a column chunk of all 16 rows per read (not a vector
+    per row); a matmul's result (written a column chunk at a time) is read so by what follows."""
+    text = """module m
+graph main(%x: f16[16, 640], %g: f16[640], %s: f16[16, 1], %w: f16[640, 640], %w2: f16[640, 320]) -> () {
+  %y = mul(%x, %g)
+  %z = mul(%y, %s)
+  %h = matmul(%z, %w)
+  %r = add(%h, %y)
+  %o = matmul(%r, %w2)
+  return
+}
+"""
+    program, _ = compile_and_check(text, "tsp")
+    for op in ("%y = mul", "%z = mul"):
+        assert _instructions_of(program, op, "write") == [32], op  # [16, 640]: 16 rows of 2 chunks
+    # the matmuls' activation reads: per K-tile one read of a column chunk of the 16 rows
+    assert _instructions_of(program, "%h = matmul", "read").count(16) == 4
+    assert _instructions_of(program, "%o = matmul", "read").count(16) == 4
+    assert 1 not in _instructions_of(program, "%h = matmul", "read")
+    # the residual add goes a column chunk at a time, as the matmul wrote %h
+    assert sorted(_instructions_of(program, "%r = add", "write")) == [16, 16]
+    assert sorted(_instructions_of(program, "%r = add", "read")) == [16] * 4
