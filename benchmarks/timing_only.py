@@ -175,6 +175,9 @@ def main() -> None:
     if sys.argv[1:] == ["--two-stages"]:
         child(2, 2, "70B int8, 2 of its 80 layers with the embedding and the head")
         return
+    if sys.argv[1:] == ["--seventy-b"]:
+        child(80, 72, "70B int8, all 80 layers")
+        return
     if sys.argv[1:] == ["--sixty-four"]:
         child(64, 64, "64 layers of Llama-70B's shapes in int8, one per stage")
         return

@@ -1121,6 +1121,11 @@ class Lowering:
         out = self.new_tensor(op.result.name or "mm", out_t, avoid={a.slice, b.slice})
         out.chunk_major = out.rows > 1 and out.chunks > 1  # written a column chunk of rows at a time
         M, K = a.shape[-2], a.shape[-1]
+        # a row block of a blocked weight multiplies a's columns from a_cols on (whole vectors), in place
+        a_cols = dict(op.attrs).get("a_cols")
+        if a_cols is not None:
+            assert a_cols % self.L == 0, a_cols
+            K = b.shape[-2]
         kt = self.chip.mxm_k(a.dtype)
         # weight-only quantisation: b's int8 rows are converted on the VXM on their way to the
         # matrix unit (read -> cvt -> lw), so no converted copy is stored
@@ -1137,7 +1142,7 @@ class Lowering:
                 ncs = list(range(nc0, min(nc0 + per_side, out.chunks)))
                 for m0 in range(0, M, slots):
                     rows = min(slots, M - m0)
-                    self._matmul_block(a, b, out, ab, bb, bi, ncs, m0, rows, M, K, kt, dequant)
+                    self._matmul_block(a, b, out, ab, bb, bi, ncs, m0, rows, M, K, kt, dequant, a_cols)
         return out
 
     def side(self) -> str:
@@ -1145,8 +1150,9 @@ class Lowering:
         self._rr["plane"] += 1
         return ("w", "e")[k]
 
-    def _matmul_block(self, a, b, out, ab, bb, bi, ncs, m0, rows, M, K, kt, dequant=None):
-        """Column chunks `ncs` of rows m0 .. m0 + rows, one plane each on one side, for all K-tiles."""
+    def _matmul_block(self, a, b, out, ab, bb, bi, ncs, m0, rows, M, K, kt, dequant=None, a_cols=None):
+        """Column chunks `ncs` of rows m0 .. m0 + rows, one plane each on one side, for all K-tiles
+        (of a's columns from `a_cols` on, when given)."""
         side = self.side()
         planes = list(range(len(ncs)))
         queues = [[self.plane_queue(side, pl, r) for r in range(3)] for pl in planes]
@@ -1177,7 +1183,7 @@ class Lowering:
                     # the previous pass must not see this install: ready after its last sample
                     job.nodes[iw].after.append((prev_mm[j], pm.spec.dskew + pm.n - job.nodes[iw].spec.dfunc))
                 iws.append(iw)
-            chunk, kof = divmod(k0, self.L)
+            chunk, kof = divmod(k0 + (a_cols or 0), self.L)
             rd_a = self.read(job, a, (ab * M + m0) * a.chunks + chunk, rows, a.chunks)
             mode = ENUMS["mm_mode"].index("acc_set" if t_i == 0 else "acc_add")
             # the passes share one stream, so they sample on the same cycles: each waits for every install

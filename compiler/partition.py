@@ -1203,12 +1203,17 @@ class Partitioner:
             return w
         return None
 
-    def dequant_matmul(self, c: int, x: Value, w: Global, t: TensorType, to: str) -> Value:
+    def dequant_matmul(
+        self, c: int, x: Value, w: Global, t: TensorType, to: str | None, a_cols: int = 0
+    ) -> Value:
         """x @ cast(w, to) as one op: the lowering converts w's vectors on the VXM between SRAM and the
         matrix unit, so no converted copy of the weight is ever stored (outside the IR's ops: the
-        verifier's matmul takes one operand dtype)."""
+        verifier's matmul takes one operand dtype). `a_cols` (a multiple of the lanes): w multiplies
+        x's columns from there on, read in place (a row block of a blocked weight), not a copy."""
         v = Value(t)
-        attrs = (("dequant", to),)
+        attrs = (("dequant", to),) if to else ()
+        if a_cols or x.type.shape[-1] != w.type.shape[0]:
+            attrs += (("a_cols", a_cols),)
         self.e.stmts.append(Local(c, Op("matmul", (x, w), v, attrs, None), self.index, self.what))
         return v
 
@@ -1232,9 +1237,12 @@ class Partitioner:
                 continue
             acc = None
             for w, r0, r1 in rows:
-                xt = TensorType(x.type.dtype, x.type.shape[:-1] + (r1 - r0,))
-                xs = self.local(c, "slice", (x,), {"axis": axis, "start": r0, "stop": r1}, xt)
-                y = mm(xs, w, TensorType("f32", shape))
+                if r0 % self.L == 0:  # whole vectors of x (always, weight_blocks): read in place
+                    y = self.dequant_matmul(c, x, w, TensorType("f32", shape), dequant, r0)
+                else:
+                    xt = TensorType(x.type.dtype, x.type.shape[:-1] + (r1 - r0,))
+                    xs = self.local(c, "slice", (x,), {"axis": axis, "start": r0, "stop": r1}, xt)
+                    y = mm(xs, w, TensorType("f32", shape))
                 acc = y if acc is None else self.local(c, "add", (acc, y), {}, acc.type)
             if dtype != "f32":
                 acc = self.local(c, "cast", (acc,), {"to": dtype}, TensorType(dtype, shape))
