@@ -603,6 +603,7 @@ class Lowering:
         # vectors copied unchanged, or each one lane map of one source vector: per source (and map),
         # one pipeline whose read and write are cut into runs of evenly spaced vectors
         mapped: dict[tuple, list[tuple[int, int]]] = {}  # (source, lane map) -> (output, source vector)
+        several: dict[tuple, list] = {}  # ((source, lane map), ...) -> (output vector, source vectors)
         for v in range(len(plan)):
             if done[v] or not plan[v]:
                 continue
@@ -613,7 +614,12 @@ class Lowering:
                 s, sv, m = plan[v][0]
                 mapped.setdefault((s.id, tuple(m)), []).append((v, sv))
             else:
-                self._gather(out, v, plan[v])
+                key = tuple((s.id, tuple(m)) for s, _, m in plan[v])
+                several.setdefault(key, []).append((v, [sv for _, sv, _ in plan[v]]))
+        for key, vs in several.items():
+            if len(vs) == 1 or not self._lane_sum(key, vs, out):
+                for v, svs in vs:
+                    self._gather(out, v, [(self.tensors[t], sv, list(m)) for (t, m), sv in zip(key, svs)])
         for (t_id, m), vs in mapped.items():
             s = self.tensors[t_id]
             pairs = np.array(vs, np.int64)
@@ -625,6 +631,32 @@ class Lowering:
             self.write_index(job, out, pairs[:, 0], res)
             self.finish(job)
         return out
+
+    def _lane_sum(self, key, vs, out: Tensor) -> bool:
+        """Output vectors each the sum of the same lane maps of several sources' vectors (a rope's
+        rotated halves): one pipeline, a read and a perm per source, added up, when the sources lie in
+        different slices and the perms and adds get queues of their own (else False: nothing done)."""
+        srcs = [self.tensors[t] for t, _ in key]
+        if len({s.slice for s in srcs}) < len(srcs) or len(srcs) - 1 > self.chip.vxm_alu_queues:
+            return False
+        perm_q = [self.sxm_queue(self.x_of_slice(s.slice)) for s in srcs]
+        add_q = [self.vxm_queue() for _ in srcs[1:]]
+        if len(set(perm_q)) < len(perm_q) or len(set(add_q)) < len(add_q):
+            return False
+        n = len(vs)
+        job = self.new_job()
+        total = None
+        for k, ((_, m), s) in enumerate(zip(key, srcs)):
+            rd = self.read_index(job, s, np.array([svs[k] for _, svs in vs], np.int64))
+            pm = self.unit(job, "perm", perm_q[k], n, [("a", rd)], map=self.map_id(list(m)))
+            if total is None:
+                total = pm
+            else:
+                dt = DTYPES.index(out.dtype)
+                total = self.unit(job, "add", add_q[k - 1], n, [("a", total), ("b", pm)], dt=dt)
+        self.write_index(job, out, np.array([v for v, _ in vs], np.int64), total)
+        self.finish(job)
+        return True
 
     def _move_sources(self, srcs: list[Tensor], out: Tensor, which: np.ndarray, index: np.ndarray):
         """For every (output vector, lane): whether it holds an element, which source, its vector and
@@ -896,6 +928,19 @@ class Lowering:
             fill_t = self.const(
                 src.dtype, (), np.array(self.neutral(src.dtype, kind)), avoid=busy | {mask_t.slice}
             )
+        if src.chunks == 1:  # a vector per row: every row at once, each lane-reduced on its own
+            job = self.new_job()
+            n = src.rows
+            acc = self.read(job, src, 0, n, 1)
+            if masked:
+                m = self.read(job, mask_t, 0, n, 0)
+                f = self.read(job, fill_t, 0, n, 0)
+                acc = self.unit(job, "sel", self.vxm_queue(), n, [("c", m), ("a", acc), ("b", f)], dt=dt)
+            sq = self.sxm_queue(self.x_of_slice(src.slice))
+            red = self.unit(job, "lred", sq, n, [("a", acc)], red=ENUMS["reduce"].index(kind), dt=dt)
+            self.write(job, out, 0, n, 1, red)
+            self.finish(job)
+            return out
         for r in range(src.rows):
             job = self.new_job()
             order = list(range(src.chunks))
