@@ -431,3 +431,27 @@ graph main(%x: f16[16, 640], %g: f16[640], %s: f16[16, 1], %w: f16[640, 640], %w
     # the residual add goes a column chunk at a time, as the matmul wrote %h
     assert sorted(_instructions_of(program, "%r = add", "write")) == [16, 16]
     assert sorted(_instructions_of(program, "%r = add", "read")) == [16] * 4
+
+
+def test_a_softmax_over_one_vector_per_row_reduces_every_row_at_once():
+    """[24, 20]: one vector a row; each reduction is one read, one lane reduction and one write of
+    all 24 rows (the max through a sel that fills the padding lanes), not a job per row."""
+    text = "module m\ngraph main(%f: f32[24, 20]) -> () {\n  %p = softmax(%f)\n  return\n}\n"
+    program, _ = compile_and_check(text, "tsp")
+    assert _instructions_of(program, "%0 = reduce_max", "lred") == [24]
+    assert _instructions_of(program, "%0 = reduce_max", "sel") == [24]
+    assert _instructions_of(program, "%3 = reduce_sum", "lred") == [24]
+    assert _instructions_of(program, "%3 = reduce_sum", "write") == [24]
+
+
+def test_a_rope_rotates_its_halves_in_one_pipeline():
+    """rotate-half: each output vector adds two lane maps (the negated upper half moved down, the
+    lower half moved up) of vectors in different slices: one perm per source over all 32 vectors of
+    [16, 2, 128], not a read, a perm and an add per vector."""
+    text = (
+        "module m\ngraph main(%x: f16[16, 2, 128], %c: f16[16, 1, 128], %s: f16[16, 1, 128]) -> () {\n"
+        "  %p = rope(%x, %c, %s)\n  return\n}\n"
+    )
+    program, _ = compile_and_check(text, "tsp")
+    perms = _instructions_of(program, "", "perm")
+    assert perms and set(perms) == {32} and len(perms) <= 4, perms
