@@ -117,12 +117,6 @@ class Emitter:
     def word(self, t: Tensor, vector: int) -> int:
         return self.base[t.id] + vector * DTYPE_BYTES[t.dtype]
 
-    def _source_of(self, t: Tensor, v: int):
-        w = self.writer.get(t.id)
-        if w is None or w[v] is None:
-            return None
-        return w[v]
-
     def _dynamic(self, t: Tensor) -> bool:
         """Whether a scatter may have written the tensor: its reads then have no single source."""
         return self.n_dynamic.get(t.id, 0) > 0
