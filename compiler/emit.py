@@ -15,6 +15,7 @@ what its vectors flow into stays one instruction and names the first piece.
 from __future__ import annotations
 
 import array
+from bisect import bisect_right
 
 import numpy as np
 
@@ -108,6 +109,7 @@ class Emitter:
         # tensor id -> per vector: (instruction row, its vector index), or None for image data
         self.writer: dict[int, list[tuple[int, int] | None]] = {}
         self.n_dynamic: dict[int, int] = {}  # per tensor: how many of its vectors a scatter may hold
+        self._starts: dict[int, list[int]] = {}  # per node of the job being emitted: its pieces' starts
 
     def new_entry(self) -> None:
         """Each run starts from the image: inputs, params and states placed anew, nothing written."""
@@ -159,6 +161,7 @@ class Emitter:
         origin = self.ops.setdefault(key, len(self.ops))  # the IR op each instruction comes from
         # rows of each node's pieces: node -> {first vector of the piece: row index}
         pieces: dict[int, dict[int, int]] = {}
+        self._starts = {}
         for k, nd in enumerate(job.nodes):
             # only a read is cut (where its vectors' writer changes); what its vectors flow into stays
             # one instruction, naming the first piece: vector i past a piece's end is vector i - n of
@@ -192,10 +195,14 @@ class Emitter:
         for name, p in nd.inputs:
             fields[name] = streams[p]
             at = pieces[p]
-            if s in at:
-                sources[name] = (at[s], 0, 1)
+            row = at.get(s)
+            if row is not None:
+                sources[name] = (row, 0, 1)
             else:  # the producer's piece holding vector s (a write cut where a unit's result is not)
-                first = max(k for k in at if k < s)
+                starts = self._starts.get(p)
+                if starts is None:  # the producer's pieces are all emitted: their starts, in order
+                    starts = self._starts[p] = list(at)
+                first = starts[bisect_right(starts, s) - 1]
                 sources[name] = (at[first], s - first, 1)
         if output:
             # 0: a result nothing in the job reads (never the case for our jobs)

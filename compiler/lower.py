@@ -524,12 +524,16 @@ class Lowering:
             return np.repeat(rows, out.chunks, axis=1).reshape(-1)
         return (rows * s.chunks + np.arange(out.chunks)).reshape(-1)
 
+    def _lane_mask(self, out: Tensor, busy: set[str]) -> tuple[Tensor, Tensor]:
+        """Constants that zero out's padding lanes through a sel: a row of `chunks` vectors (vector c
+        masks the real lanes of chunk c) and a zero, in slices other than `busy`."""
+        lanes_ok = np.arange(out.chunks * self.L) < out.cols
+        mask_t = self.const("bool", (out.chunks * self.L,), lanes_ok.astype(np.float64), avoid=busy)
+        return mask_t, self.const(out.dtype, (), np.zeros(()), avoid=busy | {mask_t.slice})
+
     def _mask(self, src: Tensor, out: Tensor, order: np.ndarray) -> None:
         """out = src with its padding lanes zeroed, in one sel over the vectors in `order`."""
-        lanes_ok = np.arange(out.chunks * self.L) < out.cols
-        busy = {src.slice, out.slice}
-        mask_t = self.const("bool", (out.chunks * self.L,), lanes_ok.astype(np.float64), avoid=busy)
-        zero_t = self.const(out.dtype, (), np.zeros(()), avoid=busy | {mask_t.slice})
+        mask_t, zero_t = self._lane_mask(out, {src.slice, out.slice})
         job = self.new_job()
         a = self.read_index(job, src, order)
         m = self.read_index(job, mask_t, order % out.chunks)
@@ -555,11 +559,7 @@ class Lowering:
         that zeroes padding lanes."""
         n = len(order)
         if mask:
-            # a row of `chunks` vectors: vector c masks the real lanes of chunk c
-            lanes_ok = np.arange(out.chunks * self.L) < out.cols
-            busy = {s.slice for s in srcs} | {target.slice}
-            mask_t = self.const("bool", (out.chunks * self.L,), lanes_ok.astype(np.float64), avoid=busy)
-            zero_t = self.const(out.dtype, (), np.zeros(()), avoid=busy | {mask_t.slice})
+            mask_t, zero_t = self._lane_mask(out, {s.slice for s in srcs} | {target.slice})
         job = self.new_job()
         reads: dict[tuple, int] = {}
         inputs = []

@@ -1142,7 +1142,7 @@ class Partitioner:
                 locals_[c] = self.blocked_matmul(c, operands[0], blocks, lt, dtype, dequant)
                 continue
             if dequant:
-                locals_[c] = self.dequant_matmul(c, operands[0], operands[1], lt, dequant)
+                locals_[c] = self.matmul_op(c, operands[0], operands[1], lt, dequant)
                 continue
             if op.name == "gather" and wants[0] == 0:  # this chip's rows of the table
                 locals_[c] = self.owned_gather(c, operands[0], operands[1], lt)
@@ -1203,13 +1203,14 @@ class Partitioner:
             return w
         return None
 
-    def dequant_matmul(
+    def matmul_op(
         self, c: int, x: Value, w: Global, t: TensorType, to: str | None, a_cols: int = 0
     ) -> Value:
-        """x @ cast(w, to) as one op: the lowering converts w's vectors on the VXM between SRAM and the
-        matrix unit, so no converted copy of the weight is ever stored (outside the IR's ops: the
-        verifier's matmul takes one operand dtype). `a_cols` (a multiple of the lanes): w multiplies
-        x's columns from there on, read in place (a row block of a blocked weight), not a copy."""
+        """x @ cast(w, to) (x @ w when `to` is None) as one op: the lowering converts w's vectors on
+        the VXM between SRAM and the matrix unit, so no converted copy of the weight is ever stored
+        (outside the IR's ops: the verifier's matmul takes one operand dtype). `a_cols` (a multiple
+        of the lanes): w multiplies x's columns from there on, read in place (a row block of a
+        blocked weight), not a copy."""
         v = Value(t)
         attrs = (("dequant", to),) if to else ()
         if a_cols or x.type.shape[-1] != w.type.shape[0]:
@@ -1229,7 +1230,7 @@ class Partitioner:
 
             def mm(a: Value, w: Global, t: TensorType) -> Value:
                 if dequant:
-                    return self.dequant_matmul(c, a, w, t, dequant)
+                    return self.matmul_op(c, a, w, t, dequant)
                 return self.local(c, "matmul", (a, w), {}, t)
 
             if len(rows) == 1:
@@ -1238,7 +1239,7 @@ class Partitioner:
             acc = None
             for w, r0, r1 in rows:
                 if r0 % self.L == 0:  # whole vectors of x (always, weight_blocks): read in place
-                    y = self.dequant_matmul(c, x, w, TensorType("f32", shape), dequant, r0)
+                    y = self.matmul_op(c, x, w, TensorType("f32", shape), dequant, r0)
                 else:
                     xt = TensorType(x.type.dtype, x.type.shape[:-1] + (r1 - r0,))
                     xs = self.local(c, "slice", (x,), {"axis": axis, "start": r0, "stop": r1}, xt)
