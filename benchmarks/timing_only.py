@@ -151,7 +151,8 @@ def child(layers: int, pp: int, what: str) -> None:
 
     m = parse(module_text(LlamaConfig(layers=layers, **BIG, dtype="i8")))
     t = time.perf_counter()
-    p = compile_module(m, named_system("dragonfly:8"), None, tp=8, pp=pp, timing_only=True)
+    phases: dict[str, float] = {}
+    p = compile_module(m, named_system("dragonfly:8"), None, tp=8, pp=pp, timing_only=True, timings=phases)
     took = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     t = time.perf_counter()
@@ -162,7 +163,8 @@ def child(layers: int, pp: int, what: str) -> None:
         f"{peak:.1f} GB; {p.instructions():,} instructions ({len(p):,} stored; {blocks(p)})\n"
         f"  decode {r.cycles:,} cycles = {r.latency_per_token_s * 1e6:.1f} us per token, "
         f"{r.tokens_per_s:,.0f} tokens/s; {r.bound_ratio:.2f}x its lower bound ({r.binding_bound} binds); "
-        f"at most {r.sram_bytes_max_per_chip / 1e6:.0f} MB SRAM on a chip; reported in {took_report:.0f} s"
+        f"at most {r.sram_bytes_max_per_chip / 1e6:.0f} MB SRAM on a chip; reported in {took_report:.0f} s\n"
+        f"  seconds per pass: {', '.join(f'{k} {v:.1f}' for k, v in phases.items())}"
     )
 
 

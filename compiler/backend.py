@@ -11,7 +11,10 @@ pairs whose receive is issued the cycle its vector arrives.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +45,7 @@ def compile_module(
     tp: int = 1,
     pp: int = 1,
     timing_only: bool = False,
+    timings: dict[str, float] | None = None,
 ) -> Program:
     """Compile for `tp * pp` chips of `system` (tensor parallelism `tp` inside each of `pp` stages).
 
@@ -50,17 +54,37 @@ def compile_module(
     run of alike stages are stored once, with the shifts of their copies (compiler/repeats.py,
     isa.program.Repeats): the same program as a full compile once expanded, found faster. Its meta
     records how many stage blocks were searched, reused and copied.
+
+    `timings`, when given, receives the seconds spent in each pass (for benchmarks; a program does
+    not record them, so that it stays the same byte for byte).
     """
     refused = None
-    if timing_only:
-        try:
-            return _compile(module, system, weights, tp, pp, timing_only, use_runs=True)
-        except _NotPeriodic as e:  # a run's blocks did not repeat in time: compile every stage
-            refused = str(e)
-    program = _compile(module, system, weights, tp, pp, timing_only, use_runs=False)
+    clock = _Clock(timings)
+    with _no_cycle_collection():
+        if timing_only:
+            try:
+                return _compile(module, system, weights, tp, pp, timing_only, use_runs=True, clock=clock)
+            except _NotPeriodic as e:  # a run's blocks did not repeat in time: compile every stage
+                refused = str(e)
+        program = _compile(module, system, weights, tp, pp, timing_only, use_runs=False, clock=clock)
     if refused:  # say why nothing was stored once
         program.meta["timing_only"]["runs_not_repeating"] = refused
     return program
+
+
+@contextlib.contextmanager
+def _no_cycle_collection():
+    """Python's cycle collector off while compiling: a deep pipeline holds millions of long-lived
+    objects (statements, jobs, nodes), which every full collection walks again (it was a third of a
+    70B partition's time); the compiler's garbage is freed by reference counting, so memory does
+    not grow (benchmarks/timing_only.py prints the peak)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 _NONE: tuple = ()
@@ -70,7 +94,23 @@ class _NotPeriodic(Exception):
     """A run of alike stages whose placements do not repeat: its stages cannot be copies."""
 
 
-def _compile(module, system, weights, tp, pp, timing_only, use_runs) -> Program:
+class _Clock:
+    """Seconds per pass, added into a dict (nothing is kept when there is none)."""
+
+    def __init__(self, into: dict[str, float] | None):
+        self.into = into
+        self.last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        """The time since the last lap goes to `phase`."""
+        now = time.perf_counter()
+        if self.into is not None:
+            self.into[phase] = self.into.get(phase, 0.0) + now - self.last
+        self.last = now
+
+
+def _compile(module, system, weights, tp, pp, timing_only, use_runs, clock=None) -> Program:
+    clock = clock or _Clock(None)
     check_split(system, tp, pp)
     chip = system.chip
     L = chip.lanes
@@ -83,6 +123,7 @@ def _compile(module, system, weights, tp, pp, timing_only, use_runs) -> Program:
     m = decompose(module)
     _check_params(m, chip, tp * pp)
     plan = partition(m, system, tp, pp)
+    clock.lap("partition")
     stage_of_chip = {c: s for s, group in enumerate(plan.groups) for c in group}
     memo = StageMemo()
     _check_slices(plan, chip)
@@ -119,6 +160,7 @@ def _compile(module, system, weights, tp, pp, timing_only, use_runs) -> Program:
             return link_numbers.link(a, b)[1:]
 
         runs = find_runs(plan, lambda c, name: symbols[c][name].slice, link_of)
+        clock.lap("find runs")
     per_run_values = [value_map(plan, run, stage_of_chip) for run in runs]
     entries = tuple(e.name for e in plan.entries)
     per_entry = []
@@ -152,6 +194,7 @@ def _compile(module, system, weights, tp, pp, timing_only, use_runs) -> Program:
         stmts = ep.stmts
         if runs:
             stmts = _run_statements(ep.stmts, runs, [v[e_index] for v in per_run_values], stage_of_chip, tp)
+        clock.lap("prepare")
         _lower_statements(ep, lows, system, before_commits, stmts)
         results = []
         seen: set[int] = set()
@@ -172,8 +215,10 @@ def _compile(module, system, weights, tp, pp, timing_only, use_runs) -> Program:
             if t.kind in ("temp", "input", "state"):
                 t.landing = None
                 t.last_read = None
+        clock.lap("lower")
         sched = Scheduler(chip, tensors)
         order, stage, deps = critical_path_order(jobs, tensors, stage_of_chip)
+        clock.lap("order")
         placed: dict[int, object] = {}
         done: set[int] = set()
         releases: dict[int, int] = {}
@@ -197,6 +242,7 @@ def _compile(module, system, weights, tp, pp, timing_only, use_runs) -> Program:
                     raise _NotPeriodic(f"stages {run.first}..{run.last} of {ep.name}")
             shifts.append(shift)
         per_entry.append((ep, jobs, inputs, results, order, placed, stage, shifts))
+        clock.lap("schedule")
 
     # SRAM: params and constants for the whole program; each entry's tensors by lifetime
     alloc = Allocator(chip)
@@ -263,6 +309,7 @@ def _compile(module, system, weights, tp, pp, timing_only, use_runs) -> Program:
             )
     alloc.check()
 
+    clock.lap("allocate and emit")
     # the SRAM image: constants, and params when weights were given
     mem_index = {name: k for k, name in enumerate(chip.mem_slice_names())}
     img_chip, img_slice, img_word, img_data = [], [], [], []
@@ -284,6 +331,7 @@ def _compile(module, system, weights, tp, pp, timing_only, use_runs) -> Program:
         if maps
         else np.zeros((0, L), np.int32)
     )
+    clock.lap("tables and copies")
     meta = {
         "module": print_module(module),
         "weights": weights is not None,
@@ -334,6 +382,7 @@ def _compile(module, system, weights, tp, pp, timing_only, use_runs) -> Program:
         check(program)
     except ProgramError as e:
         raise AssertionError(f"the compiler emitted an invalid instruction {e.index}: {e.message}") from None
+    clock.lap("check")
     return program
 
 

@@ -43,10 +43,10 @@ class Node:
     # a read / write whose vectors are not one arithmetic run: (first i, first vector, step) per run,
     # the first being `mem`'s; it becomes one instruction per run, issued back to back on its queue
     segments: tuple[tuple[int, int, int], ...] | None = None
+    spec: object = field(init=False, repr=False, compare=False)  # the ISA's OpSpec of the mnemonic
 
-    @property
-    def spec(self):
-        return BY_MNEMONIC[self.mnemonic]
+    def __post_init__(self):
+        self.spec = BY_MNEMONIC[self.mnemonic]  # looked up once: read millions of times
 
     def vectors(self) -> np.ndarray:
         """The tensor vectors a (non-dynamic) read or write touches, in order."""

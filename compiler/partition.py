@@ -345,6 +345,8 @@ class Partitioner:
         self.views: dict[str, tuple[str, int]] = {}  # a view of a param's columns -> (param, first column)
         self._local_params: dict[int, tuple[str, tuple | None]] = {}  # id(local param) -> (param, part)
         self._local_owner: dict[tuple[int, str], Global] = {}  # (chip, local name) -> local param
+        self._owner_chip: dict[int, int] = {}  # id(local param) -> its chip
+        self._cache_heads: dict[str, object] | None = None  # `state_spec` of every KV cache
         self._plan_param: dict[tuple[int, str], Global] = {}  # (chip, local name) -> its plan entry
         self._block_cache: dict[tuple, tuple[int, ...]] = {}
         # weights filling more than half of every chip's SRAM: lane padding of split tables matters
@@ -601,30 +603,40 @@ class Partitioner:
         t = s.type
         if self.T == 1 or t.rank < 2:
             return R
+        if self._cache_heads is None:  # every state's first telling update, graphs looked at once
+            self._cache_heads = {}
+            for g in self.m.graphs:
+                users: dict[int, list[Op]] = {}
+                for op in g.ops:
+                    for o in op.operands:
+                        users.setdefault(id(o), []).append(op)
+                for op in g.ops:
+                    target = op.operands[0] if op.operands else None
+                    if op.name == "update_slice" and isinstance(target, Global) and target.kind == "state":
+                        if target.name not in self._cache_heads:
+                            spec = self._heads_split(target, op, users.get(id(op.result), []))
+                            if spec is not None:
+                                self._cache_heads[target.name] = spec
+        return self._cache_heads.get(s.name, R)
+
+    def _heads_split(self, s: Global, update: Op, uses: list[Op]):
+        """`state_spec` as one update of the state and the ops using its result tell it, or None."""
+        t = s.type
         last = t.rank - 1
-        for g in self.m.graphs:
-            users: dict[int, list[Op]] = {}
-            for op in g.ops:
-                for o in op.operands:
-                    users.setdefault(id(o), []).append(op)
-            for op in g.ops:
-                target = op.operands[0] if op.operands else None
-                if op.name != "update_slice" or not (isinstance(target, Global) and target.name == s.name):
-                    continue
-                if op.attr("axis") % t.rank == last:
-                    continue
-                for use in users.get(id(op.result), []):
-                    out = use.result.type.shape
-                    if use.name != "reshape" or len(out) != t.rank + 1 or out[:last] != t.shape[:last]:
-                        continue
-                    heads = out[last]
-                    if heads * out[-1] != t.shape[-1] or heads < 2:
-                        continue
-                    if heads % self.T == 0:
-                        return last
-                    if self.T % heads == 0:
-                        return Copies(last, heads)
-        return R
+        if t.rank < 2 or update.attr("axis") % t.rank == last:
+            return None
+        for use in uses:
+            out = use.result.type.shape
+            if use.name != "reshape" or len(out) != t.rank + 1 or out[:last] != t.shape[:last]:
+                continue
+            heads = out[last]
+            if heads * out[-1] != t.shape[-1] or heads < 2:
+                continue
+            if heads % self.T == 0:
+                return last
+            if self.T % heads == 0:
+                return Copies(last, heads)
+        return None
 
     def stage_of_value(self, v: Operand, default: int) -> int:
         if isinstance(v, Global) and v.kind == "state":
@@ -791,6 +803,7 @@ class Partitioner:
                 if local.type.rank == 2:
                     self._local_params[id(local)] = (base, part)
                     self._local_owner[c, local.name] = local
+                    self._owner_chip.setdefault(id(local), c)
                 locals_[c] = local
             self._param_cache[key] = Dist(want, stage, locals_, g.type.dtype, g.type.shape)
         return self._param_cache[key]
@@ -1343,7 +1356,7 @@ class Partitioner:
         if not rows_only and (rb < min(L, rows) or cb < min(L, cols)):
             return None
         offset = {part[0]: part[1]} if part else {}
-        c = next(chip for (chip, _), g2 in self._local_owner.items() if g2 is w)
+        c = self._owner_chip[id(w)]
         out = []
         for c0 in range(0, cols, cb):
             c1 = min(cols, c0 + cb)

@@ -75,12 +75,6 @@ class _Intervals:
             ends.insert(k, end)
 
 
-def _held(nd) -> list[tuple[tuple, int, int]]:
-    """What an instruction reserves: its queue on its chip for its busy cycles, and whatever else it
-    holds (a send: its link direction for the serialisation of each vector)."""
-    return [((nd.chip, nd.queue), 0, nd.spec.busy_cycles(nd.n)), *nd.holds]
-
-
 class _Streams:
     """Stream rectangles per (chip, direction, stream), bucketed by diagonal."""
 
@@ -119,7 +113,7 @@ class Scheduler:
         self.queues: dict[int, _Intervals] = {}
         self.exclusive: dict[tuple, _Intervals] = {}
         self.streams = _Streams()
-        self.keys_of_chip: dict[int, set[tuple]] = {}  # every reservation key a chip has, by table
+        self.streams_of_chip: dict[int, set[tuple]] = {}  # the streams a chip has rectangles on
         for t in tensors:
             if t.kind in READY:  # in SRAM before the run and never written: nothing to track
                 continue
@@ -130,11 +124,12 @@ class Scheduler:
 
     def data_ready(self, job: Job) -> int:
         start = 0
+        tensors = self.tensors
         for nd in job.nodes:
             if nd.mem is None:
                 continue
             t_id, first, step = nd.mem
-            t = self.tensors[t_id]
+            t = tensors[t_id]
             if t.kind in READY:
                 continue
             if nd.dynamic:  # any word of the tensor: all of it must have landed before the first access
@@ -143,38 +138,45 @@ class Scheduler:
                 if nd.mnemonic == "scatter" and t.last_read is not None:
                     start = max(start, int(t.last_read.max()) + 1 - (nd.rel + nd.spec.dfunc))
                 continue
-            vectors = first + step * np.arange(nd.n) if nd.segments is None else nd.vectors()
             if nd.mnemonic == "read":
-                land = t.landing[vectors]
-                assert (land >= 0).all(), f"{job.name}: reads a vector nothing has written"
-                need = land - (nd.rel + nd.spec.dskew + np.arange(nd.n))
-                start = max(start, int(need.max()))
+                land = _at(t.landing, nd)
+                assert land.min() >= 0, f"{job.name}: reads a vector nothing has written"
+                # vector i is sampled i cycles after the first
+                start = max(start, int((land - _ramp(nd.n)).max()) - (nd.rel + nd.spec.dskew))
             elif nd.mnemonic == "write" and t.last_read is not None:
                 # a state's new value lands only after every read of its old value
-                need = t.last_read[vectors] + 1 - (nd.rel + nd.spec.dfunc + np.arange(nd.n))
-                start = max(start, int(need.max()))
+                need = _at(t.last_read, nd) + 1 - _ramp(nd.n)
+                start = max(start, int(need.max()) - (nd.rel + nd.spec.dfunc))
         return start
+
+    def _reservations(self, job: Job, lo: int, hi: int) -> list[tuple[dict, tuple, int, int]]:
+        """Every reservation the job makes as (table, key, offset from its start, cycles): its
+        instructions' queues and holds, and what it holds whole; lengthless ones hold nothing."""
+        queues = self.queues
+        out = []
+        for nd in job.nodes:
+            busy = nd.spec.busy_cycles(nd.n)
+            if busy > 0:
+                out.append((queues, (nd.chip, nd.queue), nd.rel, busy))
+            for key, off, length in nd.holds:
+                if length > 0:
+                    out.append((queues, key, nd.rel + off, length))
+        if hi > lo:
+            out += [(self.exclusive, key, lo, hi - lo) for key in job.exclusive]
+        return out
 
     def place(self, job: Job, earliest: int = 0) -> Placed:
         start = max(earliest, self.data_ready(job))
         lo, hi = job.span()
         flows = self._flow_rects(job, transfers(job))
-        if self._streams(job, flows, start, _Streams()) is None:
-            raise error(
-                f"{job.name}: one step of this op needs more streams flowing the same way at once "
-                f"than a {self.chip.name} chip has ({self.S} per direction)"
-            )
-        # every reservation as (intervals, offset from the job's start, cycles); lengthless ones hold nothing
-        held = [
-            (self.queues, key, nd.rel + off, length) for nd in job.nodes for key, off, length in _held(nd)
-        ]
-        held += [(self.exclusive, key, lo, hi - lo) for key in job.exclusive]
+        feasible = False  # checked (against no other job) the first time the streams do not fit
+        held = self._reservations(job, lo, hi)
         # only reservations of resources someone already holds can conflict (the tables do not change
         # during the search); each as (starts, ends, offset, cycles)
         busy = []
         for table, key, off, length in held:
             iv = table.get(key)
-            if iv is not None and length > 0:
+            if iv is not None:
                 busy.append((iv.starts, iv.ends, off, length))
         bisect_left = bisect.bisect_left
         while True:
@@ -191,10 +193,17 @@ class Scheduler:
                 continue
             streams = self._streams(job, flows, start)
             if streams is None:
+                if not feasible:
+                    if self._streams(job, flows, start, _Streams()) is None:
+                        raise error(
+                            f"{job.name}: one step of this op needs more streams flowing the same way at "
+                            f"once than a {self.chip.name} chip has ({self.S} per direction)"
+                        )
+                    feasible = True
                 start += 1
                 continue
             break
-        self._commit(job, start, streams, flows, lo, hi)
+        self._commit(job, start, streams, flows, held)
         return Placed(start, streams)
 
     def _flow_rects(self, job: Job, flows) -> list[tuple[int, tuple, list]]:
@@ -253,42 +262,68 @@ class Scheduler:
     def commit_at(self, job: Job, start: int, streams: dict[int, int]) -> Placed:
         """Place a job where a search already found it fits (an equal stage, shifted in time)."""
         lo, hi = job.span()
-        self._commit(job, start, streams, self._flow_rects(job, transfers(job)), lo, hi)
+        flows = self._flow_rects(job, transfers(job))
+        self._commit(job, start, streams, flows, self._reservations(job, lo, hi))
         return Placed(start, dict(streams))
 
-    def _commit(self, job: Job, start: int, streams, flows, lo: int, hi: int) -> None:
-        for nd in job.nodes:
-            for key, off, length in _held(nd):
-                if length > 0:
-                    s = start + nd.rel + off
-                    self.queues.setdefault(key, _Intervals()).add(s, s + length)
-                    self.keys_of_chip.setdefault(nd.chip, set()).add(("q", key))
-        for key in job.exclusive:
-            self.exclusive.setdefault(key, _Intervals()).add(start + lo, start + hi)
-            self.keys_of_chip.setdefault(key[0], set()).add(("x", key))
+    def _commit(self, job: Job, start: int, streams, flows, held) -> None:
+        for table, key, off, length in held:
+            iv = table.get(key)
+            if iv is None:
+                iv = table[key] = _Intervals()
+            iv.add(start + off, start + off + length)
         for producer, chip, rects in flows:
             direction, sid = divmod(streams[producer], self.S)
+            key = (chip, direction, sid)
             for rect in rects:
                 if rect[0] == direction:
-                    self.streams.add((chip, direction, sid), rect[1] + start, rect[2] + start, *rect[3:])
-                    self.keys_of_chip.setdefault(chip, set()).add(("s", (chip, direction, sid)))
+                    self.streams.add(key, rect[1] + start, rect[2] + start, *rect[3:])
+            self.streams_of_chip.setdefault(chip, set()).add(key)
         for nd in job.nodes:
             if nd.mem is None:
                 continue
-            t_id, first, step = nd.mem
-            t = self.tensors[t_id]
+            t = self.tensors[nd.mem[0]]
             if nd.mnemonic == "write":
-                lands = start + nd.rel + nd.spec.dfunc + np.arange(nd.n)
-                t.landing[first + step * np.arange(nd.n) if nd.segments is None else nd.vectors()] = lands
+                _put(t.landing, nd, start + nd.rel + nd.spec.dfunc + _ramp(nd.n))
             elif nd.mnemonic == "scatter":
                 t.landing[:] = np.maximum(t.landing, start + nd.rel + nd.spec.dfunc + nd.n - 1)
             elif t.last_read is not None:  # reads of a state: remember the last one per vector
-                samples = start + nd.rel + nd.spec.dskew + np.arange(nd.n)
                 if nd.dynamic:
-                    t.last_read[:] = np.maximum(t.last_read, samples.max())
+                    t.last_read[:] = np.maximum(t.last_read, start + nd.rel + nd.spec.dskew + nd.n - 1)
                 else:
-                    idx = first + step * np.arange(nd.n) if nd.segments is None else nd.vectors()
-                    t.last_read[idx] = np.maximum(t.last_read[idx], samples)
+                    samples = start + nd.rel + nd.spec.dskew + _ramp(nd.n)
+                    _put(t.last_read, nd, np.maximum(_at(t.last_read, nd), samples))
+
+
+_RAMP = np.arange(1 << 12, dtype=np.int64)
+
+
+def _ramp(n: int) -> np.ndarray:
+    """0, 1, .., n - 1 (a view of one array for the usual lengths)."""
+    return _RAMP[:n] if n <= len(_RAMP) else np.arange(n, dtype=np.int64)
+
+
+def _at(per_vector: np.ndarray, nd) -> np.ndarray:
+    """The entries of a per-vector array for the vectors a (non-dynamic) read or write touches, in
+    order (a strided view when they are one run)."""
+    if nd.segments is not None:
+        return per_vector[nd.vectors()]
+    _, first, step = nd.mem
+    if step > 0:
+        return per_vector[first : first + step * (nd.n - 1) + 1 : step]
+    return per_vector[first + step * _ramp(nd.n)]
+
+
+def _put(per_vector: np.ndarray, nd, values: np.ndarray) -> None:
+    """Set the entries `_at` reads (for a run repeating one vector, the last value stays)."""
+    if nd.segments is not None:
+        per_vector[nd.vectors()] = values
+        return
+    _, first, step = nd.mem
+    if step > 0:
+        per_vector[first : first + step * (nd.n - 1) + 1 : step] = values
+    else:
+        per_vector[first + step * _ramp(nd.n)] = values
 
 
 def critical_path_order(

@@ -128,7 +128,7 @@ class StageMemo:
                 if body:
                     h.update(repr((canon, body)).encode())
         for chip in flow_chips:  # streams are tried lowest first: every stream of the chip, by number
-            for _, key in sorted(k for k in sched.keys_of_chip.get(chip, ()) if k[0] == "s"):
+            for key in sorted(sched.streams_of_chip.get(chip, ())):
                 rects = [r for r in sched.streams.by_key.get(key, ()) if r[1] + r[3] >= release]
                 if rects:
                     body = [(r[0] - release, r[1] - release, r[2], r[3]) for r in rects]
