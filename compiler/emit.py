@@ -31,6 +31,7 @@ _WIDTH = 6 + MAX_FIELDS + 3 * MAX_SOURCES  # ints per row in the emitter's buffe
 _FLUSH = _WIDTH << 18  # rows kept as Python ints before they become an array block
 _LAYOUT: dict[str, tuple] = {}  # mnemonic -> (opcode, fields in ISA order, source slots, output field)
 _NO_SOURCE = [NONE, 0, 1]
+_CUT = ("read", "write")  # what may be cut into pieces
 
 
 def lifetimes(jobs: list[Job], placed: list[Placed], tensors: list[Tensor]) -> dict[int, tuple[int, int]]:
@@ -160,20 +161,27 @@ class Emitter:
         key = (job.name, job.loc)
         origin = self.ops.setdefault(key, len(self.ops))  # the IR op each instruction comes from
         # rows of each node's pieces: node -> {first vector of the piece: row index}
-        pieces: dict[int, dict[int, int]] = {}
+        pieces: list[dict[int, int]] = []
         self._starts = {}
+        rows_before = self.n_rows
         for k, nd in enumerate(job.nodes):
             # only a read is cut (where its vectors' writer changes); what its vectors flow into stays
             # one instruction, naming the first piece: vector i past a piece's end is vector i - n of
             # the next piece, issued right after on the same queue (isa/program.py)
-            cut = self._cuts(nd) if nd.mnemonic in ("read", "write") and not nd.dynamic else None
-            bounds = [0, *cut, nd.n] if cut else (0, nd.n)
-            pieces[k] = {}
-            for s, e in zip(bounds[:-1], bounds[1:]):
-                pieces[k][s] = self.n_rows
-                self._row(job, k, s, e, placed, entry, pieces)
+            cut = self._cuts(nd) if nd.mem is not None and nd.mnemonic in _CUT and not nd.dynamic else None
+            if not cut:
+                pieces.append({0: self.n_rows})
+                self._row(nd, k, 0, nd.n, placed, entry, pieces)
                 self.n_rows += 1
-                self.row_op.append(origin)
+                continue
+            bounds = [0, *cut, nd.n]
+            at: dict[int, int] = {}
+            pieces.append(at)
+            for s, e in zip(bounds[:-1], bounds[1:]):
+                at[s] = self.n_rows
+                self._row(nd, k, s, e, placed, entry, pieces)
+                self.n_rows += 1
+        self.row_op.extend([origin] * (self.n_rows - rows_before))
         if len(self.buf) >= _FLUSH:
             self._flush()
 
@@ -182,14 +190,17 @@ class Emitter:
             self.blocks.append(np.frombuffer(self.buf, np.int64).reshape(-1, _WIDTH))
             self.buf = array.array("q")
 
-    def _row(self, job: Job, k: int, s: int, e: int, placed: Placed, entry: int, pieces) -> None:
-        nd = job.nodes[k]
+    def _row(self, nd, k: int, s: int, e: int, placed: Placed, entry: int, pieces) -> None:
+        """The row of node k's piece of vectors s .. e."""
         layout = _LAYOUT.get(nd.mnemonic)
         if layout is None:
             spec = BY_MNEMONIC[nd.mnemonic]
-            layout = _LAYOUT[nd.mnemonic] = (spec.code, spec.operands, source_slots(spec), spec.output)
-        code, operands, slots, output = layout
-        fields = dict(nd.fields)
+            pad = [0] * (MAX_FIELDS - len(spec.operands))
+            slots = source_slots(spec)
+            no_source = _NO_SOURCE * (MAX_SOURCES - len(slots))
+            layout = _LAYOUT[nd.mnemonic] = (spec.code, spec.operands, slots, spec.output, pad, no_source)
+        code, operands, slots, output, pad, no_source = layout
+        fields = nd.fields.copy()
         sources: dict[str, tuple[int, int, int]] = {}
         streams = placed.streams
         for name, p in nd.inputs:
@@ -259,10 +270,10 @@ class Emitter:
                 sources["acc"] = (pieces[implicit["acc"]][s], 0, 1)
         row = [entry, nd.chip, nd.queue, placed.start + nd.rel + s, code, e - s]
         row += [fields[name] for name in operands]
-        row += [0] * (MAX_FIELDS - len(operands))
+        row += pad
         for slot in slots:
             row += sources.get(slot, _NO_SOURCE)
-        row += _NO_SOURCE * (MAX_SOURCES - len(slots))
+        row += no_source
         self.buf.extend(row)
 
     def tables(self):

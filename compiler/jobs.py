@@ -90,6 +90,7 @@ class Job:
     exclusive: list[tuple] = field(default_factory=list)  # resources held for the whole job (an MXM plane)
     op_index: int = -1  # the IR op it lowers (for the listing's comments)
     loc: str = ""  # that op's place in the .lpu text (file:line:col), "" for collectives
+    _span: tuple[int, int] | None = field(default=None, repr=False, compare=False)
 
     def add(self, node: Node) -> int:
         self.nodes.append(node)
@@ -102,10 +103,15 @@ class Job:
         return [(k, nd) for k, nd in enumerate(self.nodes) if nd.mnemonic == "write"]
 
     def span(self) -> tuple[int, int]:
-        start = min(nd.rel for nd in self.nodes)
-        end = max(nd.rel + nd.spec.busy_cycles(nd.n) for nd in self.nodes)
-        end = max(end, max(nd.rel + nd.spec.dfunc + nd.n for nd in self.nodes))
-        return start, end
+        """(first, end) cycles of the job relative to its start: issue to the last busy cycle or the
+        last vector out, whichever is later. Kept once asked for (the job is aligned by then)."""
+        if self._span is None:
+            start = min(nd.rel for nd in self.nodes)
+            end = max(
+                max(nd.rel + nd.spec.busy_cycles(nd.n), nd.rel + nd.spec.dfunc + nd.n) for nd in self.nodes
+            )
+            self._span = (start, end)
+        return self._span
 
 
 def arrival(job: Job, producer: int, consumer: int) -> int:

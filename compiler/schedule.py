@@ -82,13 +82,6 @@ class _Streams:
         self.buckets: dict[tuple, list[tuple[int, int, int, int]]] = {}
         self.by_key: dict[tuple, list[tuple[int, int, int, int]]] = {}
 
-    def free(self, key: tuple[int, int, int], d0: int, d1: int, u0: int, u1: int) -> bool:
-        for b in range(d0 // _BUCKET, d1 // _BUCKET + 1):
-            for e0, e1, v0, v1 in self.buckets.get((*key, b), ()):
-                if e0 <= d1 and d0 <= e1 and v0 <= u1 and u0 <= v1:
-                    return False
-        return True
-
     def add(self, key, d0, d1, u0, u1) -> None:
         for b in range(d0 // _BUCKET, d1 // _BUCKET + 1):
             self.buckets.setdefault((*key, b), []).append((d0, d1, u0, u1))
@@ -168,7 +161,7 @@ class Scheduler:
     def place(self, job: Job, earliest: int = 0) -> Placed:
         start = max(earliest, self.data_ready(job))
         lo, hi = job.span()
-        flows = self._flow_rects(job, transfers(job))
+        flows = self._flow_rects(job)
         feasible = False  # checked (against no other job) the first time the streams do not fit
         held = self._reservations(job, lo, hi)
         # only reservations of resources someone already holds can conflict (the tables do not change
@@ -206,47 +199,56 @@ class Scheduler:
         self._commit(job, start, streams, flows, held)
         return Placed(start, streams)
 
-    def _flow_rects(self, job: Job, flows) -> list[tuple[int, tuple, list]]:
-        """Each transfer with the rectangles it may use for a job starting at cycle 0 (they move
-        along the diagonal with the start); transfers that may flow either way (same position)
-        last, to go into whatever is left."""
-        out = [(p, job.nodes[p].chip, self._rects(job, p, cs, 0)) for p, cs in flows]
-        return sorted(out, key=lambda f: len(f[2]))
-
-    def _rects(self, job: Job, producer: int, consumers: list[int], start: int):
-        """The (direction, d0, d1, u0, u1) a transfer may use: east or west towards its consumers,
-        either one when producer and consumers share a position."""
-        p = job.nodes[producer]
-        xs = [job.nodes[c].x for c in consumers]
-        east_ok = all(x >= p.x for x in xs)
-        west_ok = all(x <= p.x for x in xs)
-        assert east_ok or west_ok, f"{job.name}: consumers on both sides of a producer"
-        emit = start + p.rel + p.spec.dfunc
+    def _flow_rects(self, job: Job) -> list[tuple[int, int, list]]:
+        """Each transfer (producer node to its consumers, `transfers`) with the rectangles it may use
+        for a job starting at cycle 0 (they move along the diagonal with the start): east or west
+        towards its consumers, either one when producer and consumers share a position. Transfers
+        that may flow either way go last, into whatever is left."""
+        nodes = job.nodes
         out = []
-        for direction, ok in ((0, east_ok), (1, west_ok)):
-            if ok:
-                sign = 1 if direction == 0 else -1
-                u0 = sign * p.x
-                u1 = max(sign * x for x in xs)
-                out.append((direction, emit - u0, emit - u0 + p.n - 1, u0, u1))
-        return out
+        for p, consumers in transfers(job):
+            pn = nodes[p]
+            px = pn.x
+            xs = [nodes[c].x for c in consumers]
+            lo, hi = min(xs), max(xs)
+            assert lo >= px or hi <= px, f"{job.name}: consumers on both sides of a producer"
+            emit = pn.rel + pn.spec.dfunc
+            last = pn.n - 1
+            rects = []
+            if lo >= px:  # east: u = x
+                rects.append((0, emit - px, emit - px + last, px, hi))
+            if hi <= px:  # west: u = -x
+                rects.append((1, emit + px, emit + px + last, -px, -lo))
+            out.append((p, pn.chip, rects))
+        return sorted(out, key=lambda f: len(f[2]))
 
     def _streams(self, job: Job, flows, start: int, table: _Streams | None = None) -> dict[int, int] | None:
         """A stream for each transfer (`flows` from `_flow_rects`), lowest free first, or None."""
         table = self.streams if table is None else table
+        buckets = table.buckets
+        S = self.S
         chosen: dict[int, int] = {}
         taken: dict[tuple, list[tuple[int, int, int, int]]] = {}  # this job's own, by stream
         for producer, chip, rects in flows:
             found = None
             for direction, d0, d1, u0, u1 in rects:
                 d0, d1 = d0 + start, d1 + start
-                for sid in range(self.S):
-                    key = (chip, direction, sid)
-                    if not table.free(key, d0, d1, u0, u1):
+                b0, b1 = d0 // _BUCKET, d1 // _BUCKET + 1
+                for sid in range(S):
+                    free = True  # no rectangle of the stream overlaps (the scheduler's innermost loop)
+                    for b in range(b0, b1):
+                        for e0, e1, v0, v1 in buckets.get((chip, direction, sid, b), ()):
+                            if e0 <= d1 and d0 <= e1 and v0 <= u1 and u0 <= v1:
+                                free = False
+                                break
+                        if not free:
+                            break
+                    if not free:
                         continue
-                    if any(
-                        e0 <= d1 and d0 <= e1 and v0 <= u1 and u0 <= v1
-                        for e0, e1, v0, v1 in taken.get(key, ())
+                    key = (chip, direction, sid)
+                    mine = taken.get(key)
+                    if mine and any(
+                        e0 <= d1 and d0 <= e1 and v0 <= u1 and u0 <= v1 for e0, e1, v0, v1 in mine
                     ):
                         continue
                     found = (key, d0, d1, u0, u1)
@@ -255,14 +257,14 @@ class Scheduler:
                     break
             if found is None:
                 return None
-            chosen[producer] = found[0][1] * self.S + found[0][2]
+            chosen[producer] = found[0][1] * S + found[0][2]
             taken.setdefault(found[0], []).append(found[1:])
         return chosen
 
     def commit_at(self, job: Job, start: int, streams: dict[int, int]) -> Placed:
         """Place a job where a search already found it fits (an equal stage, shifted in time)."""
         lo, hi = job.span()
-        flows = self._flow_rects(job, transfers(job))
+        flows = self._flow_rects(job)
         self._commit(job, start, streams, flows, self._reservations(job, lo, hi))
         return Placed(start, dict(streams))
 

@@ -79,27 +79,26 @@ class StageMemo:
         for j in block:
             job = jobs[j]
             nodes = []
-            for nd in job.nodes:
+            job_nodes = job.nodes
+            for nd in job_nodes:
                 mem = None
                 if nd.mem is not None:
                     t_id, first, step = nd.mem
-                    mem = (tensors.setdefault(t_id, len(tensors)), first, step, nd.segments)
+                    t = tensors.get(t_id)
+                    if t is None:
+                        t = tensors[t_id] = len(tensors)
+                    mem = (t, first, step, nd.segments)
+                inputs = ()
                 if nd.inputs:
-                    for _, p in nd.inputs:
-                        flow_chips.setdefault(job.nodes[p].chip, None)
-                nodes.append(
-                    (
-                        nd.mnemonic,
-                        queue((nd.chip, nd.queue)),
-                        nd.x,
-                        nd.n,
-                        mem,
-                        nd.rel,
-                        nd.dynamic,
-                        tuple(p for _, p in nd.inputs),
-                        tuple((queue(k), off, length) for k, off, length in nd.holds),
-                    )
-                )
+                    inputs = tuple([p for _, p in nd.inputs])
+                    for p in inputs:
+                        flow_chips.setdefault(job_nodes[p].chip, None)
+                key = (nd.chip, nd.queue)
+                q = used.get(key)
+                if q is None:
+                    q = queue(key)
+                holds = tuple([(queue(k), off, length) for k, off, length in nd.holds]) if nd.holds else ()
+                nodes.append((nd.mnemonic, q, nd.x, nd.n, mem, nd.rel, nd.dynamic, inputs, holds))
             for k in job.exclusive:
                 exclusive.setdefault(k, (chip_of(k[0]), *k[1:]))
             out.append((tuple(nodes), tuple(exclusive[k] for k in job.exclusive)))
