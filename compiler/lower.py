@@ -148,6 +148,7 @@ class Lowering:
         self.queue_x = {q.index: q.x for q in queues}
         self.slices = self._slice_order()
         self._rr = {"slice": 0, "vxm": 0, "sxm": 0, "plane": 0}
+        self._vxm_queues: list[int] | None = None  # the VXM ALU queues' indices, in round-robin order
         self._load: dict[str, tuple[float, int]] = {}  # temporaries placed lately per slice (_roomy)
         self._clock = 0
         self.maps: dict[tuple[int, ...], int] = {}
@@ -187,12 +188,16 @@ class Lowering:
         return self._positions[name]
 
     def vxm_queue(self, avoid: int | None = None) -> int:
-        for _ in range(self.chip.vxm_alu_queues):
-            k = self._rr["vxm"] % self.chip.vxm_alu_queues
-            self._rr["vxm"] += 1
-            if self.queue_index[f"vxm.q{k}"] != avoid:
+        vxm = self._vxm_queues
+        if vxm is None:
+            vxm = self._vxm_queues = [self.queue_index[f"vxm.q{k}"] for k in range(self.chip.vxm_alu_queues)]
+        rr = self._rr
+        for _ in range(len(vxm)):
+            q = vxm[rr["vxm"] % len(vxm)]
+            rr["vxm"] += 1
+            if q != avoid:
                 break
-        return self.queue_index[f"vxm.q{k}"]
+        return q
 
     def sxm_queue(self, near_x: int) -> int:
         side = "w" if near_x < self.x_of_slice("mem.e0") else "e"
@@ -255,11 +260,14 @@ class Lowering:
         self._clock += temp
         if self.pinned.get(where, 0) + size > room // 4:
             best = -1
+            pinned, load, clock = self.pinned, self._load, self._clock
+            decay = 1 - 1 / len(self.slices)
             for s in self.slices:
-                held = self.pinned.get(s, 0)
+                held = pinned.get(s, 0)
                 if s in avoid or held + size > room:
                     continue
-                left = room - held - self._load_of(s)
+                v, t = load.get(s, (0.0, 0))
+                left = room - held - (v * decay ** (clock - t) if v else 0.0)  # less `_load_of(s)`
                 if left > best:
                     where, best = s, left
             if best < 0:  # fits nowhere: the roomiest, first in slice order (the allocator says by how much)
