@@ -107,6 +107,8 @@ class Scheduler:
         self.exclusive: dict[tuple, _Intervals] = {}
         self.streams = _Streams()
         self.streams_of_chip: dict[int, set[tuple]] = {}  # the streams a chip has rectangles on
+        # when a list: every change `_commit` makes to the tables, in order (StageMemo replays them)
+        self.log: list | None = None
         for t in tensors:
             if t.kind in READY:  # in SRAM before the run and never written: nothing to track
                 continue
@@ -261,40 +263,90 @@ class Scheduler:
             taken.setdefault(found[0], []).append(found[1:])
         return chosen
 
-    def commit_at(self, job: Job, start: int, streams: dict[int, int]) -> Placed:
-        """Place a job where a search already found it fits (an equal stage, shifted in time)."""
-        lo, hi = job.span()
-        flows = self._flow_rects(job)
-        self._commit(job, start, streams, flows, self._reservations(job, lo, hi))
-        return Placed(start, dict(streams))
-
     def _commit(self, job: Job, start: int, streams, flows, held) -> None:
+        log = self.log
         for table, key, off, length in held:
             iv = table.get(key)
             if iv is None:
                 iv = table[key] = _Intervals()
             iv.add(start + off, start + off + length)
+            if log is not None:
+                log.append((table is self.exclusive, key, start + off, length))
         for producer, chip, rects in flows:
             direction, sid = divmod(streams[producer], self.S)
             key = (chip, direction, sid)
             for rect in rects:
                 if rect[0] == direction:
                     self.streams.add(key, rect[1] + start, rect[2] + start, *rect[3:])
+                    if log is not None:
+                        log.append((STREAM, key, rect[1] + start, rect[2] + start, *rect[3:]))
             self.streams_of_chip.setdefault(chip, set()).add(key)
         for nd in job.nodes:
             if nd.mem is None:
                 continue
             t = self.tensors[nd.mem[0]]
             if nd.mnemonic == "write":
-                _put(t.landing, nd, start + nd.rel + nd.spec.dfunc + _ramp(nd.n))
+                lands = start + nd.rel + nd.spec.dfunc + _ramp(nd.n)
+                _put(t.landing, nd, lands)
+                if log is not None:
+                    log.append((_LAND, t.id, _index(nd), lands))
             elif nd.mnemonic == "scatter":
-                t.landing[:] = np.maximum(t.landing, start + nd.rel + nd.spec.dfunc + nd.n - 1)
+                last = start + nd.rel + nd.spec.dfunc + nd.n - 1
+                t.landing[:] = np.maximum(t.landing, last)
+                if log is not None:
+                    log.append((_LAND_ALL, t.id, None, last))
             elif t.last_read is not None:  # reads of a state: remember the last one per vector
                 if nd.dynamic:
-                    t.last_read[:] = np.maximum(t.last_read, start + nd.rel + nd.spec.dskew + nd.n - 1)
+                    last = start + nd.rel + nd.spec.dskew + nd.n - 1
+                    t.last_read[:] = np.maximum(t.last_read, last)
+                    if log is not None:
+                        log.append((_READ_ALL, t.id, None, last))
                 else:
                     samples = start + nd.rel + nd.spec.dskew + _ramp(nd.n)
                     _put(t.last_read, nd, np.maximum(_at(t.last_read, nd), samples))
+                    if log is not None:
+                        log.append((_READ, t.id, _index(nd), samples))
+
+    def replay(self, log: list, shift: int) -> None:
+        """Apply what `_commit` logged (`log`, raw keys and tensor ids), `shift` cycles later: the
+        same table changes, in the same order, as committing the jobs that made it so shifted."""
+        queues, exclusive, tensors = self.queues, self.exclusive, self.tensors
+        add_rect = self.streams.add
+        for what, key, *rest in log:
+            if what is False or what is True:  # a reservation: in the exclusive table or not
+                table = exclusive if what else queues
+                iv = table.get(key)
+                if iv is None:
+                    iv = table[key] = _Intervals()
+                s0 = rest[0] + shift
+                iv.add(s0, s0 + rest[1])
+            elif what == STREAM:
+                d0, d1, u0, u1 = rest
+                add_rect(key, d0 + shift, d1 + shift, u0, u1)
+                self.streams_of_chip.setdefault(key[0], set()).add(key)
+            else:
+                t = tensors[key]
+                index, value = rest
+                if what == _LAND:
+                    t.landing[index] = value + shift
+                elif what == _LAND_ALL:
+                    t.landing[:] = np.maximum(t.landing, value + shift)
+                elif what == _READ:
+                    t.last_read[index] = np.maximum(t.last_read[index], value + shift)
+                else:
+                    t.last_read[:] = np.maximum(t.last_read, value + shift)
+
+
+# what `Scheduler.log` holds besides reservations (False / True: a queue's or an exclusive one)
+STREAM, _LAND, _LAND_ALL, _READ, _READ_ALL = range(2, 7)
+
+
+def _index(nd) -> np.ndarray:
+    """The vectors a (non-dynamic) read or write touches, in order, as an index array."""
+    if nd.segments is not None:
+        return nd.vectors()
+    _, first, step = nd.mem
+    return first + step * _ramp(nd.n)
 
 
 _RAMP = np.arange(1 << 12, dtype=np.int64)

@@ -30,7 +30,7 @@ import hashlib
 import numpy as np
 
 from compiler.jobs import Job
-from compiler.schedule import READY, Placed, Scheduler
+from compiler.schedule import READY, STREAM, Placed, Scheduler
 
 
 def release_of(
@@ -50,6 +50,7 @@ class StageMemo:
         self.hits = 0
         self.misses = 0
         self.last_key: bytes | None = None  # the key of the block placed last (None when not looked up)
+        self._names: tuple = ({}, {}, {}, {})  # the last key's renaming: chips, queues, exclusive, tensors
 
     def key(self, sched: Scheduler, jobs: list[Job], block: list[int], release: int) -> bytes:
         """The block's canonical form: chips, queues, links and tensors renamed in order of first use,
@@ -132,6 +133,7 @@ class StageMemo:
                 if rects:
                     body = [(r[0] - release, r[1] - release, r[2], r[3]) for r in rects]
                     h.update(repr((chips[chip], key[1:], body)).encode())
+        self._names = (chips, used, exclusive, tensors)
         return h.digest()
 
     def place(
@@ -145,12 +147,39 @@ class StageMemo:
         placed: dict[int, Placed] = {}
         if known is not None:
             self.hits += 1
-            for j, (rel, streams) in zip(block, known):
-                placed[j] = sched.commit_at(jobs[j], release + rel, streams)
+            starts, changes = known
+            for j, (rel, streams) in zip(block, starts):
+                placed[j] = Placed(release + rel, dict(streams))
+            # what committing those jobs there would do to the tables: the searched block's changes,
+            # renamed to this block's chips, queues and tensors and shifted to its release
+            sched.replay(_renamed(changes, self._names, back=True), release)
             return placed
         self.misses += 1
+        if key is not None:
+            sched.log = []
         for j in block:
             placed[j] = sched.place(jobs[j], release)
         if key is not None:
-            self.known[key] = [(placed[j].start - release, placed[j].streams) for j in block]
+            starts = [(placed[j].start - release, placed[j].streams) for j in block]
+            self.known[key] = (starts, _renamed(sched.log, self._names, shift=-release))
+            sched.log = None
         return placed
+
+
+def _renamed(log: list, names, back: bool = False, shift: int = 0) -> list:
+    """A log of table changes (Scheduler.log) with raw names made canonical (a block's `names` from
+    `StageMemo.key`), or canonical ones raw again (`back`), its cycles moved by `shift`."""
+    chips, used, exclusive, tensors = names
+    if back:
+        chips, used, exclusive, tensors = ({v: k for k, v in m.items()} for m in names)
+    out = []
+    for what, key, *rest in log:
+        if what is False or what is True:
+            out.append((what, (exclusive if what else used)[key], rest[0] + shift, rest[1]))
+        elif what == STREAM:
+            d0, d1, u0, u1 = rest
+            out.append((what, (chips[key[0]], *key[1:]), d0 + shift, d1 + shift, u0, u1))
+        else:
+            index, value = rest
+            out.append((what, tensors[key], index, value + shift))
+    return out
