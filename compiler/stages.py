@@ -46,7 +46,9 @@ class StageMemo:
     """Placements of blocks already searched, by canonical key."""
 
     def __init__(self):
-        self.known: dict[bytes, list[tuple[int, dict[int, int]]]] = {}
+        # per key: each job's start (relative to the release) and streams, and the table changes its
+        # commits made (canonical once a block equal to it came: `_renamed`)
+        self.known: dict[bytes, list] = {}
         self.hits = 0
         self.misses = 0
         self.last_key: bytes | None = None  # the key of the block placed last (None when not looked up)
@@ -148,6 +150,9 @@ class StageMemo:
         if known is not None:
             self.hits += 1
             starts, changes = known
+            if not isinstance(changes, list):  # made canonical when first needed (most blocks never are)
+                log, names, searched_at = changes
+                changes = known[1] = _renamed(log, names, shift=-searched_at)
             for j, (rel, streams) in zip(block, starts):
                 placed[j] = Placed(release + rel, dict(streams))
             # what committing those jobs there would do to the tables: the searched block's changes,
@@ -161,7 +166,7 @@ class StageMemo:
             placed[j] = sched.place(jobs[j], release)
         if key is not None:
             starts = [(placed[j].start - release, placed[j].streams) for j in block]
-            self.known[key] = (starts, _renamed(sched.log, self._names, shift=-release))
+            self.known[key] = [starts, (sched.log, self._names, release)]
             sched.log = None
         return placed
 
