@@ -256,11 +256,16 @@ class Emitter:
                 else:
                     w = self.writer.setdefault(t_id, [None] * t.vectors)
                     row_index = self.n_rows
-                    for i in range(s, e):
-                        v = first + step * i
-                        if w[v] == "dynamic":
-                            self.n_dynamic[t_id] -= 1
-                        w[v] = (row_index, i - s)
+                    if step > 0 and not self.n_dynamic.get(t_id):  # evenly spaced, no scatter's words
+                        w[first + step * s : first + step * (e - 1) + 1 : step] = [
+                            (row_index, i) for i in range(e - s)
+                        ]
+                    else:
+                        for i in range(s, e):
+                            v = first + step * i
+                            if w[v] == "dynamic":
+                                self.n_dynamic[t_id] -= 1
+                            w[v] = (row_index, i - s)
         implicit = nd.sources
         if implicit:
             for slot in ("w", "link"):  # the weight install a pass uses; the send a receive takes

@@ -396,13 +396,20 @@ def critical_path_order(
     writers: dict[int, list[tuple[int, ...] | None]] = {}
     readers: dict[int, list[tuple[int, ...] | None]] = {}
 
-    def vectors(nd) -> range:
-        t_id, first, step = nd.mem
+    def where(nd) -> slice | list[int]:
+        """The vectors a node touches, as a slice of a per-vector list when they are evenly spaced
+        (each at most once)."""
+        _, first, step = nd.mem
         if nd.dynamic:
-            return range(tensors[t_id].vectors)
+            return slice(None)
         if nd.segments is not None:
             return nd.vectors().tolist()
-        return range(first, first + step * nd.n, step) if step else range(first, first + 1)
+        if step > 0:
+            return slice(first, first + step * (nd.n - 1) + 1, step)
+        return slice(first, first + 1) if step == 0 else list(range(first, first + step * nd.n, step))
+
+    def entries(per: list, at: slice | list[int]) -> list:
+        return per[at] if isinstance(at, slice) else [per[v] for v in at]
 
     # only what some job writes can order jobs: reads of params and constants (most vectors a
     # layer reads) are not looked at, and readers matter only for states (written after them)
@@ -421,8 +428,15 @@ def critical_path_order(
             per = table.get(t_id)
             if per is None:
                 per = table[t_id] = [None] * tensors[t_id].vectors
+            at = where(nd)
+            if isinstance(at, slice):
+                here = per[at]
+                if here.count(None) == len(here):  # written first here: all share one tuple
+                    per[at] = [(j,)] * len(here)
+                    continue
+                at = range(*at.indices(len(per)))
             made: dict = {}  # vectors with the same writers so far share one tuple (reads skip repeats)
-            for v in vectors(nd):
+            for v in at:
                 old = per[v]
                 if old is None or old[-1] != j:
                     new = made.get(old)
@@ -443,12 +457,9 @@ def critical_path_order(
             for per in (writers.get(t_id) if reads else None, readers.get(t_id) if waits else None):
                 if per is None:
                     continue
-                last = None
-                for v in vectors(nd):
-                    ws = per[v]
-                    if ws is not None and ws is not last:  # runs of vectors share one writer list
+                for ws in set(entries(per, where(nd))):  # vectors with the same writers share a tuple
+                    if ws is not None:
                         d.update(ws)
-                        last = ws
         d = {w for w in d if w < j}
         deps.append(d)
     stage = [0] * len(jobs)
