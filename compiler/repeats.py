@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from compiler.ir import Global, Value
 from compiler.partition import Local, LocalCommit, Place, Plan, Transfer
+from compiler.stages import canonical_bytes
 
 MIN_RUN = 5  # stages in a run worth storing once: a, a + 1, T, e are lowered, the rest copied
 MAX_PERIOD = 16  # the longest period looked for
@@ -108,11 +109,12 @@ class _Canon:
 
     def value(self, v, chip: int):
         if isinstance(v, Global):
-            return ("g", v.kind, v.type, self.slice_of(chip, v.name))
+            return ("g", v.kind, (v.type.dtype, v.type.shape), self.slice_of(chip, v.name))
         k = self.values.get(id(v))
         if k is None:
             k = self.values[id(v)] = len(self.values)
-            return ("v", k, v.type)  # first appearance: defined here or outside the block
+            # first appearance: defined here or outside the block
+            return ("v", k, (v.type.dtype, v.type.shape))
         return ("v", k)
 
     def add(self, st) -> None:
@@ -152,7 +154,7 @@ class _Canon:
             )
 
     def digest(self) -> bytes:
-        return hashlib.sha256(repr(self.out).encode()).digest()
+        return hashlib.sha256(canonical_bytes(self.out)).digest()
 
 
 def find_runs(plan: Plan, slice_of, link_of) -> list[Run]:

@@ -106,13 +106,13 @@ class StageMemo:
             for k in job.exclusive:
                 exclusive.setdefault(k, (chip_of(k[0]), *k[1:]))
             out.append((tuple(nodes), tuple(exclusive[k] for k in job.exclusive)))
-        h = hashlib.sha256(_bytes(out))
+        h = hashlib.sha256(canonical_bytes(out))
         # when what the block reads from outside landed, relative to the release (earlier is as good
         # as at the release: no job of the block starts before it)
         for t_id in tensors:
             t = sched.tensors[t_id]
             if t.kind in READY:  # every vector in place from cycle 0
-                h.update(_bytes(("ready", t.vectors)))
+                h.update(canonical_bytes(("ready", t.vectors)))
                 continue
             land = t.landing
             h.update(np.where(land < 0, -1, np.maximum(land - release, 0)).astype(np.int64).tobytes())
@@ -129,13 +129,13 @@ class StageMemo:
                 # busy time before the release cannot move the block (merged intervals may start there)
                 body = [(max(a - release, 0), b - release) for a, b in zip(iv.starts[k:], iv.ends[k:])]
                 if body:
-                    h.update(_bytes((canon, body)))
+                    h.update(canonical_bytes((canon, body)))
         for chip in flow_chips:  # streams are tried lowest first: every stream of the chip, by number
             for key in sorted(sched.streams_of_chip.get(chip, ())):
                 rects = [r for r in sched.streams.by_key.get(key, ()) if r[1] + r[3] >= release]
                 if rects:
                     body = [(r[0] - release, r[1] - release, r[2], r[3]) for r in rects]
-                    h.update(_bytes((chips[chip], key[1:], body)))
+                    h.update(canonical_bytes((chips[chip], key[1:], body)))
         self._names = (chips, used, exclusive, tensors)
         return h.digest()
 
@@ -172,7 +172,7 @@ class StageMemo:
         return placed
 
 
-def _bytes(x) -> bytes:
+def canonical_bytes(x) -> bytes:
     """Bytes that are equal exactly when the (nested tuples, lists, ints, strings, None) are:
     marshal's format 2 (no back-references, so sharing does not show), else the text."""
     try:
