@@ -243,6 +243,7 @@ def _compile(module, system, weights, tp, pp, timing_only, use_runs, clock=None)
             shifts.append(shift)
         per_entry.append((ep, jobs, inputs, results, order, placed, stage, shifts))
         clock.lap("schedule")
+    memo.known.clear()  # every block is placed: the searched ones' placements and change logs can go
 
     # SRAM: params and constants for the whole program; each entry's tensors by lifetime
     alloc = Allocator(chip)

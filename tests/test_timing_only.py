@@ -386,3 +386,34 @@ def test_property_stored_runs_equal_the_full_compile(layers, data):
     if layers == pp:
         assert fast.meta["timing_only"]["stage_blocks_copied"] == 2 * (pp - 7)  # run 2 .. pp - 2
     assert_same_program(full, fast)
+
+
+def test_timings_give_seconds_per_pass_and_leave_the_program_alone():
+    from isa.program import to_bytes
+
+    m = module_of("llama", llama(4))
+    phases: dict[str, float] = {}
+    timed = compile_module(m, named_system("node"), None, tp=1, pp=4, timing_only=True, timings=phases)
+    plain = compile_module(m, named_system("node"), None, tp=1, pp=4, timing_only=True)
+    assert to_bytes(timed) == to_bytes(plain)
+    for phase in ("partition", "find runs", "lower", "order", "schedule", "allocate and emit", "check"):
+        assert phases[phase] >= 0.0, phases
+    assert 0.0 < sum(phases.values()) < 600.0
+
+
+def test_the_cycle_collector_is_as_it_was_after_a_compile():
+    import gc
+
+    m = module_of("llama", llama(2))
+    assert gc.isenabled()
+    compile_module(m, named_system("node"), None, tp=1, pp=2, timing_only=True)
+    assert gc.isenabled()
+    with pytest.raises(LpuError):  # also when the compile refuses
+        compile_module(m, named_system("node"), {}, tp=1, pp=2, timing_only=True)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        compile_module(m, named_system("node"), None, tp=1, pp=2)
+        assert not gc.isenabled()  # a caller that turned it off keeps it off
+    finally:
+        gc.enable()
