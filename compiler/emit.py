@@ -168,7 +168,7 @@ class Emitter:
             # only a read is cut (where its vectors' writer changes); what its vectors flow into stays
             # one instruction, naming the first piece: vector i past a piece's end is vector i - n of
             # the next piece, issued right after on the same queue (isa/program.py)
-            cut = self._cuts(nd) if nd.mem is not None and nd.mnemonic in _CUT and not nd.dynamic else None
+            cut = self._cuts(nd) if nd.mnemonic in _CUT and not nd.dynamic else None
             if not cut:
                 pieces.append({0: self.n_rows})
                 self._row(nd, k, 0, nd.n, placed, entry, pieces)

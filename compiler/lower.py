@@ -151,6 +151,7 @@ class Lowering:
         self._vxm_queues: list[int] | None = None  # the VXM ALU queues' indices, in round-robin order
         self._load: dict[str, tuple[float, int]] = {}  # temporaries placed lately per slice (_roomy)
         self._clock = 0
+        self._decay = 1 - 1 / len(self.slices)  # what a temporary's bytes fade by per one placed
         self.maps: dict[tuple[int, ...], int] = {}
         self._consts: dict[tuple, Tensor] = {}
         self.values: dict[int, Tensor] = {}
@@ -260,14 +261,12 @@ class Lowering:
         self._clock += temp
         if self.pinned.get(where, 0) + size > room // 4:
             best = -1
-            pinned, load, clock = self.pinned, self._load, self._clock
-            decay = 1 - 1 / len(self.slices)
+            pinned = self.pinned
             for s in self.slices:
                 held = pinned.get(s, 0)
                 if s in avoid or held + size > room:
                     continue
-                v, t = load.get(s, (0.0, 0))
-                left = room - held - (v * decay ** (clock - t) if v else 0.0)  # less `_load_of(s)`
+                left = room - held - self._load_of(s)
                 if left > best:
                     where, best = s, left
             if best < 0:  # fits nowhere: the roomiest, first in slice order (the allocator says by how much)
@@ -280,7 +279,7 @@ class Lowering:
     def _load_of(self, s: str) -> float:
         """Bytes of temporaries placed in slice `s` lately, fading by 1 / slices per temporary placed."""
         v, t = self._load.get(s, (0.0, 0))
-        return v * (1 - 1 / len(self.slices)) ** (self._clock - t) if v else 0.0
+        return v * self._decay ** (self._clock - t) if v else 0.0
 
     def const(
         self, dtype: str, shape: tuple[int, ...], values: np.ndarray, avoid: set[str] = frozenset()

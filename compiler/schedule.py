@@ -289,7 +289,7 @@ class Scheduler:
                 lands = start + nd.rel + nd.spec.dfunc + _ramp(nd.n)
                 _put(t.landing, nd, lands)
                 if log is not None:
-                    log.append((_LAND, t.id, _index(nd), lands))
+                    log.append((_LAND, t.id, nd.vectors(), lands))
             elif nd.mnemonic == "scatter":
                 last = start + nd.rel + nd.spec.dfunc + nd.n - 1
                 t.landing[:] = np.maximum(t.landing, last)
@@ -305,7 +305,7 @@ class Scheduler:
                     samples = start + nd.rel + nd.spec.dskew + _ramp(nd.n)
                     _put(t.last_read, nd, np.maximum(_at(t.last_read, nd), samples))
                     if log is not None:
-                        log.append((_READ, t.id, _index(nd), samples))
+                        log.append((_READ, t.id, nd.vectors(), samples))
 
     def replay(self, log: list, shift: int) -> None:
         """Apply what `_commit` logged (`log`, raw keys and tensor ids), `shift` cycles later: the
@@ -341,14 +341,6 @@ class Scheduler:
 STREAM, _LAND, _LAND_ALL, _READ, _READ_ALL = range(2, 7)
 
 
-def _index(nd) -> np.ndarray:
-    """The vectors a (non-dynamic) read or write touches, in order, as an index array."""
-    if nd.segments is not None:
-        return nd.vectors()
-    _, first, step = nd.mem
-    return first + step * _ramp(nd.n)
-
-
 _RAMP = np.arange(1 << 12, dtype=np.int64)
 
 
@@ -360,24 +352,19 @@ def _ramp(n: int) -> np.ndarray:
 def _at(per_vector: np.ndarray, nd) -> np.ndarray:
     """The entries of a per-vector array for the vectors a (non-dynamic) read or write touches, in
     order (a strided view when they are one run)."""
-    if nd.segments is not None:
-        return per_vector[nd.vectors()]
     _, first, step = nd.mem
-    if step > 0:
+    if nd.segments is None and step > 0:
         return per_vector[first : first + step * (nd.n - 1) + 1 : step]
-    return per_vector[first + step * _ramp(nd.n)]
+    return per_vector[nd.vectors()]
 
 
 def _put(per_vector: np.ndarray, nd, values: np.ndarray) -> None:
-    """Set the entries `_at` reads (for a run repeating one vector, the last value stays)."""
-    if nd.segments is not None:
-        per_vector[nd.vectors()] = values
-        return
+    """Set the entries `_at` reads (for a vector touched twice, the last value stays)."""
     _, first, step = nd.mem
-    if step > 0:
+    if nd.segments is None and step > 0:
         per_vector[first : first + step * (nd.n - 1) + 1 : step] = values
     else:
-        per_vector[first + step * _ramp(nd.n)] = values
+        per_vector[nd.vectors()] = values
 
 
 def critical_path_order(
