@@ -10,7 +10,9 @@ instructions, not only this one:
 - critical path: the longest chain through the intended sources (a consumer samples vector i no
   earlier than the producer's vector arrives: its functional delay, the hops between the two
   queues' positions, the link's serialisation and latency), ending with the last instruction's
-  own time;
+  own time; a matrix plane's weights count too (`_plane_floors`): the read of an accumulator
+  waits for all but three of the tiles its passes multiply to be loaded and installed after
+  the first of those passes, one after another;
 - MEM ports: a slice's one port serves one access per cycle, so cycles >= its busy cycles;
 - matrix units: likewise for each matrix-unit queue;
 - links: a link direction carries one vector per serialisation time.
@@ -28,7 +30,7 @@ import numpy as np
 from numba import njit
 
 from isa.program import Program, source_slots
-from isa.spec import BY_CODE, DTYPE_BYTES, OPS, Unit
+from isa.spec import BY_CODE, DTYPE_BYTES, ENUMS, OPS, Unit
 
 BOUND_NAMES = ("critical_path", "mem_ports", "matrix_units", "links")
 
@@ -316,7 +318,10 @@ def _critical_path(p: Program, e: int, dskew, dfunc, fixed, per) -> tuple[int, l
         order = np.zeros(0, np.int64)
     else:
         order = np.lexsort((np.arange(len(sel)), p.cycle[sel]))  # producers first in any valid schedule
-    earliest, via, last, end_cycles = _longest(segs_arr, order, src_local, gap, dur, n_all)
+    fptr, fflat, fconst = _plane_floors(p, sel, code, n, dskew, dfunc, fixed, per)
+    earliest, via, last, end_cycles = _longest(
+        segs_arr, order, src_local, gap, dur, n_all, fptr, fflat, fconst
+    )
 
     def stored_of(k: int) -> tuple[int, int]:  # expanded row of the entry -> its row in `sel`, segment
         s = int(np.searchsorted(segs_arr[:, 0], k, side="right")) - 1
@@ -352,10 +357,12 @@ def _critical_path(p: Program, e: int, dskew, dfunc, fixed, per) -> tuple[int, l
 
 
 @njit(cache=True)
-def _longest(segs, order, src, gap, dur, n_all):
+def _longest(segs, order, src, gap, dur, n_all, fptr, fflat, fconst):
     """Earliest start of each row along its longest chain of sources and the source it came by, the
     row that ends last and when. `order`: the rows (of the one stored segment) in an order that puts
-    producers first; empty: expanded order, segment by segment."""
+    producers first; empty: expanded order, segment by segment. A row with a floor (`_plane_floors`:
+    rows fptr[r] .. fptr[r + 1] of `fflat`) starts no earlier than the earliest of those rows (all in
+    its own segment) plus fconst[r]."""
     width = src.shape[1]
     earliest = np.zeros(n_all, np.int64)
     via = np.full(n_all, -1, np.int64)
@@ -376,12 +383,188 @@ def _longest(segs, order, src, gap, dur, n_all):
                 if t > earliest[row]:
                     earliest[row] = t
                     via[row] = j
+            if fptr[t_row + 1] > fptr[t_row]:
+                low, at = -1, -1
+                for x in range(fptr[t_row], fptr[t_row + 1]):
+                    u = fflat[x]
+                    if u < base or u >= base + rows:  # a row the segment does not hold: no floor
+                        at = -1
+                        break
+                    if at < 0 or earliest[start + u - base] < low:
+                        low, at = earliest[start + u - base], start + u - base
+                if at >= 0 and low + fconst[t_row] > earliest[row]:
+                    earliest[row] = low + fconst[t_row]
+                    via[row] = at
         for r in range(rows):  # the first row (in expanded order) that ends last
             row = start + r
             end = earliest[row] + dur[base + r]
             if end > best:
                 best, last = end, row
     return earliest, via, last, best
+
+
+def _plane_floors(p: Program, sel, code, n, dskew, dfunc, fixed, per):
+    """Floors from the weights a matrix plane holds, which the chain of sources leaves out (an install
+    has no source: its weights are in SRAM from cycle 0). A plane holds one tile in its array and
+    loads at most one more into its shadow buffer, so of the tiles a chain of accumulating passes
+    (acc_set, then acc_add on the same queue and slot) multiplies, all but two are loaded after its
+    first pass has sampled, one after another on their load queue, and installed one after another
+    on theirs, before the read of the accumulator (`acc`) can see the last product. Any schedule of
+    these instructions giving each pass its intended install and the `acc` the whole sum obeys:
+
+        acc start >= (earliest start of the chain's passes)
+                     + the larger of the tiles' `lw` busy cycles and their `iw`s' busy cycles,
+                       less the three largest tiles' (two loaded early, and the last one itself)
+                     + min(0, the fixed delays between them, from the ISA table)
+
+    Returns, per row of `sel`, the passes it waits for (CSR: fptr, fflat, positions in `sel`) and the
+    constant; only `acc` rows whose passes' tiles were loaded on one queue and installed on one get a
+    floor."""
+    m = len(sel)
+    empty = (np.zeros(m + 1, np.int64), np.zeros(0, np.int64), np.zeros(m, np.int64))
+    LW, IW, MM, ACC = (next(s.code for s in OPS if s.mnemonic == k) for k in ("lw", "iw", "mm", "acc"))
+    acc_rows = np.nonzero(code == ACC)[0]
+    if not len(acc_rows):
+        return empty
+    queues = p.system.chip.queue_table()
+    plane_of_queue = np.full(len(queues), -1, np.int64)  # one number per (MXM slice, plane)
+    planes: dict[tuple, int] = {}
+    for q in queues:
+        if q.unit is Unit.MXM:
+            plane_of_queue[q.index] = planes.setdefault((q.slice, q.plane), len(planes))
+    chip = p.chip[sel].astype(np.int64)
+    queue = p.queue[sel].astype(np.int64)
+    cycle = p.cycle[sel].astype(np.int64)
+    unit = chip * max(len(planes), 1) + np.maximum(plane_of_queue[queue], 0)  # (chip, plane)
+    span = int(cycle.max()) + 2
+
+    def position(rows, slot_name: str, mnemonic: str) -> np.ndarray:
+        """The row in `sel` (or -1) that source slot `slot_name` of these `mnemonic` rows names."""
+        slot = source_slots(BY_CODE[next(s.code for s in OPS if s.mnemonic == mnemonic)]).index(slot_name)
+        src = p.src[sel[rows], slot].astype(np.int64)
+        out = np.full(len(rows), -1, np.int64)
+        ok = src >= 0
+        if ok.any():
+            stored = p.stored_index(src[ok])
+            at = np.minimum(np.searchsorted(sel, stored), m - 1)
+            out[ok] = np.where(sel[at] == stored, at, -1)
+        return out
+
+    # each load's tile: the first install on its plane after it; per install, its loads' busy cycles
+    # and their queue (-2: more than one)
+    iw = np.nonzero(code == IW)[0]
+    lw = np.nonzero(code == LW)[0]
+    tile_busy = np.zeros(m, np.int64)
+    tile_queue = np.full(m, -1, np.int64)
+    if len(iw) and len(lw):
+        key_iw = unit[iw] * span + cycle[iw]
+        by = np.argsort(key_iw, kind="stable")
+        k = np.searchsorted(key_iw[by], unit[lw] * span + cycle[lw], side="right")
+        ok = k < len(iw)
+        tile = iw[by[np.minimum(k, len(iw) - 1)]]
+        ok &= unit[tile] == unit[lw]
+        busy = fixed[code[lw]] + per[code[lw]] * n[lw]
+        np.add.at(tile_busy, tile[ok], busy[ok])
+        qmin = np.full(m, 1 << 40, np.int64)
+        qmax = np.full(m, -1, np.int64)
+        np.minimum.at(qmin, tile[ok], queue[lw][ok])
+        np.maximum.at(qmax, tile[ok], queue[lw][ok])
+        loaded = qmax >= 0
+        tile_queue[loaded] = np.where(qmin[loaded] == qmax[loaded], qmax[loaded], -2)
+    # the chains of passes: on one queue and slot, in cycle order, each from an acc_set
+    mm = np.nonzero(code == MM)[0]
+    if not len(mm):
+        return empty
+    spec_mm = BY_CODE[MM]
+    mode = p.fields[sel[mm], spec_mm.operands.index("mode")].astype(np.int64)
+    slot = p.fields[sel[mm], spec_mm.operands.index("slot")].astype(np.int64)
+    by = np.lexsort((cycle[mm], slot, queue[mm], chip[mm]))
+    mm, mode, slot = mm[by], mode[by], slot[by]
+    new = np.ones(len(mm), bool)
+    new[1:] = (chip[mm][1:] != chip[mm][:-1]) | (queue[mm][1:] != queue[mm][:-1]) | (slot[1:] != slot[:-1])
+    new |= mode != ENUMS["mm_mode"].index("acc_add")
+    chain_first = np.maximum.accumulate(np.where(new, np.arange(len(mm)), 0))
+    rank = np.full(m, -1, np.int64)
+    rank[mm] = np.arange(len(mm))
+    w_of = np.full(m, -1, np.int64)
+    w_of[mm] = position(mm, "w", "mm")
+    last = position(acc_rows, "acc", "acc")
+    # what the three fixed delays give or take (see the docstring): loads of the third tile start at
+    # most this many cycles before the first pass, the acc this many after the last load starts
+    margin = (dskew[MM] - dfunc[IW] + 1 + dskew[IW] - dfunc[LW] + 1) + (
+        dfunc[LW] - dskew[IW] + dfunc[IW] - dskew[MM] + dfunc[MM] - dskew[ACC]
+    )
+    busy_all = fixed[code] + per[code] * n
+    assert ENUMS["mm_mode"].index("acc_set") == 1  # _floors_of's test for a chain's start
+    return _floors_of(
+        m,
+        acc_rows,
+        last,
+        rank,
+        chain_first,
+        mm,
+        mode,
+        w_of,
+        tile_busy,
+        tile_queue,
+        queue,
+        busy_all,
+        min(0, int(margin)),
+    )
+
+
+@njit(cache=True)
+def _floors_of(
+    m, acc_rows, last, rank, chain_first, mm, mode, w_of, tile_busy, tile_queue, queue, iw_busy, margin
+):
+    """`_plane_floors`' CSR table: per `acc` row, its chain of passes (positions in `sel`) and floor."""
+    lo_of = np.full(len(acc_rows), -1, np.int64)
+    hi_of = np.full(len(acc_rows), -1, np.int64)
+    fconst = np.zeros(m, np.int64)
+    for a in range(len(acc_rows)):
+        src = last[a]
+        if src < 0 or rank[src] < 0:
+            continue
+        hi = rank[src]
+        lo = chain_first[hi]
+        if mode[lo] != 1:  # a chain starts with acc_set
+            continue
+        tiles = np.empty(hi - lo + 1, np.int64)
+        for x in range(lo, hi + 1):
+            tiles[x - lo] = w_of[mm[x]]
+        tiles = np.unique(tiles)
+        if tiles[0] < 0 or len(tiles) <= 3:
+            continue
+        q = tile_queue[tiles[0]]
+        ok = q >= 0
+        q_iw = queue[tiles[0]]
+        busy = np.empty(len(tiles), np.int64)
+        installs = np.empty(len(tiles), np.int64)
+        for x in range(len(tiles)):
+            ok = ok and tile_queue[tiles[x]] == q and queue[tiles[x]] == q_iw
+            busy[x] = tile_busy[tiles[x]]
+            installs[x] = iw_busy[tiles[x]]
+        if not ok:
+            continue
+        busy.sort()
+        installs.sort()
+        c = max(busy[:-3].sum(), installs[:-3].sum()) + margin
+        if c > 0:
+            fconst[acc_rows[a]] = c
+            lo_of[a], hi_of[a] = lo, hi
+    fptr = np.zeros(m + 1, np.int64)
+    for a in range(len(acc_rows)):
+        if lo_of[a] >= 0:
+            fptr[acc_rows[a] + 1] = hi_of[a] - lo_of[a] + 1
+    for r in range(m):
+        fptr[r + 1] += fptr[r]
+    flat = np.empty(fptr[m], np.int64)
+    for a in range(len(acc_rows)):
+        if lo_of[a] >= 0:
+            at = fptr[acc_rows[a]]
+            for x in range(lo_of[a], hi_of[a] + 1):
+                flat[at + x - lo_of[a]] = mm[x]
+    return fptr, flat, fconst
 
 
 _SLOT_KINDS: dict[int, tuple] = {}

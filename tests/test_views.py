@@ -16,6 +16,7 @@ from compiler.backend import compile_module
 from emulator.run import Emulator
 from isa.assembly import assemble
 from isa.diagnostics import LpuError
+from isa.spec import BY_MNEMONIC, DTYPE_BYTES
 from isa.system import named_system
 from lpu.arrays import random_inputs, random_weights
 from lpu.cli import main
@@ -244,3 +245,62 @@ def test_instruction_table_api(block):
     assert sum(t.sum_by("unit", "busy").values()) == sum(lpu.report(program).busy.values())
     row = t.where(t["id"] == 0).rows()[0]
     assert row["id"] == 0 and row["op"] and "Table(" in repr(t)
+
+
+def _long_matmul(rows: int, k: int, n: int, dtype: str) -> str:
+    out = "i32" if dtype == "i8" else dtype
+    return (
+        f"module long_k\nparam @w : {dtype}[{k}, {n}]\n"
+        f"graph main(%x: {dtype}[{rows}, {k}]) -> ({out}[{rows}, {n}]) {{\n"
+        f"  %y = matmul(%x, @w) : {out}[{rows}, {n}]\n  return %y\n}}\n"
+    )
+
+
+def test_a_plane_loads_its_tiles_one_after_another_after_the_first_pass():
+    """One row times a weight of 24 tiles on one plane: the chain of sources alone is a few passes
+    long (195 cycles: a weight install has no source, its weights sit in SRAM from cycle 0), but a
+    plane holds one tile and loads one more, so 21 of the 24 tiles are loaded and installed one
+    after another after the first pass (on the tiny chip an install's 20 cycles outweigh a load's
+    8 rows). The critical path counts them, and stays within the schedule."""
+    chip = named_system("tiny").chip
+    kt = chip.mxm_k("f16")
+    m = parse(_long_matmul(1, 24 * kt, chip.lanes, "f16"), "long_k.lpu")
+    p = compile_module(m, named_system("tiny"), random_weights(m, 0))
+    run = Emulator(p).run("main", random_inputs(m, m.graph("main"), 0))
+    assert run.violations == []
+    r = report(p)
+    install = BY_MNEMONIC["iw"].busy_cycles(0)
+    assert r.cycles == run.cycles
+    assert 21 * max(kt, install) <= r.bounds["critical_path"] <= r.cycles, (r.bounds, r.cycles)
+    assert [s.op for s in r.critical_path if "matmul" in s.op]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    chips(),
+    st.integers(4, 12),
+    st.integers(1, 5),
+    st.integers(1, 3),
+    st.sampled_from(["f16", "i8"]),
+    st.integers(0, 3),
+)
+def test_property_plane_floors_never_exceed_the_schedule(chip, tiles, rows, chunks, dtype, seed):
+    """Long matmuls (many tiles per plane, several column chunks and rows) on random chips: with the
+    floors of the planes' loads the critical path still never exceeds the emulated schedule, and it
+    counts every load but three of each chain of passes."""
+    kt = chip.mxm_k(dtype)
+    # a weight that fits a MEM slice is one chain of passes per column chunk (a bigger one is cut into
+    # row blocks, each its own chain)
+    assume(tiles * kt * chunks * chip.lanes * DTYPE_BYTES[dtype] <= chip.mem_slice_bytes // 2)
+    m = parse(_long_matmul(rows, tiles * kt, chunks * chip.lanes, dtype), "long_k.lpu")
+    try:
+        p = compile_module(m, systems_of(chip), random_weights(m, seed))
+    except LpuError:
+        assume(False)
+    run = Emulator(p).run("main", random_inputs(m, m.graph("main"), seed))
+    assert run.violations == []
+    r = report(p)
+    assert r.cycles == run.cycles
+    assert 0 <= r.lower_bound_cycles <= r.cycles, (r.bounds, r.cycles)
+    install = BY_MNEMONIC["iw"].busy_cycles(0)
+    assert r.bounds["critical_path"] >= (tiles - 3) * max(kt, install), (r.bounds, tiles, kt)
