@@ -318,10 +318,26 @@ def _critical_path(p: Program, e: int, dskew, dfunc, fixed, per) -> tuple[int, l
         order = np.zeros(0, np.int64)
     else:
         order = np.lexsort((np.arange(len(sel)), p.cycle[sel]))  # producers first in any valid schedule
-    fptr, fflat, fconst = _plane_floors(p, sel, code, n, dskew, dfunc, fixed, per)
-    earliest, via, last, end_cycles = _longest(
-        segs_arr, order, src_local, gap, dur, n_all, fptr, fflat, fconst
+    # sources as rows of `sel` (a copy's: its block's rows), for the planes' floors
+    src_pos = np.full(src.shape, -1, np.int64)
+    ok = valid & has_slot
+    at = np.minimum(np.searchsorted(sel, prod), len(sel) - 1)
+    src_pos[ok] = np.where(sel[at[ok]] == prod[ok], at[ok], -1)
+    topo = order if len(order) else np.arange(len(sel))
+    gaps_ok = bool((gap[ok] >= 0).all())
+    # pieces of one instruction (a cut read): the next row, same queue and opcode, issued right after
+    cyc, chips_sel, queues_sel = p.cycle[sel].astype(np.int64), p.chip[sel], p.queue[sel]
+    piece_next = np.zeros(len(sel), bool)
+    piece_next[:-1] = (
+        (sel[1:] == sel[:-1] + 1)
+        & (chips_sel[1:] == chips_sel[:-1])
+        & (queues_sel[1:] == queues_sel[:-1])
+        & (code[1:] == code[:-1])
+        & (cyc[1:] == cyc[:-1] + n[:-1])
     )
+    pieces = (n, piece_next, off.astype(np.int64), step.astype(np.int64))
+    floors = _plane_floors(p, sel, code, n, dskew, dfunc, fixed, per, src_pos, topo, gaps_ok, pieces)
+    earliest, via, last, end_cycles = _longest(segs_arr, order, src_local, gap, dur, n_all, floors, pieces)
 
     def stored_of(k: int) -> tuple[int, int]:  # expanded row of the entry -> its row in `sel`, segment
         s = int(np.searchsorted(segs_arr[:, 0], k, side="right")) - 1
@@ -357,18 +373,29 @@ def _critical_path(p: Program, e: int, dskew, dfunc, fixed, per) -> tuple[int, l
 
 
 @njit(cache=True)
-def _longest(segs, order, src, gap, dur, n_all, fptr, fflat, fconst):
+def _longest(segs, order, src, gap, dur, n_all, fl, pieces):
     """Earliest start of each row along its longest chain of sources and the source it came by, the
     row that ends last and when. `order`: the rows (of the one stored segment) in an order that puts
-    producers first; empty: expanded order, segment by segment. A row with a floor (`_plane_floors`:
-    rows fptr[r] .. fptr[r + 1] of `fflat`) starts no earlier than the earliest of those rows (all in
-    its own segment) plus fconst[r]."""
+    producers first; empty: expanded order, segment by segment. `fl`: the planes' floors
+    (`_plane_floors`): a row with groups of chains starts no earlier than, for each group, the
+    earliest pass of its chains plus the group's constant. `pieces`: per row, its vectors and
+    whether the next row is a further piece of its instruction, and per source slot the first
+    vector read and the step (a source past the end of its row reads the next pieces, isa/program.py:
+    vector v of the next piece comes v + (the pieces before it) vectors on)."""
+    chain_of, chain_acc, chain_lo, chain_hi, gptr, ranges, chains, const, slack = fl
+    n_of, piece_next, s_off, s_step = pieces
     width = src.shape[1]
     earliest = np.zeros(n_all, np.int64)
     via = np.full(n_all, -1, np.int64)
+    never = np.int64(1) << 62
+    first_pass = np.full(len(chain_acc), never, np.int64)  # per chain: its earliest pass in this segment
+    first_row = np.full(len(chain_acc), -1, np.int64)
     last, best = 0, -1
     for q in range(segs.shape[0]):
         start, rows, base, k, src_lo = segs[q]
+        # chains of this segment start afresh (a copy's passes are its own)
+        for c in range(np.searchsorted(chain_acc, base), np.searchsorted(chain_acc, base + rows)):
+            first_pass[c], first_row[c] = never, -1
         for r in range(rows):
             i = order[r] if len(order) else r
             row = start + i
@@ -383,18 +410,39 @@ def _longest(segs, order, src, gap, dur, n_all, fptr, fflat, fconst):
                 if t > earliest[row]:
                     earliest[row] = t
                     via[row] = j
-            if fptr[t_row + 1] > fptr[t_row]:
-                low, at = -1, -1
-                for x in range(fptr[t_row], fptr[t_row + 1]):
-                    u = fflat[x]
-                    if u < base or u >= base + rows:  # a row the segment does not hold: no floor
+                if s_step[t_row, s] != 1 or j < start or j >= start + rows:
+                    continue
+                # the pieces after the source's row that this row reads vectors of
+                t_j = base + j - start
+                before = 0
+                while (
+                    piece_next[t_j]
+                    and t_j + 1 < base + rows
+                    and s_off[t_row, s] + n_of[t_row] - 1 >= before + n_of[t_j]
+                ):
+                    before += n_of[t_j]
+                    t_j += 1
+                    j += 1
+                    t = earliest[j] + gap[t_row, s] - before
+                    if t > earliest[row]:
+                        earliest[row] = t
+                        via[row] = j
+            for g in range(gptr[t_row], gptr[t_row + 1]):
+                low, at = never, -1
+                for x in range(ranges[g, 0], ranges[g, 1]):
+                    c = chains[x]
+                    # every pass of the chain in this segment, and seen: else no floor from this group
+                    if chain_lo[c] < base or chain_hi[c] >= base + rows or first_row[c] < 0:
                         at = -1
                         break
-                    if at < 0 or earliest[start + u - base] < low:
-                        low, at = earliest[start + u - base], start + u - base
-                if at >= 0 and low + fconst[t_row] > earliest[row]:
-                    earliest[row] = low + fconst[t_row]
+                    if first_pass[c] < low:
+                        low, at = first_pass[c], first_row[c]
+                if at >= 0 and low + const[g] - slack[g] > earliest[row]:
+                    earliest[row] = low + const[g] - slack[g]
                     via[row] = at
+            c = chain_of[t_row]
+            if c >= 0 and earliest[row] < first_pass[c]:
+                first_pass[c], first_row[c] = earliest[row], row
         for r in range(rows):  # the first row (in expanded order) that ends last
             row = start + r
             end = earliest[row] + dur[base + r]
@@ -403,31 +451,52 @@ def _longest(segs, order, src, gap, dur, n_all, fptr, fflat, fconst):
     return earliest, via, last, best
 
 
-def _plane_floors(p: Program, sel, code, n, dskew, dfunc, fixed, per):
-    """Floors from the weights a matrix plane holds, which the chain of sources leaves out (an install
-    has no source: its weights are in SRAM from cycle 0). A plane holds one tile in its array and
-    loads at most one more into its shadow buffer, so of the tiles a chain of accumulating passes
-    (acc_set, then acc_add on the same queue and slot) multiplies, all but two are loaded after its
-    first pass has sampled, one after another on their load queue, and installed one after another
-    on theirs, before the read of the accumulator (`acc`) can see the last product. Any schedule of
-    these instructions giving each pass its intended install and the `acc` the whole sum obeys:
+def _plane_floors(p: Program, sel, code, n, dskew, dfunc, fixed, per, src_pos, topo, gaps_ok: bool, pieces):
+    """Floors from the weights the matrix planes hold, which the chain of sources leaves out (an
+    install has no source: its weights are in SRAM from cycle 0).
 
-        acc start >= (earliest start of the chain's passes)
-                     + the larger of the tiles' `lw` busy cycles and their `iw`s' busy cycles,
-                       less the three largest tiles' (two loaded early, and the last one itself)
-                     + min(0, the fixed delays between them, from the ISA table)
+    A chain of passes is an `acc_set` and the `acc_add`s after it on one queue and accumulator slot,
+    read by one `acc`. A plane holds one tile in its array and loads at most one more into its
+    shadow buffer, so of the tiles a set S of chains on one plane multiplies, all but two are loaded
+    after the first of their passes has sampled, one after another on their load queue, and
+    installed one after another on theirs. A row that needs every chain of S (the `acc` of one of
+    them, or a row its sources join them in, on the same chip) starts no earlier than
 
-    Returns, per row of `sel`, the passes it waits for (CSR: fptr, fflat, positions in `sel`) and the
-    constant; only `acc` rows whose passes' tiles were loaded on one queue and installed on one get a
-    floor."""
+        (the earliest pass of S) + the larger of the tiles' `lw` busy cycles and their `iw`s' busy
+        cycles, less the three largest tiles' (two loaded early, and the last one itself)
+        + min(0, the fixed delays from a load to the `acc` after it, from the ISA table)
+
+    in any schedule of these instructions that gives each pass its intended install and each `acc`
+    its whole sum. Groups: each `acc` its own chain; and per plane, the chains of its pipeline
+    stage (`meta["stages"]`, else its chip) that a `send` to another stage needs (through sources in
+    the stage; a bit set per chain), and that the first row needing the most of them needs: what a
+    stage has computed when it hands over, whichever plane was last. Only when every source's
+    delay is >= 0 (so that needing a row means starting after it), for chains no other chain
+    shares a tile or pass with, and the tiles of a group loaded on one queue and installed on one.
+
+    Returns (per row: its chain or -1; per chain: the row of its `acc`, its first and last pass;
+    per row: its groups (CSR); per group: its chains (CSR) and constant)."""
     m = len(sel)
-    empty = (np.zeros(m + 1, np.int64), np.zeros(0, np.int64), np.zeros(m, np.int64))
-    LW, IW, MM, ACC = (next(s.code for s in OPS if s.mnemonic == k) for k in ("lw", "iw", "mm", "acc"))
+    codes = {k: next(s.code for s in OPS if s.mnemonic == k) for k in ("lw", "iw", "mm", "acc", "send")}
+    LW, IW, MM, ACC = codes["lw"], codes["iw"], codes["mm"], codes["acc"]
     acc_rows = np.nonzero(code == ACC)[0]
-    if not len(acc_rows):
+    mm = np.nonzero(code == MM)[0]
+    none = np.zeros(0, np.int64)
+    empty = (
+        np.full(m, -1, np.int64),
+        none,
+        none,
+        none,
+        np.zeros(m + 1, np.int64),
+        np.zeros((0, 2), np.int64),
+        none,
+        none,
+        none,
+    )
+    if not len(acc_rows) or not len(mm):
         return empty
     queues = p.system.chip.queue_table()
-    plane_of_queue = np.full(len(queues), -1, np.int64)  # one number per (MXM slice, plane)
+    plane_of_queue = np.full(len(queues), -1, np.int64)  # one number per (MXM slice, plane) of a chip
     planes: dict[tuple, int] = {}
     for q in queues:
         if q.unit is Unit.MXM:
@@ -435,21 +504,10 @@ def _plane_floors(p: Program, sel, code, n, dskew, dfunc, fixed, per):
     chip = p.chip[sel].astype(np.int64)
     queue = p.queue[sel].astype(np.int64)
     cycle = p.cycle[sel].astype(np.int64)
-    unit = chip * max(len(planes), 1) + np.maximum(plane_of_queue[queue], 0)  # (chip, plane)
+    plane = plane_of_queue[queue]
+    unit = chip * max(len(planes), 1) + np.maximum(plane, 0)  # (chip, plane)
     span = int(cycle.max()) + 2
-
-    def position(rows, slot_name: str, mnemonic: str) -> np.ndarray:
-        """The row in `sel` (or -1) that source slot `slot_name` of these `mnemonic` rows names."""
-        slot = source_slots(BY_CODE[next(s.code for s in OPS if s.mnemonic == mnemonic)]).index(slot_name)
-        src = p.src[sel[rows], slot].astype(np.int64)
-        out = np.full(len(rows), -1, np.int64)
-        ok = src >= 0
-        if ok.any():
-            stored = p.stored_index(src[ok])
-            at = np.minimum(np.searchsorted(sel, stored), m - 1)
-            out[ok] = np.where(sel[at] == stored, at, -1)
-        return out
-
+    busy = fixed[code] + per[code] * n
     # each load's tile: the first install on its plane after it; per install, its loads' busy cycles
     # and their queue (-2: more than one)
     iw = np.nonzero(code == IW)[0]
@@ -463,18 +521,14 @@ def _plane_floors(p: Program, sel, code, n, dskew, dfunc, fixed, per):
         ok = k < len(iw)
         tile = iw[by[np.minimum(k, len(iw) - 1)]]
         ok &= unit[tile] == unit[lw]
-        busy = fixed[code[lw]] + per[code[lw]] * n[lw]
-        np.add.at(tile_busy, tile[ok], busy[ok])
+        np.add.at(tile_busy, tile[ok], busy[lw][ok])
         qmin = np.full(m, 1 << 40, np.int64)
         qmax = np.full(m, -1, np.int64)
         np.minimum.at(qmin, tile[ok], queue[lw][ok])
         np.maximum.at(qmax, tile[ok], queue[lw][ok])
         loaded = qmax >= 0
         tile_queue[loaded] = np.where(qmin[loaded] == qmax[loaded], qmax[loaded], -2)
-    # the chains of passes: on one queue and slot, in cycle order, each from an acc_set
-    mm = np.nonzero(code == MM)[0]
-    if not len(mm):
-        return empty
+    # the passes in chain order: by chip, queue, slot and cycle, a chain from each acc_set
     spec_mm = BY_CODE[MM]
     mode = p.fields[sel[mm], spec_mm.operands.index("mode")].astype(np.int64)
     slot = p.fields[sel[mm], spec_mm.operands.index("slot")].astype(np.int64)
@@ -486,85 +540,409 @@ def _plane_floors(p: Program, sel, code, n, dskew, dfunc, fixed, per):
     chain_first = np.maximum.accumulate(np.where(new, np.arange(len(mm)), 0))
     rank = np.full(m, -1, np.int64)
     rank[mm] = np.arange(len(mm))
-    w_of = np.full(m, -1, np.int64)
-    w_of[mm] = position(mm, "w", "mm")
-    last = position(acc_rows, "acc", "acc")
-    # what the three fixed delays give or take (see the docstring): loads of the third tile start at
-    # most this many cycles before the first pass, the acc this many after the last load starts
+    w_slot = source_slots(spec_mm).index("w")
+    acc_slot = source_slots(BY_CODE[ACC]).index("acc")
+    # what the fixed delays give or take: the third tile's loads start at most this many cycles before
+    # the first pass (its install waits for that pass's sample), a row needing a chain at least this
+    # many after the last load of it starts (load -> install -> pass -> acc)
     margin = (dskew[MM] - dfunc[IW] + 1 + dskew[IW] - dfunc[LW] + 1) + (
         dfunc[LW] - dskew[IW] + dfunc[IW] - dskew[MM] + dfunc[MM] - dskew[ACC]
     )
-    busy_all = fixed[code] + per[code] * n
-    assert ENUMS["mm_mode"].index("acc_set") == 1  # _floors_of's test for a chain's start
-    return _floors_of(
+    # scopes: the chips of each pipeline stage (else each chip); exits: sends to another scope
+    scope_of_chip = np.arange(int(chip.max()) + 1, dtype=np.int64)
+    for k, group in enumerate(p.meta.get("stages") or ()):
+        for c in group:
+            if c < len(scope_of_chip):
+                scope_of_chip[c] = len(scope_of_chip) + k
+    _, scope = np.unique(scope_of_chip[chip], return_inverse=True)
+    scope = scope.astype(np.int64)
+    exits = np.zeros(m, bool)
+    sends = np.nonzero(code == codes["send"])[0]
+    if len(sends):
+        link_col = BY_CODE[codes["send"]].operands.index("link")
+        link = p.fields[sel[sends], link_col].astype(np.int64)
+        # the chip at the other end of link k of each chip (chip_links' numbering), -1 for none
+        ends: list[list[int]] = [[] for _ in range(p.system.chips)]
+        for a, b in p.system.links:
+            ends[a].append(b)
+            ends[b].append(a)
+        other = np.full((p.system.chips, max(1, max(len(e) for e in ends))), -1, np.int64)
+        for c, e in enumerate(ends):
+            other[c, : len(e)] = e
+        ok = (link >= 0) & (link < other.shape[1])
+        to = np.where(ok, other[chip[sends], np.clip(link, 0, other.shape[1] - 1)], -1)
+        ok &= to >= 0
+        far = np.ones(len(sends), bool)  # a chip of no stage is a scope of its own
+        inside = ok & (to < len(scope_of_chip))
+        far[inside] = scope_of_chip[to[inside]] != scope_of_chip[chip[sends][inside]]
+        exits[sends[ok]] = far[ok]
+    assert ENUMS["mm_mode"].index("acc_set") == 1  # _chain_groups' test for a chain's start
+    return _chain_groups(
         m,
+        topo,
+        chip,
+        src_pos,
         acc_rows,
-        last,
+        src_pos[acc_rows, acc_slot],
         rank,
         chain_first,
         mm,
         mode,
-        w_of,
+        src_pos[:, w_slot],
         tile_busy,
         tile_queue,
         queue,
-        busy_all,
+        busy,
         min(0, int(margin)),
+        gaps_ok,
+        scope,
+        unit,
+        exits,
+        *pieces,
     )
 
 
 @njit(cache=True)
-def _floors_of(
-    m, acc_rows, last, rank, chain_first, mm, mode, w_of, tile_busy, tile_queue, queue, iw_busy, margin
+def _popcount(v):
+    """Set bits of a uint64 (the bit-parallel sum)."""
+    v = v - ((v >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    v = (v & np.uint64(0x3333333333333333)) + ((v >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    v = (v + (v >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return np.int64((v * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
+@njit(cache=True)
+def _top3(a, b, c, x):
+    """The three largest of a >= b >= c and x, largest first."""
+    if x > a:
+        return x, a, b
+    if x > b:
+        return a, x, b
+    if x > c:
+        return a, b, x
+    return a, b, c
+
+
+@njit(cache=True)
+def _chain_groups(
+    m,
+    topo,
+    chip,
+    src_pos,
+    acc_rows,
+    acc_src,
+    rank,
+    chain_first,
+    mm,
+    mode,
+    w_of,
+    tile_busy,
+    tile_queue,
+    queue,
+    busy,
+    margin,
+    gaps_ok,
+    scope,
+    unit,
+    exits,
+    n_of,
+    piece_next,
+    s_off,
+    s_step,
 ):
-    """`_plane_floors`' CSR table: per `acc` row, its chain of passes (positions in `sel`) and floor."""
-    lo_of = np.full(len(acc_rows), -1, np.int64)
-    hi_of = np.full(len(acc_rows), -1, np.int64)
-    fconst = np.zeros(m, np.int64)
-    for a in range(len(acc_rows)):
-        src = last[a]
+    """`_plane_floors`' tables (see there)."""
+    n_acc = len(acc_rows)
+    # the chains: one per acc whose source is a pass of a chain starting with acc_set
+    chain_lo_mm = np.full(n_acc, -1, np.int64)  # range in the sorted passes
+    chain_hi_mm = np.full(n_acc, -1, np.int64)
+    sum_lw = np.zeros(n_acc, np.int64)
+    sum_iw = np.zeros(n_acc, np.int64)
+    top_lw = np.zeros((n_acc, 3), np.int64)
+    top_iw = np.zeros((n_acc, 3), np.int64)
+    lwq = np.full(n_acc, -1, np.int64)
+    iwq = np.full(n_acc, -1, np.int64)
+    shared = np.zeros(n_acc, np.bool_)
+    owner = np.full(m, -1, np.int64)  # install (or pass) -> the chain it is counted in
+    for a in range(n_acc):
+        src = acc_src[a]
         if src < 0 or rank[src] < 0:
             continue
         hi = rank[src]
         lo = chain_first[hi]
         if mode[lo] != 1:  # a chain starts with acc_set
             continue
-        tiles = np.empty(hi - lo + 1, np.int64)
+        ok = True
+        q, q_iw = np.int64(-3), np.int64(-3)
+        t1, t2, t3, u1, u2, u3 = 0, 0, 0, 0, 0, 0
+        s_lw, s_iw = 0, 0
         for x in range(lo, hi + 1):
-            tiles[x - lo] = w_of[mm[x]]
-        tiles = np.unique(tiles)
-        if tiles[0] < 0 or len(tiles) <= 3:
-            continue
-        q = tile_queue[tiles[0]]
-        ok = q >= 0
-        q_iw = queue[tiles[0]]
-        busy = np.empty(len(tiles), np.int64)
-        installs = np.empty(len(tiles), np.int64)
-        for x in range(len(tiles)):
-            ok = ok and tile_queue[tiles[x]] == q and queue[tiles[x]] == q_iw
-            busy[x] = tile_busy[tiles[x]]
-            installs[x] = iw_busy[tiles[x]]
+            w = w_of[mm[x]]
+            if w < 0 or tile_queue[w] < 0:
+                ok = False
+                break
+            if q == -3:
+                q, q_iw = tile_queue[w], queue[w]
+            if tile_queue[w] != q or queue[w] != q_iw:
+                ok = False
+                break
         if not ok:
             continue
-        busy.sort()
-        installs.sort()
-        c = max(busy[:-3].sum(), installs[:-3].sum()) + margin
-        if c > 0:
-            fconst[acc_rows[a]] = c
-            lo_of[a], hi_of[a] = lo, hi
-    fptr = np.zeros(m + 1, np.int64)
-    for a in range(len(acc_rows)):
-        if lo_of[a] >= 0:
-            fptr[acc_rows[a] + 1] = hi_of[a] - lo_of[a] + 1
+        for x in range(lo, hi + 1):
+            w = w_of[mm[x]]
+            if owner[w] == a:  # several passes of one tile (a block of rows): the tile once
+                continue
+            if owner[w] >= 0:
+                shared[owner[w]] = True
+                shared[a] = True
+            owner[w] = a
+            s_lw += tile_busy[w]
+            s_iw += busy[w]
+            t1, t2, t3 = _top3(t1, t2, t3, tile_busy[w])
+            u1, u2, u3 = _top3(u1, u2, u3, busy[w])
+        chain_lo_mm[a], chain_hi_mm[a] = lo, hi
+        sum_lw[a], sum_iw[a] = s_lw, s_iw
+        top_lw[a, 0], top_lw[a, 1], top_lw[a, 2] = t1, t2, t3
+        top_iw[a, 0], top_iw[a, 1], top_iw[a, 2] = u1, u2, u3
+        lwq[a], iwq[a] = q, q_iw
+    # chain numbers (by acc row), per row its chain (passes), per chain its acc and passes' range
+    chain_id = np.full(n_acc, -1, np.int64)
+    n_chains = 0
+    for a in range(n_acc):
+        if chain_lo_mm[a] >= 0:
+            chain_id[a] = n_chains
+            n_chains += 1
+    chain_of = np.full(m, -1, np.int64)
+    chain_acc = np.zeros(n_chains, np.int64)
+    chain_lo = np.zeros(n_chains, np.int64)
+    chain_hi = np.zeros(n_chains, np.int64)
+    acc_chain = np.full(m, -1, np.int64)  # acc row -> index into acc_rows
+    for a in range(n_acc):
+        c = chain_id[a]
+        if c < 0:
+            continue
+        acc_chain[acc_rows[a]] = a
+        chain_acc[c] = acc_rows[a]
+        lo_pos, hi_pos = m, -1
+        for x in range(chain_lo_mm[a], chain_hi_mm[a] + 1):
+            r = mm[x]
+            if chain_of[r] >= 0:  # a pass in two chains: neither gets a floor of others
+                shared[a] = True
+            chain_of[r] = c
+            lo_pos, hi_pos = min(lo_pos, r), max(hi_pos, r)
+        chain_lo[c], chain_hi[c] = lo_pos, hi_pos
+    # per scope (the chips of a pipeline stage), rows in `topo` order: the chains of the scope each
+    # row needs (a bit per chain, through sources in the scope); groups at each acc (its own chain)
+    # and, per plane, at each send out of the scope and at the first row needing the most chains
+    n_scopes = scope.max() + 1
+    bit_of = np.full(n_acc, -1, np.int64)
+    per_scope = np.zeros(n_scopes, np.int64)
+    for a in range(n_acc):
+        if chain_id[a] >= 0 and not shared[a]:
+            sc = scope[acc_rows[a]]
+            bit_of[a] = per_scope[sc]
+            per_scope[sc] += 1
+    unit_ix = np.zeros(n_acc, np.int64)  # a chain's plane, numbered within its scope
+    by_scope = topo[np.argsort(scope[topo], kind="mergesort")]
+    accs_by_scope = np.argsort(scope[acc_rows], kind="mergesort")  # indices into acc_rows
+    local = np.full(m, -1, np.int64)
+    width = src_pos.shape[1]
+    g_row = []
+    g_start = []
+    g_end = []
+    g_const = []
+    g_slack = []
+    flat = np.zeros(1024, np.int64)
+    used = 0
+    s0, a0 = 0, 0
+    while s0 < m:
+        sc = scope[by_scope[s0]]
+        s1 = s0
+        while s1 < m and scope[by_scope[s1]] == sc:
+            s1 += 1
+        rows = by_scope[s0:s1]
+        # the scope's chains by bit, and the planes (chip, plane) they are on, numbered locally
+        a1 = a0
+        while a1 < n_acc and scope[acc_rows[accs_by_scope[a1]]] == sc:
+            a1 += 1
+        n_bits = per_scope[sc]
+        words = max(1, (n_bits + 63) // 64)
+        by_bit = np.full(words * 64, -1, np.int64)
+        units = np.full(max(n_bits, 1), -1, np.int64)
+        for y in range(a0, a1):
+            a = accs_by_scope[y]
+            if bit_of[a] >= 0:
+                by_bit[bit_of[a]] = a
+                units[bit_of[a]] = unit[mm[chain_lo_mm[a]]]
+        units = np.unique(units)
+        n_units = len(units)
+        for y in range(a0, a1):
+            a = accs_by_scope[y]
+            if bit_of[a] >= 0:
+                unit_ix[a] = np.searchsorted(units, unit[mm[chain_lo_mm[a]]])
+        members = np.zeros(max(n_bits, 1), np.int64)
+        p_keep = np.zeros(n_units, np.int64)
+        for x in range(len(rows)):
+            local[rows[x]] = x
+        bits = np.zeros((len(rows), words), np.uint64)
+        # how much earlier than a chain it needs the row may start (a source read past its row's end:
+        # the row samples a later piece's first vector that many vectors into its own run)
+        slack = np.zeros(len(rows), np.int64)
+        best_pop, best_row = 0, -1
+        for x in range(len(rows)):
+            r = rows[x]
+            for s in range(width):
+                j = src_pos[r, s]
+                if j < 0 or scope[j] != sc:
+                    continue
+                for w_ in range(words):
+                    bits[x, w_] |= bits[local[j], w_]
+                slack[x] = max(slack[x], slack[local[j]])
+                before = 0
+                while (
+                    s_step[r, s] == 1
+                    and piece_next[j]
+                    and j + 1 < m
+                    and s_off[r, s] + n_of[r] - 1 >= before + n_of[j]
+                ):
+                    before += n_of[j]
+                    j += 1
+                    for w_ in range(words):
+                        bits[x, w_] |= bits[local[j], w_]
+                    slack[x] = max(slack[x], slack[local[j]] + max(0, before - s_off[r, s]))
+            a = acc_chain[r]
+            if a >= 0:
+                for y in range(chain_lo_mm[a], chain_hi_mm[a] + 1):  # the acc needs every pass of its chain
+                    for w_ in range(words):
+                        bits[x, w_] |= bits[local[mm[y]], w_]
+                    slack[x] = max(slack[x], slack[local[mm[y]]])
+                if bit_of[a] >= 0:
+                    bits[x, bit_of[a] // 64] |= np.uint64(1) << np.uint64(bit_of[a] % 64)
+            pop = 0
+            for w_ in range(words):
+                pop += _popcount(bits[x, w_])
+            if pop > best_pop:
+                best_pop, best_row = pop, r
+        p_sum = np.zeros((n_units, 2), np.int64)
+        p_top = np.zeros((n_units, 6), np.int64)
+        p_q = np.zeros((n_units, 2), np.int64)
+        p_count = np.zeros(n_units, np.int64)
+        p_ok = np.zeros(n_units, np.bool_)
+        prev_x, prev_first, prev_count = -1, 0, 0  # the last row given plane groups, and its groups
+        for x in range(len(rows)):
+            r = rows[x]
+            own = acc_chain[r]
+            if own >= 0:  # the acc's own chain
+                const = max(
+                    sum_lw[own] - top_lw[own, 0] - top_lw[own, 1] - top_lw[own, 2],
+                    sum_iw[own] - top_iw[own, 0] - top_iw[own, 1] - top_iw[own, 2],
+                )
+                if const + margin > 0:
+                    if used + 1 > len(flat):
+                        flat = np.concatenate((flat, np.zeros(len(flat), np.int64)))
+                    flat[used] = chain_id[own]
+                    g_row.append(r)
+                    g_start.append(used)
+                    g_end.append(used + 1)
+                    g_const.append(const + margin)
+                    g_slack.append(0)
+                    used += 1
+            if not gaps_ok or not (exits[r] or r == best_row):
+                continue
+            if prev_x >= 0:  # needing what the last one needed: its groups again (the pieces of a hand-over)
+                same = True
+                for w_ in range(words):
+                    if bits[x, w_] != bits[prev_x, w_]:
+                        same = False
+                        break
+                if same:
+                    for g in range(prev_first, prev_first + prev_count):
+                        g_row.append(r)
+                        g_start.append(g_start[g])
+                        g_end.append(g_end[g])
+                        g_const.append(g_const[g])
+                        g_slack.append(slack[x])
+                    continue
+            # the chains the row needs, bucketed by plane
+            n_set = 0
+            for w_ in range(words):
+                v = bits[x, w_]
+                while v:
+                    low = v & (~v + np.uint64(1))
+                    members[n_set] = by_bit[w_ * 64 + _popcount(low - np.uint64(1))]
+                    n_set += 1
+                    v ^= low
+            for u in range(n_units):
+                p_sum[u, 0], p_sum[u, 1], p_count[u], p_ok[u] = 0, 0, 0, True
+                p_q[u, 0], p_q[u, 1] = -3, -3
+                for t in range(6):
+                    p_top[u, t] = 0
+            for y in range(n_set):
+                a2 = members[y]
+                u = unit_ix[a2]
+                if p_q[u, 0] == -3:
+                    p_q[u, 0], p_q[u, 1] = lwq[a2], iwq[a2]
+                if lwq[a2] != p_q[u, 0] or iwq[a2] != p_q[u, 1]:
+                    p_ok[u] = False
+                p_count[u] += 1
+                p_sum[u, 0] += sum_lw[a2]
+                p_sum[u, 1] += sum_iw[a2]
+                for t in range(3):
+                    p_top[u, 0], p_top[u, 1], p_top[u, 2] = _top3(
+                        p_top[u, 0], p_top[u, 1], p_top[u, 2], top_lw[a2, t]
+                    )
+                    p_top[u, 3], p_top[u, 4], p_top[u, 5] = _top3(
+                        p_top[u, 3], p_top[u, 4], p_top[u, 5], top_iw[a2, t]
+                    )
+            prev_x, prev_first, prev_count = x, len(g_row), 0
+            kept = 0
+            for u in range(n_units):
+                p_keep[u] = -1
+                if p_count[u] < 2 or not p_ok[u]:
+                    continue
+                const = max(
+                    p_sum[u, 0] - p_top[u, 0] - p_top[u, 1] - p_top[u, 2],
+                    p_sum[u, 1] - p_top[u, 3] - p_top[u, 4] - p_top[u, 5],
+                )
+                if const + margin <= 0:
+                    continue
+                p_keep[u] = used + kept  # where its chains go in `flat`
+                g_row.append(r)
+                g_start.append(used + kept)
+                g_end.append(used + kept + p_count[u])
+                g_const.append(const + margin)
+                g_slack.append(slack[x])
+                kept += p_count[u]
+                prev_count += 1
+            if kept:
+                while used + kept > len(flat):
+                    flat = np.concatenate((flat, np.zeros(len(flat), np.int64)))
+                for y in range(n_set):
+                    u = unit_ix[members[y]]
+                    if p_keep[u] >= 0:
+                        flat[p_keep[u]] = chain_id[members[y]]
+                        p_keep[u] += 1
+                used += kept
+        s0, a0 = s1, a1
+    # the groups by row (CSR), each a range of `flat`
+    n_groups = len(g_row)
+    rows_of = np.zeros(n_groups, np.int64)
+    for g in range(n_groups):
+        rows_of[g] = g_row[g]
+    by = np.argsort(rows_of, kind="mergesort")
+    gptr = np.zeros(m + 1, np.int64)
+    for g in range(n_groups):
+        gptr[rows_of[g] + 1] += 1
     for r in range(m):
-        fptr[r + 1] += fptr[r]
-    flat = np.empty(fptr[m], np.int64)
-    for a in range(len(acc_rows)):
-        if lo_of[a] >= 0:
-            at = fptr[acc_rows[a]]
-            for x in range(lo_of[a], hi_of[a] + 1):
-                flat[at + x - lo_of[a]] = mm[x]
-    return fptr, flat, fconst
+        gptr[r + 1] += gptr[r]
+    ranges = np.zeros((n_groups, 2), np.int64)
+    out_const = np.zeros(n_groups, np.int64)
+    out_slack = np.zeros(n_groups, np.int64)
+    for k in range(n_groups):
+        g = by[k]
+        ranges[k, 0], ranges[k, 1] = g_start[g], g_end[g]
+        out_const[k] = g_const[g]
+        out_slack[k] = g_slack[g]
+    return chain_of, chain_acc, chain_lo, chain_hi, gptr, ranges, flat[:used].copy(), out_const, out_slack
 
 
 _SLOT_KINDS: dict[int, tuple] = {}

@@ -304,3 +304,40 @@ def test_property_plane_floors_never_exceed_the_schedule(chip, tiles, rows, chun
     assert 0 <= r.lower_bound_cycles <= r.cycles, (r.bounds, r.cycles)
     install = BY_MNEMONIC["iw"].busy_cycles(0)
     assert r.bounds["critical_path"] >= (tiles - 3) * max(kt, install), (r.bounds, tiles, kt)
+
+
+def test_the_bound_follows_the_planes_through_a_pipeline():
+    """A d1024 Llama in int8 over two stages: each stage's planes load tile after tile (row blocks of
+    its weights, many chains of passes per plane), and the next stage waits for the hand-over. The
+    chain of sources alone says 9,668 cycles; counting each chain's loads, 17,323; counting every
+    chain a stage's hand-over needs on each plane (through the other chips' partial sums and the
+    pieces of cut reads), the critical path is about half the schedule and binds."""
+    c = LlamaConfig(layers=2, d_model=1024, heads=8, kv_heads=4, ffn=3072, vocab=256, max_seq=8, dtype="i8")
+    p = compile_module(
+        parse(FAMILIES["llama"][0].module_text(c)), named_system("node"), None, tp=1, pp=2, timing_only=True
+    )
+    r = report(p, "decode")
+    assert r.binding_bound == "critical_path"
+    assert 0.45 * r.cycles <= r.bounds["critical_path"] <= r.cycles, (r.bounds, r.cycles)
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    st.sampled_from([256, 512]),
+    st.integers(1, 3),
+    st.sampled_from([(1, 2), (2, 2), (2, 1), (1, 3), (4, 1)]),
+    st.sampled_from(["f16", "i8"]),
+    st.booleans(),
+)
+def test_property_the_bound_of_a_pipeline_is_never_above_its_schedule(d, layers, split, dtype, timing_only):
+    """Multi-chip Llamas, stored whole or with repeated stages: every bound of every entry is within
+    the schedule."""
+    c = LlamaConfig(
+        layers=layers, d_model=d, heads=8, kv_heads=4, ffn=2 * d, vocab=128, max_seq=8, dtype=dtype
+    )
+    m = parse(FAMILIES["llama"][0].module_text(c))
+    weights = None if timing_only else FAMILIES["llama"][0].random_weights(c, 0)
+    p = compile_module(m, named_system("node"), weights, tp=split[0], pp=split[1], timing_only=timing_only)
+    for entry in p.entries:
+        r = report(p, entry)
+        assert all(0 <= v <= r.cycles for v in r.bounds.values()), (entry, r.bounds, r.cycles)
