@@ -341,3 +341,40 @@ def test_property_the_bound_of_a_pipeline_is_never_above_its_schedule(d, layers,
     for entry in p.entries:
         r = report(p, entry)
         assert all(0 <= v <= r.cycles for v in r.bounds.values()), (entry, r.bounds, r.cycles)
+
+
+def test_a_source_read_past_its_row_follows_the_next_pieces():
+    """A read cut into two pieces (its vectors have two writers) feeds one consumer that names the
+    first piece: vectors past its end come from the second piece (isa/program.py). The longest path
+    follows them: the consumer waits for what the second piece waits for, less the vectors before."""
+    from lpu.report import _longest
+
+    none = np.zeros(0, np.int64)
+    floors = (
+        np.full(5, -1, np.int64),
+        none,
+        none,
+        none,
+        np.zeros(6, np.int64),
+        np.zeros((0, 2), np.int64),
+        none,
+        none,
+        none,
+    )
+    # rows: 0 an early writer, 1 a late one, 2 and 3 the read's pieces (2 vectors each), 4 the consumer
+    src = np.array([[-1], [-1], [0], [1], [2]], np.int64)
+    gap = np.array([[0], [0], [2], [100], [3]], np.int64)
+    n = np.array([2, 2, 2, 2, 4], np.int64)
+    piece_next = np.array([False, False, True, False, False])
+    off, step = np.zeros((5, 1), np.int64), np.ones((5, 1), np.int64)
+    segs = np.array([[0, 5, 0, 0, 0]], np.int64)
+    earliest, via, _, _ = _longest(
+        segs, np.zeros(0, np.int64), src, gap, n, 5, floors, (n, piece_next, off, step)
+    )
+    assert earliest.tolist() == [0, 0, 2, 100, 101] and via[4] == 3
+    # a consumer of the first piece's vectors only does not wait for the second
+    n_short = np.array([2, 2, 2, 2, 2], np.int64)
+    earliest, _, _, _ = _longest(
+        segs, np.zeros(0, np.int64), src, gap, n_short, 5, floors, (n_short, piece_next, off, step)
+    )
+    assert earliest[4] == 5
