@@ -10,9 +10,12 @@ instructions, not only this one:
 - critical path: the longest chain through the intended sources (a consumer samples vector i no
   earlier than the producer's vector arrives: its functional delay, the hops between the two
   queues' positions, the link's serialisation and latency), ending with the last instruction's
-  own time; a matrix plane's weights count too (`_plane_floors`): the read of an accumulator
-  waits for all but three of the tiles its passes multiply to be loaded and installed after
-  the first of those passes, one after another;
+  own time. A source read past the end of its row (a cut read) counts its later pieces too. And
+  a matrix plane's weights count (`_plane_floors`): a plane holds one tile and loads one more,
+  so of the tiles a set of chains of passes on one plane multiplies, all but three are loaded
+  and installed one after another after the first of those passes; the read of each chain's
+  accumulator waits for that, and so does a stage's hand-over for every chain it needs on each
+  plane of the stage (which is what chains the planes' work from stage to stage);
 - MEM ports: a slice's one port serves one access per cycle, so cycles >= its busy cycles;
 - matrix units: likewise for each matrix-unit queue;
 - links: a link direction carries one vector per serialisation time.
@@ -459,12 +462,14 @@ def _plane_floors(p: Program, sel, code, n, dskew, dfunc, fixed, per, src_pos, t
     read by one `acc`. A plane holds one tile in its array and loads at most one more into its
     shadow buffer, so of the tiles a set S of chains on one plane multiplies, all but two are loaded
     after the first of their passes has sampled, one after another on their load queue, and
-    installed one after another on theirs. A row that needs every chain of S (the `acc` of one of
-    them, or a row its sources join them in, on the same chip) starts no earlier than
+    installed one after another on theirs. A row that needs every chain of S (the `acc` of its one
+    chain; a row whose sources, followed back, reach each chain's `acc`) starts no earlier than
 
         (the earliest pass of S) + the larger of the tiles' `lw` busy cycles and their `iw`s' busy
         cycles, less the three largest tiles' (two loaded early, and the last one itself)
         + min(0, the fixed delays from a load to the `acc` after it, from the ISA table)
+        - its slack: how many vectors into its own run the row may sample a later piece of a
+          cut read it needs them through (it may start that much before the piece)
 
     in any schedule of these instructions that gives each pass its intended install and each `acc`
     its whole sum. Groups: each `acc` its own chain; and per plane, the chains of its pipeline
@@ -474,8 +479,9 @@ def _plane_floors(p: Program, sel, code, n, dskew, dfunc, fixed, per, src_pos, t
     delay is >= 0 (so that needing a row means starting after it), for chains no other chain
     shares a tile or pass with, and the tiles of a group loaded on one queue and installed on one.
 
-    Returns (per row: its chain or -1; per chain: the row of its `acc`, its first and last pass;
-    per row: its groups (CSR); per group: its chains (CSR) and constant)."""
+    Returns (per row: its chain or -1 (passes); per chain: the row of its `acc`, its first and last
+    pass; per row: its groups (CSR); per group: its range of the chains' array, that array, its
+    constant and its slack). All rows are positions in `sel`."""
     m = len(sel)
     codes = {k: next(s.code for s in OPS if s.mnemonic == k) for k in ("lw", "iw", "mm", "acc", "send")}
     LW, IW, MM, ACC = codes["lw"], codes["iw"], codes["mm"], codes["acc"]
