@@ -315,12 +315,15 @@ def _critical_path(p: Program, e: int, dskew, dfunc, fixed, per) -> tuple[int, l
         seg_group.append(-1)
     segs_arr = np.array(segs, np.int64).reshape(-1, 5)
     n_all = int(segs_arr[-1, 0] + segs_arr[-1, 1])
-    if len(r):  # expanded order is the program order: producers must come first in it
-        if (src_local >= (real - lo)[:, None]).any():
-            raise ValueError("a source follows its consumer in a program with repeated blocks")
-        order = np.zeros(0, np.int64)
-    else:
-        order = np.lexsort((np.arange(len(sel)), p.cycle[sel]))  # producers first in any valid schedule
+    # program order when producers come first in it (a compiled program: in the order it was
+    # emitted, a cut read's pieces before what reads them), else by cycle (producers first in any
+    # valid schedule, though a consumer may start before a later piece of a read it takes)
+    backwards = (src_local >= (real - lo)[:, None]).any()
+    if len(r) and backwards:  # expanded order is the program order: producers must come first in it
+        raise ValueError("a source follows its consumer in a program with repeated blocks")
+    order = np.zeros(0, np.int64)
+    if backwards:
+        order = np.lexsort((np.arange(len(sel)), p.cycle[sel]))
     # sources as rows of `sel` (a copy's: its block's rows), for the planes' floors
     src_pos = np.full(src.shape, -1, np.int64)
     ok = valid & has_slot
