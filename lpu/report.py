@@ -295,6 +295,7 @@ def _critical_path(p: Program, e: int, dskew, dfunc, fixed, per) -> tuple[int, l
         dfunc[pc] + np.where(is_stream, hops, 0) - dskew[code][:, None] + lag,
     )
     src_local = np.where(valid & has_slot, src - lo, -1)
+    del pc, lag, hops, is_link, is_stream  # (a deep pipeline's entry has millions of rows)
     # segments of the expanded entry, in order: (first expanded row, rows, first row in `sel`, copy k,
     # the block's src_lo); stored rows have k = 0
     position = {int(i): k for k, i in enumerate(sel)}
@@ -329,6 +330,7 @@ def _critical_path(p: Program, e: int, dskew, dfunc, fixed, per) -> tuple[int, l
     ok = valid & has_slot
     at = np.minimum(np.searchsorted(sel, prod), len(sel) - 1)
     src_pos[ok] = np.where(sel[at[ok]] == prod[ok], at[ok], -1)
+    del at, prod, src
     topo = order if len(order) else np.arange(len(sel))
     gaps_ok = bool((gap[ok] >= 0).all())
     # pieces of one instruction (a cut read): the next row, same queue and opcode, issued right after
@@ -341,8 +343,9 @@ def _critical_path(p: Program, e: int, dskew, dfunc, fixed, per) -> tuple[int, l
         & (code[1:] == code[:-1])
         & (cyc[1:] == cyc[:-1] + n[:-1])
     )
-    pieces = (n, piece_next, off.astype(np.int64), step.astype(np.int64))
+    pieces = (n, piece_next, off.astype(np.int64, copy=False), step.astype(np.int64, copy=False))
     floors = _plane_floors(p, sel, code, n, dskew, dfunc, fixed, per, src_pos, topo, gaps_ok, pieces)
+    del src_pos, ok, valid
     earliest, via, last, end_cycles = _longest(segs_arr, order, src_local, gap, dur, n_all, floors, pieces)
 
     def stored_of(k: int) -> tuple[int, int]:  # expanded row of the entry -> its row in `sel`, segment
@@ -396,6 +399,11 @@ def _longest(segs, order, src, gap, dur, n_all, fl, pieces):
     never = np.int64(1) << 62
     first_pass = np.full(len(chain_acc), never, np.int64)  # per chain: its earliest pass in this segment
     first_row = np.full(len(chain_acc), -1, np.int64)
+    # per start of a group's chains: the segment it was last met in, its end, the earliest pass found
+    seen_in = np.full(len(chains) + 1, -1, np.int64)
+    seen_end = np.zeros(len(chains) + 1, np.int64)
+    seen_low = np.zeros(len(chains) + 1, np.int64)
+    seen_at = np.zeros(len(chains) + 1, np.int64)
     last, best = 0, -1
     for q in range(segs.shape[0]):
         start, rows, base, k, src_lo = segs[q]
@@ -434,15 +442,22 @@ def _longest(segs, order, src, gap, dur, n_all, fl, pieces):
                         earliest[row] = t
                         via[row] = j
             for g in range(gptr[t_row], gptr[t_row + 1]):
-                low, at = never, -1
-                for x in range(ranges[g, 0], ranges[g, 1]):
-                    c = chains[x]
-                    # every pass of the chain in this segment, and seen: else no floor from this group
-                    if chain_lo[c] < base or chain_hi[c] >= base + rows or first_row[c] < 0:
-                        at = -1
-                        break
-                    if first_pass[c] < low:
-                        low, at = first_pass[c], first_row[c]
+                key = ranges[g, 0]
+                if seen_in[key] == q and seen_end[key] == ranges[g, 1]:
+                    # the same chains as a group met before in this segment: their passes are all
+                    # behind both rows (they need the chains), so the earliest is the same
+                    low, at = seen_low[key], seen_at[key]
+                else:
+                    low, at = never, -1
+                    for x in range(ranges[g, 0], ranges[g, 1]):
+                        c = chains[x]
+                        # every pass of the chain in this segment, and seen: else no floor from the group
+                        if chain_lo[c] < base or chain_hi[c] >= base + rows or first_row[c] < 0:
+                            at = -1
+                            break
+                        if first_pass[c] < low:
+                            low, at = first_pass[c], first_row[c]
+                    seen_in[key], seen_end[key], seen_low[key], seen_at[key] = q, ranges[g, 1], low, at
                 if at >= 0 and low + const[g] - slack[g] > earliest[row]:
                     earliest[row] = low + const[g] - slack[g]
                     via[row] = at
@@ -751,6 +766,7 @@ def _chain_groups(
             bit_of[a] = per_scope[sc]
             per_scope[sc] += 1
     unit_ix = np.zeros(n_acc, np.int64)  # a chain's plane, numbered within its scope
+    record = np.zeros(chip.max() + 1, np.int64)  # per chip: the most chains a send of it evaluated needs
     by_scope = topo[np.argsort(scope[topo], kind="mergesort")]
     accs_by_scope = np.argsort(scope[acc_rows], kind="mergesort")  # indices into acc_rows
     local = np.full(m, -1, np.int64)
@@ -793,42 +809,53 @@ def _chain_groups(
         for x in range(len(rows)):
             local[rows[x]] = x
         bits = np.zeros((len(rows), words), np.uint64)
+        # the words of a row's bits that may be set: [wlo, whi) (chains are numbered in program order,
+        # so what a row needs is mostly a few words)
+        wlo = np.full(len(rows), words, np.int64)
+        whi = np.zeros(len(rows), np.int64)
         # how much earlier than a chain it needs the row may start (a source read past its row's end:
         # the row samples a later piece's first vector that many vectors into its own run)
         slack = np.zeros(len(rows), np.int64)
         best_pop, best_row = 0, -1
+        pops = np.zeros(len(rows), np.int64)
         for x in range(len(rows)):
             r = rows[x]
             for s in range(width):
                 j = src_pos[r, s]
                 if j < 0 or scope[j] != sc:
                     continue
-                for w_ in range(words):
-                    bits[x, w_] |= bits[local[j], w_]
-                slack[x] = max(slack[x], slack[local[j]])
-                before = 0
-                while (
-                    s_step[r, s] == 1
-                    and piece_next[j]
-                    and j + 1 < m
-                    and s_off[r, s] + n_of[r] - 1 >= before + n_of[j]
-                ):
+                before = 0  # vectors of the pieces before this one
+                while True:  # the source's row, then the further pieces the row reads vectors of
+                    lj = local[j]
+                    for w_ in range(wlo[lj], whi[lj]):
+                        bits[x, w_] |= bits[lj, w_]
+                    wlo[x], whi[x] = min(wlo[x], wlo[lj]), max(whi[x], whi[lj])
+                    slack[x] = max(slack[x], slack[lj] + max(0, before - s_off[r, s]))
+                    if not (
+                        s_step[r, s] == 1
+                        and piece_next[j]
+                        and j + 1 < m
+                        and s_off[r, s] + n_of[r] - 1 >= before + n_of[j]
+                    ):
+                        break
                     before += n_of[j]
                     j += 1
-                    for w_ in range(words):
-                        bits[x, w_] |= bits[local[j], w_]
-                    slack[x] = max(slack[x], slack[local[j]] + max(0, before - s_off[r, s]))
             a = acc_chain[r]
             if a >= 0:
                 for y in range(chain_lo_mm[a], chain_hi_mm[a] + 1):  # the acc needs every pass of its chain
-                    for w_ in range(words):
-                        bits[x, w_] |= bits[local[mm[y]], w_]
-                    slack[x] = max(slack[x], slack[local[mm[y]]])
+                    lj = local[mm[y]]
+                    for w_ in range(wlo[lj], whi[lj]):
+                        bits[x, w_] |= bits[lj, w_]
+                    wlo[x], whi[x] = min(wlo[x], wlo[lj]), max(whi[x], whi[lj])
+                    slack[x] = max(slack[x], slack[lj])
                 if bit_of[a] >= 0:
-                    bits[x, bit_of[a] // 64] |= np.uint64(1) << np.uint64(bit_of[a] % 64)
+                    w_ = bit_of[a] // 64
+                    bits[x, w_] |= np.uint64(1) << np.uint64(bit_of[a] % 64)
+                    wlo[x], whi[x] = min(wlo[x], w_), max(whi[x], w_ + 1)
             pop = 0
-            for w_ in range(words):
+            for w_ in range(wlo[x], whi[x]):
                 pop += _popcount(bits[x, w_])
+            pops[x] = pop
             if pop > best_pop:
                 best_pop, best_row = pop, r
         p_sum = np.zeros((n_units, 2), np.int64)
@@ -859,7 +886,7 @@ def _chain_groups(
                 continue
             if prev_x >= 0:  # needing what the last one needed: its groups again (the pieces of a hand-over)
                 same = True
-                for w_ in range(words):
+                for w_ in range(min(wlo[x], wlo[prev_x]), max(whi[x], whi[prev_x])):
                     if bits[x, w_] != bits[prev_x, w_]:
                         same = False
                         break
@@ -871,9 +898,14 @@ def _chain_groups(
                         g_const.append(g_const[g])
                         g_slack.append(slack[x])
                     continue
+            # of a chip's sends out of the stage, those needing more chains than any before it (a deep
+            # pipeline's hand-overs are 10^5 sends, each needing thousands of chains)
+            if r != best_row and pops[x] <= record[chip[r]]:
+                continue
+            record[chip[r]] = pops[x]
             # the chains the row needs, bucketed by plane
             n_set = 0
-            for w_ in range(words):
+            for w_ in range(wlo[x], whi[x]):
                 v = bits[x, w_]
                 while v:
                     low = v & (~v + np.uint64(1))
