@@ -627,12 +627,68 @@ def _plane_floors(p: Program, sel, code, n, dskew, dfunc, fixed, per, src_pos, t
 
 
 @njit(cache=True)
+def _room(a, need):
+    """`a` (int64) with room for `need` items: itself, or a copy at least twice as long."""
+    if need <= len(a):
+        return a
+    out = np.zeros(max(need, 2 * len(a)), np.int64)
+    out[: len(a)] = a
+    return out
+
+
+@njit(cache=True)
+def _by_key(items, keys, n_keys):
+    """`items` ordered by `keys` (0 <= key < n_keys), in their order among equal keys."""
+    count = np.zeros(n_keys + 1, np.int64)
+    for k in keys:
+        count[k + 1] += 1
+    for k in range(n_keys):
+        count[k + 1] += count[k]
+    out = np.empty(len(items), np.int64)
+    for y in range(len(items)):
+        out[count[keys[y]]] = items[y]
+        count[keys[y]] += 1
+    return out
+
+
+@njit(cache=True)
 def _popcount(v):
     """Set bits of a uint64 (the bit-parallel sum)."""
     v = v - ((v >> np.uint64(1)) & np.uint64(0x5555555555555555))
     v = (v & np.uint64(0x3333333333333333)) + ((v >> np.uint64(2)) & np.uint64(0x3333333333333333))
     v = (v + (v >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
     return np.int64((v * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
+@njit(cache=True)
+def _sum_planes(
+    members, n_set, unit_ix, lwq, iwq, sum_lw, sum_iw, top_lw, top_iw, p_sum, p_top, p_q, p_count, p_ok
+):
+    """Per plane (`unit_ix`) of the chains `members[:n_set]`: how many, their loads' and installs'
+    busy cycles and the three largest tiles' of each, and whether they share one load queue and
+    one install queue."""
+    for u in range(len(p_count)):
+        p_sum[u, 0], p_sum[u, 1], p_count[u], p_ok[u] = 0, 0, 0, True
+        p_q[u, 0], p_q[u, 1] = -3, -3
+        for t in range(6):
+            p_top[u, t] = 0
+    for y in range(n_set):
+        a2 = members[y]
+        u = unit_ix[a2]
+        if p_q[u, 0] == -3:
+            p_q[u, 0], p_q[u, 1] = lwq[a2], iwq[a2]
+        if lwq[a2] != p_q[u, 0] or iwq[a2] != p_q[u, 1]:
+            p_ok[u] = False
+        p_count[u] += 1
+        p_sum[u, 0] += sum_lw[a2]
+        p_sum[u, 1] += sum_iw[a2]
+        for t in range(3):
+            p_top[u, 0], p_top[u, 1], p_top[u, 2] = _top3(
+                p_top[u, 0], p_top[u, 1], p_top[u, 2], top_lw[a2, t]
+            )
+            p_top[u, 3], p_top[u, 4], p_top[u, 5] = _top3(
+                p_top[u, 3], p_top[u, 4], p_top[u, 5], top_iw[a2, t]
+            )
 
 
 @njit(cache=True)
@@ -767,8 +823,8 @@ def _chain_groups(
             per_scope[sc] += 1
     unit_ix = np.zeros(n_acc, np.int64)  # a chain's plane, numbered within its scope
     record = np.zeros(chip.max() + 1, np.int64)  # per chip: the most chains a send of it evaluated needs
-    by_scope = topo[np.argsort(scope[topo], kind="mergesort")]
-    accs_by_scope = np.argsort(scope[acc_rows], kind="mergesort")  # indices into acc_rows
+    by_scope = _by_key(topo, scope[topo], n_scopes)
+    accs_by_scope = _by_key(np.arange(n_acc), scope[acc_rows], n_scopes)  # indices into acc_rows
     local = np.full(m, -1, np.int64)
     width = src_pos.shape[1]
     g_row = []
@@ -798,7 +854,13 @@ def _chain_groups(
             if bit_of[a] >= 0:
                 by_bit[bit_of[a]] = a
                 units[bit_of[a]] = unit[mm[chain_lo_mm[a]]]
-        units = np.unique(units)
+        units = np.sort(units)
+        k = 0
+        for y in range(len(units)):  # distinct
+            if y == 0 or units[y] != units[k - 1]:
+                units[k] = units[y]
+                k += 1
+        units = units[:k]
         n_units = len(units)
         for y in range(a0, a1):
             a = accs_by_scope[y]
@@ -873,8 +935,7 @@ def _chain_groups(
                     sum_iw[own] - top_iw[own, 0] - top_iw[own, 1] - top_iw[own, 2],
                 )
                 if const + margin > 0:
-                    if used + 1 > len(flat):
-                        flat = np.concatenate((flat, np.zeros(len(flat), np.int64)))
+                    flat = _room(flat, used + 1)
                     flat[used] = chain_id[own]
                     g_row.append(r)
                     g_start.append(used)
@@ -912,28 +973,22 @@ def _chain_groups(
                     members[n_set] = by_bit[w_ * 64 + _popcount(low - np.uint64(1))]
                     n_set += 1
                     v ^= low
-            for u in range(n_units):
-                p_sum[u, 0], p_sum[u, 1], p_count[u], p_ok[u] = 0, 0, 0, True
-                p_q[u, 0], p_q[u, 1] = -3, -3
-                for t in range(6):
-                    p_top[u, t] = 0
-            for y in range(n_set):
-                a2 = members[y]
-                u = unit_ix[a2]
-                if p_q[u, 0] == -3:
-                    p_q[u, 0], p_q[u, 1] = lwq[a2], iwq[a2]
-                if lwq[a2] != p_q[u, 0] or iwq[a2] != p_q[u, 1]:
-                    p_ok[u] = False
-                p_count[u] += 1
-                p_sum[u, 0] += sum_lw[a2]
-                p_sum[u, 1] += sum_iw[a2]
-                for t in range(3):
-                    p_top[u, 0], p_top[u, 1], p_top[u, 2] = _top3(
-                        p_top[u, 0], p_top[u, 1], p_top[u, 2], top_lw[a2, t]
-                    )
-                    p_top[u, 3], p_top[u, 4], p_top[u, 5] = _top3(
-                        p_top[u, 3], p_top[u, 4], p_top[u, 5], top_iw[a2, t]
-                    )
+            _sum_planes(
+                members,
+                n_set,
+                unit_ix,
+                lwq,
+                iwq,
+                sum_lw,
+                sum_iw,
+                top_lw,
+                top_iw,
+                p_sum,
+                p_top,
+                p_q,
+                p_count,
+                p_ok,
+            )
             prev_x, prev_first, prev_count = x, len(g_row), 0
             kept = 0
             for u in range(n_units):
@@ -955,8 +1010,7 @@ def _chain_groups(
                 kept += p_count[u]
                 prev_count += 1
             if kept:
-                while used + kept > len(flat):
-                    flat = np.concatenate((flat, np.zeros(len(flat), np.int64)))
+                flat = _room(flat, used + kept)
                 for y in range(n_set):
                     u = unit_ix[members[y]]
                     if p_keep[u] >= 0:
@@ -969,7 +1023,7 @@ def _chain_groups(
     rows_of = np.zeros(n_groups, np.int64)
     for g in range(n_groups):
         rows_of[g] = g_row[g]
-    by = np.argsort(rows_of, kind="mergesort")
+    by = _by_key(np.arange(n_groups), rows_of, m)
     gptr = np.zeros(m + 1, np.int64)
     for g in range(n_groups):
         gptr[rows_of[g] + 1] += 1
