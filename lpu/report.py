@@ -627,16 +627,6 @@ def _plane_floors(p: Program, sel, code, n, dskew, dfunc, fixed, per, src_pos, t
 
 
 @njit(cache=True)
-def _room(a, need):
-    """`a` (int64) with room for `need` items: itself, or a copy at least twice as long."""
-    if need <= len(a):
-        return a
-    out = np.zeros(max(need, 2 * len(a)), np.int64)
-    out[: len(a)] = a
-    return out
-
-
-@njit(cache=True)
 def _by_key(items, keys, n_keys):
     """`items` ordered by `keys` (0 <= key < n_keys), in their order among equal keys."""
     count = np.zeros(n_keys + 1, np.int64)
@@ -935,7 +925,8 @@ def _chain_groups(
                     sum_iw[own] - top_iw[own, 0] - top_iw[own, 1] - top_iw[own, 2],
                 )
                 if const + margin > 0:
-                    flat = _room(flat, used + 1)
+                    if used + 1 > len(flat):
+                        flat = np.concatenate((flat, np.zeros(len(flat), np.int64)))
                     flat[used] = chain_id[own]
                     g_row.append(r)
                     g_start.append(used)
@@ -1010,7 +1001,8 @@ def _chain_groups(
                 kept += p_count[u]
                 prev_count += 1
             if kept:
-                flat = _room(flat, used + kept)
+                while used + kept > len(flat):
+                    flat = np.concatenate((flat, np.zeros(len(flat), np.int64)))
                 for y in range(n_set):
                     u = unit_ix[members[y]]
                     if p_keep[u] >= 0:
