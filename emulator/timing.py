@@ -348,7 +348,7 @@ def resolve(p: Program, entry: int, initialised: set[tuple[int, int, int]] | dic
             system.link_latency_cycles,
             system.rx_buffer_depth,
         )
-        own = [system.chip_links(c) for c in range(system.chips)]
+        own = system.links_of_chips()
         send_col = BY_CODE[CODE["send"]].operands.index("link")
         recv_col = BY_CODE[CODE["recv"]].operands.index("link")
         outgoing: dict[tuple[int, int], list[tuple[int, int]]] = {}  # (system link, from chip) -> handoffs

@@ -64,13 +64,16 @@ class SystemConfig:
     def chip_links(self, chip: int) -> tuple[tuple[int, int], ...]:
         """The links of one chip in its own numbering: link k of the chip is the k-th system link
         that touches it (in the order of `links`); each entry is (system link index, other chip)."""
-        out = []
+        return tuple((k, b if a == chip else a) for k, (a, b) in enumerate(self.links) if chip in (a, b))
+
+    def links_of_chips(self) -> list[list[tuple[int, int]]]:
+        """`chip_links` of every chip at once (one pass over the links)."""
+        out: list[list[tuple[int, int]]] = [[] for _ in range(self.chips)]
         for k, (a, b) in enumerate(self.links):
-            if a == chip:
-                out.append((k, b))
-            elif b == chip:
-                out.append((k, a))
-        return tuple(out)
+            out[a].append((k, b))
+            if b != a:
+                out[b].append((k, a))
+        return out
 
     def neighbours(self, chip: int) -> tuple[int, ...]:
         out = {b for a, b in self.links if a == chip} | {a for a, b in self.links if b == chip}

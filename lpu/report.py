@@ -586,13 +586,10 @@ def _plane_floors(p: Program, sel, code, n, dskew, dfunc, fixed, per, src_pos, t
         link_col = BY_CODE[codes["send"]].operands.index("link")
         link = p.fields[sel[sends], link_col].astype(np.int64)
         # the chip at the other end of link k of each chip (chip_links' numbering), -1 for none
-        ends: list[list[int]] = [[] for _ in range(p.system.chips)]
-        for a, b in p.system.links:
-            ends[a].append(b)
-            ends[b].append(a)
+        ends = p.system.links_of_chips()
         other = np.full((p.system.chips, max(1, max(len(e) for e in ends))), -1, np.int64)
         for c, e in enumerate(ends):
-            other[c, : len(e)] = e
+            other[c, : len(e)] = [b for _, b in e]
         ok = (link >= 0) & (link < other.shape[1])
         to = np.where(ok, other[chip[sends], np.clip(link, 0, other.shape[1] - 1)], -1)
         ok &= to >= 0
