@@ -132,6 +132,10 @@ class Tensor:
 class Lowering:
     """Turns the ops of one graph into jobs; tensors are shared across graphs through `symbols`."""
 
+    # a matmul starts on the side whose planes loaded fewer weight rows (`start_sides`); False: the
+    # sides only take turns, as before stop 23 (benchmarks/planes.py compares the two)
+    balance_sides = True
+
     def __init__(
         self, chip: ChipConfig, tensors: list[Tensor], symbols: dict[str, Tensor], chip_index: int = 0
     ):
@@ -205,12 +209,6 @@ class Lowering:
         k = self._rr["sxm"] % self.chip.sxm_queues_per_hemisphere
         self._rr["sxm"] += 1
         return self.queue_index[f"sxm.{side}.q{k}"]
-
-    def plane(self) -> tuple[str, int]:
-        planes = [(side, p) for p in range(self.chip.mxm_planes_per_hemisphere) for side in ("w", "e")]
-        side, p = planes[self._rr["plane"] % len(planes)]
-        self._rr["plane"] += 1
-        return side, p
 
     def plane_queue(self, side: str, plane: int, role: int) -> int:
         per = self.chip.mxm_queues_per_plane
@@ -1190,6 +1188,7 @@ class Lowering:
         per_side = self.chip.mxm_planes_per_hemisphere
         for bi in range(len(a_b)):
             ab, bb = int(a_b[bi]), int(b_b[bi])
+            self.start_sides(bi)
             for nc0 in range(0, out.chunks, per_side):
                 ncs = list(range(nc0, min(nc0 + per_side, out.chunks)))
                 for m0 in range(0, M, slots):
@@ -1197,15 +1196,40 @@ class Lowering:
                     self._matmul_block(a, b, out, ab, bb, bi, ncs, m0, rows, M, K, kt, dequant, a_cols)
         return out
 
-    def side(self) -> str:
-        k = self._rr["plane"] % 2
-        self._rr["plane"] += 1
-        return ("w", "e")[k]
+    def side(self, planes: int, rows: int) -> str:
+        """The hemisphere for the next block of a matmul (`planes` planes each loading `rows` weight
+        rows): a matmul's blocks take turns, so that they run side by side (`start_sides` says where
+        each batch index starts)."""
+        rr = self._rr
+        side = ("w", "e")[rr["plane"] % 2]
+        rr["plane"] += 1
+        rr[("lw", side)] = rr.get(("lw", side), 0) + planes * rows
+        return side
+
+    def start_sides(self, batch_index: int) -> None:
+        """Where the blocks of a matmul's batch index start taking turns: the first on the side whose
+        planes have loaded fewer weight rows so far (on a tie, the one whose turn it is), each next
+        one on the other side than the one before started on.
+
+        So the sides' weight rows never part by more than one block's (a batch index's blocks load
+        no more rows each than the one before, and two batch indices in a row cancel out). When
+        the turns ran on from matmul to matmul, matmuls with an even number of blocks of unequal
+        sizes, or large and small weights in turn, put up to 1.5x the rows on one side as on the
+        other in every layer (Llama-70B's). Starting every batch index on the lighter side instead
+        would put a run of small batched blocks (attention heads) all on one side."""
+        rr = self._rr
+        if batch_index == 0:
+            w, e = rr.get(("lw", "w"), 0), rr.get(("lw", "e"), 0)
+            if w != e and self.balance_sides:
+                rr["plane"] = 0 if w < e else 1
+            rr["start"] = rr["plane"] % 2
+        elif self.balance_sides:
+            rr["start"] = rr["plane"] = 1 - rr["start"]
 
     def _matmul_block(self, a, b, out, ab, bb, bi, ncs, m0, rows, M, K, kt, dequant=None, a_cols=None):
         """Column chunks `ncs` of rows m0 .. m0 + rows, one plane each on one side, for all K-tiles
         (of a's columns from `a_cols` on, when given)."""
-        side = self.side()
+        side = self.side(len(ncs), K)
         planes = list(range(len(ncs)))
         queues = [[self.plane_queue(side, pl, r) for r in range(3)] for pl in planes]
         job = self.new_job()

@@ -155,11 +155,10 @@ def test_model_too_big_says_how_much_is_missing():
 
 
 def test_tensor_larger_than_a_slice_is_refused_with_its_location():
-    text = (
-        "module m\ngraph main(%x: f16[256, 256]) -> (f16[256, 256]) {\n"
-        "  %y = exp(%x)\n  return %y\n}\n"
-    )
-    with pytest.raises(LpuError, match=r"big.lpu:3:8: error: %y : f16\[256, 256\] needs 131072 bytes but one MEM slice"):
+    text = "module m\ngraph main(%x: f16[256, 256]) -> (f16[256, 256]) {\n  %y = exp(%x)\n  return %y\n}\n"
+    with pytest.raises(
+        LpuError, match=r"big.lpu:3:8: error: %y : f16\[256, 256\] needs 131072 bytes but one MEM slice"
+    ):
         compile_module(parse(text, "big.lpu"), named_system("tiny"))
     # a weight is cut into blocks that fit a slice; this one then needs more than the chip's SRAM
     text = (
@@ -221,7 +220,9 @@ def test_kv_cache_is_updated_in_place():
     moves = [
         ops[op_of[j]]
         for j in range(len(p))
-        if p.spec(j).mnemonic in mem and p.n[j] >= cache_vectors and ("cache" in ops[op_of[j]] or "commit" in ops[op_of[j]])
+        if p.spec(j).mnemonic in mem
+        and p.n[j] >= cache_vectors
+        and ("cache" in ops[op_of[j]] or "commit" in ops[op_of[j]])
     ]
     assert moves == [], moves
     assert not any(ops[op_of[j]].startswith("commit") for j in range(len(p)))
@@ -455,3 +456,78 @@ def test_a_rope_rotates_its_halves_in_one_pipeline():
     program, _ = compile_and_check(text, "tsp")
     perms = _instructions_of(program, "", "perm")
     assert perms and set(perms) == {32} and len(perms) <= 4, perms
+
+
+def _weight_rows_per_side(program) -> dict[str, int]:
+    """Weight rows the matrix planes load (`lw`), per hemisphere, over all chips."""
+    from isa.spec import BY_MNEMONIC
+
+    names = [q.name for q in program.system.chip.queue_table()]
+    lw = program.opcode == BY_MNEMONIC["lw"].code
+    out = {"w": 0, "e": 0}
+    for q, n in zip(program.queue[lw], program.n[lw]):
+        out[names[int(q)].split(".")[1]] += int(n)
+    return out
+
+
+def test_matmuls_balance_the_weight_rows_the_two_sides_load():
+    """Weights of 640 and 64 rows in turn: were the sides to take turns from matmul to matmul, the
+    west planes would load 1,280 rows (both 640-row weights) and the east 256; each matmul's first
+    block goes to the side that has loaded less so far, so each side loads 768, and the values
+    still check."""
+    text = """module m
+graph main(%x: f16[1, 640], %w1: f16[640, 64], %w2: f16[64, 640], %w3: f16[640, 64], %w4: f16[64, 640]) -> () {
+  %a = matmul(%x, %w1)
+  %b = matmul(%a, %w2)
+  %c = matmul(%b, %w3)
+  %d = matmul(%c, %w4)
+  return
+}
+"""
+    program, _ = compile_and_check(text, "tsp")
+    assert _weight_rows_per_side(program) == {"w": 768, "e": 768}
+
+
+def test_each_batch_of_a_batched_matmul_starts_on_the_lighter_side():
+    """Three batches of a 960-column weight: each batch is a block of two planes and one of one
+    plane (3 column chunks). Started once per matmul, the two-plane blocks of all three batches
+    would go west (1,920 rows against 960); started per batch, the sides stay within one block."""
+    text = """module m
+graph main(%x: f16[3, 1, 320], %w: f16[3, 320, 960]) -> () {
+  %h = matmul(%x, %w)
+  return
+}
+"""
+    program, _ = compile_and_check(text, "tsp")
+    got = _weight_rows_per_side(program)
+    assert got["w"] + got["e"] == 3 * 3 * 320 and abs(got["w"] - got["e"]) <= 2 * 320, got
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    chip=st.sampled_from(["tiny", "tsp"]),
+    dims=st.lists(st.integers(1, 60), min_size=2, max_size=6),
+    rows=st.integers(1, 40),
+    batch=st.sampled_from([(), (2,), (3,)]),
+)
+def test_property_the_sides_load_weight_rows_within_one_block_of_each_other(chip, dims, rows, batch):
+    """Any chain of matmuls (batched or not, any number of rows): the two sides' weight rows never
+    part by more than the largest block's (its planes times its weight rows)."""
+    system = named_system(chip)
+    c = system.chip
+    dims = [-(-k * c.lanes // 20) for k in dims]  # 1/20 of a vector to three vectors
+    lead = "".join(f"{b}, " for b in batch)
+    args = [f"%x: f16[{lead}{rows}, {dims[0]}]"]
+    args += [f"%w{i}: f16[{lead}{k}, {n}]" for i, (k, n) in enumerate(zip(dims, dims[1:]))]
+    body = "".join(
+        f"  %h{i + 1} = matmul({'%x' if i == 0 else f'%h{i}'}, %w{i})\n" for i in range(len(dims) - 1)
+    )
+    text = f"module m\ngraph main({', '.join(args)}) -> () {{\n{body}  return\n}}\n"
+    try:
+        program = compile_module(parse(text), system, None, timing_only=True)
+    except LpuError:  # a tensor larger than a MEM slice of the tiny chip
+        assume(False)
+    per_side = c.mxm_planes_per_hemisphere
+    block = max(min(-(-n // c.lanes), per_side) * k for k, n in zip(dims, dims[1:]))
+    got = _weight_rows_per_side(program)
+    assert abs(got["w"] - got["e"]) <= block, (got, block)
