@@ -3,12 +3,15 @@
     python benchmarks/planes.py [--big]
 
 A matmul's blocks go to the two hemispheres' planes in turn. Before stop 23 the turns ran on from
-matmul to matmul, so a layer whose matmuls have an odd number of blocks, or large and small weights
-in turn, put more weight rows on one side every layer (Llama-70B's: up to 1.5x); now each matmul
-starts on the side that has loaded fewer rows (`Lowering.start_sides`). Compiled timing-only both
-ways in this process (`Lowering.balance_sides`); cycles are exact (no timing noise), so one run
-each. Prints prefill and decode (or encode) cycles and the ratio new / old; with --big also two
-stages of Llama-70B in int8 on dragonfly:8 (tp=8, about a minute per compile).
+matmul to matmul, so a layer whose matmuls have an even number of unequal blocks, or large and small
+weights in turn, put more weight rows on one side every layer (Llama-70B's: up to 1.5x), and a
+block of one column chunk always took plane 0 of its side (Llama-70B's plane 0s loaded 7x the
+rows of the plane 1s). Now each matmul starts on the side that has loaded fewer rows
+(`Lowering.start_sides`) and such a block takes its side's plane that has loaded fewer
+(`Lowering.side`). Compiled timing-only both ways in this process (`Lowering.balance_sides`);
+cycles are exact (no timing noise), so one run each. Prints prefill and decode (or encode) cycles
+and the ratio new / old; with --big also two stages of Llama-70B in int8 on dragonfly:8 (tp=8,
+about a minute per compile).
 """
 
 from __future__ import annotations

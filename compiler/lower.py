@@ -132,8 +132,9 @@ class Tensor:
 class Lowering:
     """Turns the ops of one graph into jobs; tensors are shared across graphs through `symbols`."""
 
-    # a matmul starts on the side whose planes loaded fewer weight rows (`start_sides`); False: the
-    # sides only take turns, as before stop 23 (benchmarks/planes.py compares the two)
+    # a matmul starts on the side whose planes loaded fewer weight rows (`start_sides`), a block takes
+    # its side's planes that loaded fewest (`side`); False: the sides only take turns and a block
+    # takes planes 0.., as before stop 23 (benchmarks/planes.py compares the two)
     balance_sides = True
 
     def __init__(
@@ -1196,15 +1197,25 @@ class Lowering:
                     self._matmul_block(a, b, out, ab, bb, bi, ncs, m0, rows, M, K, kt, dequant, a_cols)
         return out
 
-    def side(self, planes: int, rows: int) -> str:
-        """The hemisphere for the next block of a matmul (`planes` planes each loading `rows` weight
-        rows): a matmul's blocks take turns, so that they run side by side (`start_sides` says where
-        each batch index starts)."""
+    def side(self, planes: int, rows: int) -> tuple[str, list[int]]:
+        """The hemisphere and planes for the next block of a matmul (`planes` planes each loading
+        `rows` weight rows): a matmul's blocks take turns between the sides, so that they run side
+        by side (`start_sides` says where each batch index starts); on its side, a block with fewer
+        column chunks than planes takes the planes that have loaded fewest rows (else a matmul of
+        one column chunk would always take plane 0: Llama-70B's stages loaded 7x the rows on plane
+        0 as on plane 1 of each side)."""
         rr = self._rr
         side = ("w", "e")[rr["plane"] % 2]
         rr["plane"] += 1
         rr[("lw", side)] = rr.get(("lw", side), 0) + planes * rows
-        return side
+        per_side = self.chip.mxm_planes_per_hemisphere
+        if planes < per_side and self.balance_sides:
+            chosen = sorted(sorted(range(per_side), key=lambda p: rr.get(("lw", side, p), 0))[:planes])
+        else:
+            chosen = list(range(planes))
+        for p in chosen:
+            rr[("lw", side, p)] = rr.get(("lw", side, p), 0) + rows
+        return side, chosen
 
     def start_sides(self, batch_index: int) -> None:
         """Where the blocks of a matmul's batch index start taking turns: the first on the side whose
@@ -1229,8 +1240,7 @@ class Lowering:
     def _matmul_block(self, a, b, out, ab, bb, bi, ncs, m0, rows, M, K, kt, dequant=None, a_cols=None):
         """Column chunks `ncs` of rows m0 .. m0 + rows, one plane each on one side, for all K-tiles
         (of a's columns from `a_cols` on, when given)."""
-        side = self.side(len(ncs), K)
-        planes = list(range(len(ncs)))
+        side, planes = self.side(len(ncs), K)
         queues = [[self.plane_queue(side, pl, r) for r in range(3)] for pl in planes]
         job = self.new_job()
         for pl in planes:

@@ -458,15 +458,24 @@ def test_a_rope_rotates_its_halves_in_one_pipeline():
     assert perms and set(perms) == {32} and len(perms) <= 4, perms
 
 
-def _weight_rows_per_side(program) -> dict[str, int]:
-    """Weight rows the matrix planes load (`lw`), per hemisphere, over all chips."""
+def _weight_rows_per_plane(program) -> dict[tuple[str, int], int]:
+    """Weight rows each matrix plane loads (`lw`), by (hemisphere, plane), over all chips."""
     from isa.spec import BY_MNEMONIC
 
-    names = [q.name for q in program.system.chip.queue_table()]
+    chip = program.system.chip
+    queues = chip.queue_table()
     lw = program.opcode == BY_MNEMONIC["lw"].code
-    out = {"w": 0, "e": 0}
+    out = {(s, p): 0 for s in "we" for p in range(chip.mxm_planes_per_hemisphere)}
     for q, n in zip(program.queue[lw], program.n[lw]):
-        out[names[int(q)].split(".")[1]] += int(n)
+        out[queues[int(q)].name.split(".")[1], queues[int(q)].plane] += int(n)
+    return out
+
+
+def _weight_rows_per_side(program) -> dict[str, int]:
+    """Weight rows the matrix planes load (`lw`), per hemisphere, over all chips."""
+    out = {"w": 0, "e": 0}
+    for (side, _), n in _weight_rows_per_plane(program).items():
+        out[side] += n
     return out
 
 
@@ -486,6 +495,23 @@ graph main(%x: f16[1, 640], %w1: f16[640, 64], %w2: f16[64, 640], %w3: f16[640, 
 """
     program, _ = compile_and_check(text, "tsp")
     assert _weight_rows_per_side(program) == {"w": 768, "e": 768}
+
+
+def test_matmuls_of_one_column_chunk_take_turns_on_a_sides_planes():
+    """Four matmuls of one column chunk (320 columns) in a chain: each block needs one of a side's
+    two planes. Always taking plane 0, the two plane 0s would load all 1,280 rows; each block takes
+    the plane of its side that loaded fewest, so each of the four loads one weight's 320 rows."""
+    text = """module m
+graph main(%x: f16[1, 320], %w1: f16[320, 320], %w2: f16[320, 320], %w3: f16[320, 320], %w4: f16[320, 320]) -> () {
+  %a = matmul(%x, %w1)
+  %b = matmul(%a, %w2)
+  %c = matmul(%b, %w3)
+  %d = matmul(%c, %w4)
+  return
+}
+"""
+    program, _ = compile_and_check(text, "tsp")
+    assert _weight_rows_per_plane(program) == {("w", 0): 320, ("w", 1): 320, ("e", 0): 320, ("e", 1): 320}
 
 
 def test_each_batch_of_a_batched_matmul_starts_on_the_lighter_side():
@@ -512,7 +538,8 @@ graph main(%x: f16[3, 1, 320], %w: f16[3, 320, 960]) -> () {
 )
 def test_property_the_sides_load_weight_rows_within_one_block_of_each_other(chip, dims, rows, batch):
     """Any chain of matmuls (batched or not, any number of rows): the two sides' weight rows never
-    part by more than the largest block's (its planes times its weight rows)."""
+    part by more than the largest block's (its planes times its weight rows), nor a side's planes
+    by more than the largest weight's rows."""
     system = named_system(chip)
     c = system.chip
     dims = [-(-k * c.lanes // 20) for k in dims]  # 1/20 of a vector to three vectors
@@ -531,3 +558,8 @@ def test_property_the_sides_load_weight_rows_within_one_block_of_each_other(chip
     block = max(min(-(-n // c.lanes), per_side) * k for k, n in zip(dims, dims[1:]))
     got = _weight_rows_per_side(program)
     assert abs(got["w"] - got["e"]) <= block, (got, block)
+    # on a side, a block of fewer column chunks than planes takes the planes that loaded fewest rows
+    per_plane = _weight_rows_per_plane(program)
+    for side in "we":
+        mine = [n for (s, _), n in per_plane.items() if s == side]
+        assert max(mine) - min(mine) <= max(dims[:-1]), (per_plane, dims)

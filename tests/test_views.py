@@ -309,17 +309,18 @@ def test_property_plane_floors_never_exceed_the_schedule(chip, tiles, rows, chun
 def test_the_bound_follows_the_planes_through_a_pipeline():
     """A d1024 Llama in int8 over two stages: each stage's planes load tile after tile (row blocks of
     its weights, many chains of passes per plane), and the next stage waits for the hand-over. The
-    chain of sources alone says 10,079 cycles of 67,666 (and the matrix units' 15,632 bind);
+    chain of sources alone says 10,079 cycles of 61,708 (and the matrix units' 11,912 bind);
     counting every chain a stage's hand-over needs on each plane (through the other chips' partial
-    sums and the pieces of cut reads), 29,183: over 0.4 of the schedule, and it binds. (Before the
-    planes were balanced by their loads, 37,321 of 75,830: the same work on fewer planes.)"""
+    sums and the pieces of cut reads), 22,713: over a third of the schedule, and it binds. (Before
+    stop 23 spread the weights over all four planes, 37,321 of 75,830: the same work on fewer
+    planes.)"""
     c = LlamaConfig(layers=2, d_model=1024, heads=8, kv_heads=4, ffn=3072, vocab=256, max_seq=8, dtype="i8")
     p = compile_module(
         parse(FAMILIES["llama"][0].module_text(c)), named_system("node"), None, tp=1, pp=2, timing_only=True
     )
     r = report(p, "decode")
     assert r.binding_bound == "critical_path"
-    assert 0.4 * r.cycles <= r.bounds["critical_path"] <= r.cycles, (r.bounds, r.cycles)
+    assert 0.33 * r.cycles <= r.bounds["critical_path"] <= r.cycles, (r.bounds, r.cycles)
 
 
 @settings(max_examples=8, deadline=None)
