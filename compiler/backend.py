@@ -230,7 +230,6 @@ def _compile(module, system, weights, tp, pp, timing_only, use_runs, clock=None)
             done.update(block)
         shifts = []  # per run: cycles from one copy to the next
         for job in jobs:  # placed: what they hold is no longer needed, only what they emit
-            job.exclusive = []
             for nd in job.nodes:
                 nd.holds = _NONE
         for run in runs:  # each template stage placed as the stage a period before it, shifted alike

@@ -87,7 +87,6 @@ def runs(index) -> list[tuple[int, int, int]]:
 class Job:
     name: str  # for diagnostics and listings: the IR op it comes from
     nodes: list[Node] = field(default_factory=list)
-    exclusive: list[tuple] = field(default_factory=list)  # resources held for the whole job (an MXM plane)
     op_index: int = -1  # the IR op it lowers (for the listing's comments)
     loc: str = ""  # that op's place in the .lpu text (file:line:col), "" for collectives
     _span: tuple[int, int] | None = field(default=None, repr=False, compare=False)

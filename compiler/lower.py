@@ -373,7 +373,6 @@ class Lowering:
             last[key] = k
         job.op_index = self.op_index
         job.loc = self.op_loc
-        job.exclusive = [(self.chip_index, *key) for key in job.exclusive]
         align(job)
         self.jobs.append(job)
         return job
@@ -1243,8 +1242,7 @@ class Lowering:
         side, planes = self.side(len(ncs), K)
         queues = [[self.plane_queue(side, pl, r) for r in range(3)] for pl in planes]
         job = self.new_job()
-        for pl in planes:
-            job.exclusive.append(("plane", side, pl))
+        per_plane: list[dict[str, list[int]]] = [{"lw": [], "iw": [], "mm": [], "acc": []} for _ in ncs]
         prev_mm: list[int | None] = [None] * len(ncs)
         prev_iw: list[int | None] = [None] * len(ncs)
         dt_in = DTYPES.index(a.dtype)
@@ -1260,9 +1258,11 @@ class Lowering:
                     to = {"dt": DTYPES.index(b.dtype), "to": DTYPES.index(dequant)}
                     rd_w = self.unit(job, "cvt", self.vxm_queue(), k_rows, [("a", rd_w)], **to)
                 lw = self.unit(job, "lw", q_lw, k_rows, [("a", rd_w)], row=0)
+                per_plane[j]["lw"].append(lw)
                 if prev_iw[j] is not None:
                     job.nodes[lw].after.append((prev_iw[j], 1 - job.nodes[lw].spec.dskew))
                 iw = self.unit(job, "iw", q_iw, 1, [])
+                per_plane[j]["iw"].append(iw)
                 job.nodes[iw].after.append((lw, job.nodes[lw].spec.dfunc + k_rows - 1))
                 if prev_mm[j] is not None:
                     pm = job.nodes[prev_mm[j]]
@@ -1291,13 +1291,37 @@ class Lowering:
                 )
                 job.nodes[node].after.extend(waits)
                 job.nodes[node].sources["w"] = iws[j]
+                per_plane[j]["mm"].append(node)
                 prev_mm[j], prev_iw[j] = node, iws[j]
         for j, nc in enumerate(ncs):
             acc = self.unit(job, "acc", queues[j][2], rows, [], slot=0, to=DTYPES.index(out.dtype))
             job.nodes[acc].after.append((prev_mm[j], job.nodes[prev_mm[j]].spec.dfunc))
             job.nodes[acc].sources["acc"] = prev_mm[j]
+            per_plane[j]["acc"].append(acc)
             self.write(job, out, (bi * M + m0) * out.chunks + nc, rows, out.chunks, acc)
         self.finish(job)
+        for pl, used in zip(planes, per_plane):
+            self._hold_plane(job, side, pl, used)
+
+    def _hold_plane(self, job: Job, side: str, plane: int, used: dict[str, list[int]]) -> None:
+        """What a block holds of a plane (once its relative cycles are fixed), so that the blocks of
+        other jobs on it may overlap it wherever they cannot disturb it: its shadow buffer from its
+        first loaded row to its last install's sample, its array from its first install to its last
+        pass's last sample, its accumulators from its first pass's first result to its drain's last
+        read (the emulator's model of a plane, emulator/timing.py). Consecutive blocks on a plane so
+        pipeline as the tiles of one block do; held whole, a one-tile block kept its plane for the
+        reads before its load and the writes after its drain (twice its load)."""
+        nodes = job.nodes
+        lw, iw, mm, acc = (nodes[used[k][0]] for k in ("lw", "iw", "mm", "acc"))
+        last_iw, last_mm, last_acc = nodes[used["iw"][-1]], nodes[used["mm"][-1]], nodes[used["acc"][-1]]
+        windows = (
+            (lw, "shadow", lw.rel + lw.spec.dfunc, last_iw.rel + last_iw.spec.dskew + 1),
+            (iw, "array", iw.rel + iw.spec.dfunc, last_mm.rel + last_mm.spec.dskew + last_mm.n),
+            (mm, "acc", mm.rel + mm.spec.dfunc, last_acc.rel + last_acc.spec.dskew + last_acc.n),
+        )
+        for nd, what, start, end in windows:
+            assert end > start, (job.name, what, start, end)
+            nd.holds.append(((self.chip_index, what, side, plane), start - nd.rel, end - start))
 
 
 def _batch_index(lead: tuple[int, ...], batch: tuple[int, ...]) -> np.ndarray:

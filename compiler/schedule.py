@@ -7,8 +7,9 @@ picks each job's start cycle, the earliest at which
 - none of its instructions overlaps another on the same queue (queue occupancy
   from the ISA table; a MEM slice's queue is also its one port),
 - every stream it needs is free along its whole path in space-time, and
-- resources it holds whole (a matrix plane: shadow buffer, array, accumulators)
-  are free for its span.
+- what its instructions hold beyond their queues is free while they hold it (a
+  send its link direction; a matrix block its plane's shadow buffer, array and
+  accumulators, each from its first use to its last).
 
 Streams: a vector written at position p on cycle c heading east is at q >= p on
 cycle c + (q - p). In coordinates (diagonal d = c - u, u = x east or -x west) a
@@ -104,7 +105,6 @@ class Scheduler:
         self.S = chip.streams_per_direction
         self.tensors = tensors
         self.queues: dict[int, _Intervals] = {}
-        self.exclusive: dict[tuple, _Intervals] = {}
         self.streams = _Streams()
         self.streams_of_chip: dict[int, set[tuple]] = {}  # the streams a chip has rectangles on
         # when a list: every change `_commit` makes to the tables, in order (StageMemo replays them)
@@ -144,33 +144,30 @@ class Scheduler:
                 start = max(start, int(need.max()) - (nd.rel + nd.spec.dfunc))
         return start
 
-    def _reservations(self, job: Job, lo: int, hi: int) -> list[tuple[dict, tuple, int, int]]:
-        """Every reservation the job makes as (table, key, offset from its start, cycles): its
-        instructions' queues and holds, and what it holds whole; lengthless ones hold nothing."""
-        queues = self.queues
+    def _reservations(self, job: Job) -> list[tuple[tuple, int, int]]:
+        """Every reservation the job makes as (key, offset from its start, cycles): its instructions'
+        queues and holds; lengthless ones hold nothing."""
         out = []
         for nd in job.nodes:
             busy = nd.spec.busy_cycles(nd.n)
             if busy > 0:
-                out.append((queues, (nd.chip, nd.queue), nd.rel, busy))
+                out.append(((nd.chip, nd.queue), nd.rel, busy))
             for key, off, length in nd.holds:
                 if length > 0:
-                    out.append((queues, key, nd.rel + off, length))
-        if hi > lo:
-            out += [(self.exclusive, key, lo, hi - lo) for key in job.exclusive]
+                    out.append((key, nd.rel + off, length))
         return out
 
     def place(self, job: Job, earliest: int = 0) -> Placed:
         start = max(earliest, self.data_ready(job))
-        lo, hi = job.span()
         flows = self._flow_rects(job)
         feasible = False  # checked (against no other job) the first time the streams do not fit
-        held = self._reservations(job, lo, hi)
+        held = self._reservations(job)
         # only reservations of resources someone already holds can conflict (the tables do not change
         # during the search); each as (starts, ends, offset, cycles)
         busy = []
-        for table, key, off, length in held:
-            iv = table.get(key)
+        queues = self.queues
+        for key, off, length in held:
+            iv = queues.get(key)
             if iv is not None:
                 busy.append((iv.starts, iv.ends, off, length))
         bisect_left = bisect.bisect_left
@@ -265,13 +262,14 @@ class Scheduler:
 
     def _commit(self, job: Job, start: int, streams, flows, held) -> None:
         log = self.log
-        for table, key, off, length in held:
-            iv = table.get(key)
+        queues = self.queues
+        for key, off, length in held:
+            iv = queues.get(key)
             if iv is None:
-                iv = table[key] = _Intervals()
+                iv = queues[key] = _Intervals()
             iv.add(start + off, start + off + length)
             if log is not None:
-                log.append((table is self.exclusive, key, start + off, length))
+                log.append((HOLD, key, start + off, length))
         for producer, chip, rects in flows:
             direction, sid = divmod(streams[producer], self.S)
             key = (chip, direction, sid)
@@ -310,14 +308,13 @@ class Scheduler:
     def replay(self, log: list, shift: int) -> None:
         """Apply what `_commit` logged (`log`, raw keys and tensor ids), `shift` cycles later: the
         same table changes, in the same order, as committing the jobs that made it so shifted."""
-        queues, exclusive, tensors = self.queues, self.exclusive, self.tensors
+        queues, tensors = self.queues, self.tensors
         add_rect = self.streams.add
         for what, key, *rest in log:
-            if what is False or what is True:  # a reservation: in the exclusive table or not
-                table = exclusive if what else queues
-                iv = table.get(key)
+            if what == HOLD:  # a reservation of a queue or of what an instruction holds
+                iv = queues.get(key)
                 if iv is None:
-                    iv = table[key] = _Intervals()
+                    iv = queues[key] = _Intervals()
                 s0 = rest[0] + shift
                 iv.add(s0, s0 + rest[1])
             elif what == STREAM:
@@ -337,8 +334,8 @@ class Scheduler:
                     t.last_read[:] = np.maximum(t.last_read, value + shift)
 
 
-# what `Scheduler.log` holds besides reservations (False / True: a queue's or an exclusive one)
-STREAM, _LAND, _LAND_ALL, _READ, _READ_ALL = range(2, 7)
+# what `Scheduler.log` holds: reservations, stream rectangles, landings and last reads
+HOLD, STREAM, _LAND, _LAND_ALL, _READ, _READ_ALL = range(6)
 
 
 _RAMP = np.arange(1 << 12, dtype=np.int64)

@@ -31,7 +31,7 @@ import marshal
 import numpy as np
 
 from compiler.jobs import Job
-from compiler.schedule import READY, STREAM, Placed, Scheduler
+from compiler.schedule import HOLD, READY, STREAM, Placed, Scheduler
 
 
 def release_of(
@@ -53,7 +53,7 @@ class StageMemo:
         self.hits = 0
         self.misses = 0
         self.last_key: bytes | None = None  # the key of the block placed last (None when not looked up)
-        self._names: tuple = ({}, {}, {}, {})  # the last key's renaming: chips, queues, exclusive, tensors
+        self._names: tuple = ({}, {}, {})  # the last key's renaming: chips, queues (and holds), tensors
 
     def key(self, sched: Scheduler, jobs: list[Job], block: list[int], release: int) -> bytes:
         """The block's canonical form: chips, queues, links and tensors renamed in order of first use,
@@ -79,7 +79,6 @@ class StageMemo:
             return used[key]
 
         out: list = []
-        exclusive: dict[tuple, tuple] = {}
         for j in block:
             job = jobs[j]
             nodes = []
@@ -103,9 +102,7 @@ class StageMemo:
                     q = queue(key)
                 holds = tuple([(queue(k), off, length) for k, off, length in nd.holds]) if nd.holds else ()
                 nodes.append((nd.mnemonic, q, nd.x, nd.n, mem, nd.rel, nd.dynamic, inputs, holds))
-            for k in job.exclusive:
-                exclusive.setdefault(k, (chip_of(k[0]), *k[1:]))
-            out.append((tuple(nodes), tuple(exclusive[k] for k in job.exclusive)))
+            out.append(tuple(nodes))
         h = hashlib.sha256(canonical_bytes(out))
         # when what the block reads from outside landed, relative to the release (earlier is as good
         # as at the release: no job of the block starts before it)
@@ -120,23 +117,22 @@ class StageMemo:
                 h.update(np.maximum(t.last_read - release, -1).astype(np.int64).tobytes())
             h.update(b"|")
         # reservations of the resources the block uses that end after the release
-        for table, keys in ((sched.queues, used), (sched.exclusive, exclusive)):
-            for raw, canon in keys.items():
-                iv = table.get(raw)
-                if iv is None:
-                    continue
-                k = bisect.bisect_right(iv.ends, release)
-                # busy time before the release cannot move the block (merged intervals may start there)
-                body = [(max(a - release, 0), b - release) for a, b in zip(iv.starts[k:], iv.ends[k:])]
-                if body:
-                    h.update(canonical_bytes((canon, body)))
+        for raw, canon in used.items():
+            iv = sched.queues.get(raw)
+            if iv is None:
+                continue
+            k = bisect.bisect_right(iv.ends, release)
+            # busy time before the release cannot move the block (merged intervals may start there)
+            body = [(max(a - release, 0), b - release) for a, b in zip(iv.starts[k:], iv.ends[k:])]
+            if body:
+                h.update(canonical_bytes((canon, body)))
         for chip in flow_chips:  # streams are tried lowest first: every stream of the chip, by number
             for key in sorted(sched.streams_of_chip.get(chip, ())):
                 rects = [r for r in sched.streams.by_key.get(key, ()) if r[1] + r[3] >= release]
                 if rects:
                     body = [(r[0] - release, r[1] - release, r[2], r[3]) for r in rects]
                     h.update(canonical_bytes((chips[chip], key[1:], body)))
-        self._names = (chips, used, exclusive, tensors)
+        self._names = (chips, used, tensors)
         return h.digest()
 
     def place(
@@ -184,13 +180,13 @@ def canonical_bytes(x) -> bytes:
 def _renamed(log: list, names, back: bool = False, shift: int = 0) -> list:
     """A log of table changes (Scheduler.log) with raw names made canonical (a block's `names` from
     `StageMemo.key`), or canonical ones raw again (`back`), its cycles moved by `shift`."""
-    chips, used, exclusive, tensors = names
+    chips, used, tensors = names
     if back:
-        chips, used, exclusive, tensors = ({v: k for k, v in m.items()} for m in names)
+        chips, used, tensors = ({v: k for k, v in m.items()} for m in names)
     out = []
     for what, key, *rest in log:
-        if what is False or what is True:
-            out.append((what, (exclusive if what else used)[key], rest[0] + shift, rest[1]))
+        if what == HOLD:
+            out.append((what, used[key], rest[0] + shift, rest[1]))
         elif what == STREAM:
             d0, d1, u0, u1 = rest
             out.append((what, (chips[key[0]], *key[1:]), d0 + shift, d1 + shift, u0, u1))

@@ -563,3 +563,66 @@ def test_property_the_sides_load_weight_rows_within_one_block_of_each_other(chip
     for side in "we":
         mine = [n for (s, _), n in per_plane.items() if s == side]
         assert max(mine) - min(mine) <= max(dims[:-1]), (per_plane, dims)
+
+
+def test_blocks_on_one_plane_overlap_where_they_cannot_disturb_each_other():
+    """Eight one-tile matmuls of one row, each weight in a MEM slice of its own: two blocks on each
+    plane. A block holds its plane's shadow buffer, array and accumulators only from first use to
+    last, so the next block on the plane loads its tile while the one before still multiplies and
+    drains (held whole, it waited for the drain and the write after it); the emulator checks every
+    install, pass and drain."""
+    from isa.spec import BY_MNEMONIC
+
+    weights = ", ".join(f"%w{i}: f16[160, 320]" for i in range(8))
+    body = "".join(f"  %h{i} = matmul(%x, %w{i})\n" for i in range(8))
+    adds = "".join(f"  %s{i} = add(%s{i - 1}, %h{i})\n" for i in range(1, 8))
+    text = f"module m\ngraph main(%x: f16[1, 160], {weights}) -> () {{\n{body}  %s0 = add(%h0, %h0)\n{adds}  return\n}}\n"
+    program, run = compile_and_check(text, "tsp")
+    assert run.violations == []
+    lw, acc = BY_MNEMONIC["lw"].code, BY_MNEMONIC["acc"].code
+    queues = program.system.chip.queue_table()
+    planes = {q.index: (q.slice, q.plane) for q in queues}
+    overlaps = 0
+    for plane in {(q.slice, q.plane) for q in queues if q.slice.startswith("mxm")}:
+        on = [r for r in range(len(program)) if planes[int(program.queue[r])] == plane]
+        loads = sorted(int(program.cycle[r]) for r in on if program.opcode[r] == lw)
+        drains = sorted(int(program.cycle[r]) for r in on if program.opcode[r] == acc)
+        assert len(loads) == len(drains) == 2, (plane, loads, drains)
+        overlaps += loads[1] < drains[0]  # the second block's load before the first one's drain
+    assert overlaps == 4, overlaps
+
+
+def test_a_matmul_block_holds_its_planes_from_first_use_to_last():
+    """What a block reserves of each plane is what the emulator's model of a plane needs undisturbed
+    (emulator/timing.py): the shadow buffer from its first loaded row to its last install's sample
+    (an install takes the rows loaded since the one before), the array from its first install's
+    weights being ready to its last pass's last sample, the accumulators from its first pass's
+    first result to its drain's last read."""
+    from compiler.lower import Lowering
+
+    m = parse(
+        "module m\ngraph main(%x: f16[3, 480], %w: f16[480, 640]) -> (f32[3, 640]) {\n"
+        "  %h = matmul(%x, %w) : f32[3, 640]\n  return %h\n}\n"
+    )
+    chip = named_system("tsp").chip
+    low = Lowering(chip, [], {})
+    g = m.graphs[0]
+    low.lower_graph(g, {a.name: low.new_tensor(a.name, a.type, "input") for a in g.args})
+    (job,) = [j for j in low.jobs if any(nd.mnemonic == "mm" for nd in j.nodes)]
+    by_plane: dict = {}
+    queues = chip.queue_table()
+    for nd in job.nodes:
+        if nd.mnemonic in ("lw", "iw", "mm", "acc"):
+            q = queues[nd.queue]
+            by_plane.setdefault((q.slice, q.plane), {}).setdefault(nd.mnemonic, []).append(nd)
+    holds = {
+        key[1:]: (nd.rel + off, nd.rel + off + length) for nd in job.nodes for key, off, length in nd.holds
+    }
+    assert len(by_plane) == 2 and len(holds) == 6, (by_plane.keys(), holds)  # two planes, three holds each
+    for (mxm, plane), nodes in by_plane.items():
+        side = mxm.split(".")[1]
+        lw, iw, mm, acc = (nodes[k] for k in ("lw", "iw", "mm", "acc"))
+        assert len(lw) == len(iw) == len(mm) == 3  # 480 rows: three tiles of 160
+        assert holds["shadow", side, plane] == (lw[0].rel + 2, iw[-1].rel + 1)
+        assert holds["array", side, plane] == (iw[0].rel + 20, mm[-1].rel + 1 + 3)
+        assert holds["acc", side, plane] == (mm[0].rel + 24, acc[-1].rel + 3)
