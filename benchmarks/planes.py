@@ -8,10 +8,14 @@ weights in turn, put more weight rows on one side every layer (Llama-70B's: up t
 block of one column chunk always took plane 0 of its side (Llama-70B's plane 0s loaded 7x the
 rows of the plane 1s). Now each matmul starts on the side that has loaded fewer rows
 (`Lowering.start_sides`) and such a block takes its side's plane that has loaded fewer
-(`Lowering.side`). Compiled timing-only both ways in this process (`Lowering.balance_sides`);
-cycles are exact (no timing noise), so one run each. Prints prefill and decode (or encode) cycles
-and the ratio new / old; with --big also two stages of Llama-70B in int8 on dragonfly:8 (tp=8,
-about a minute per compile).
+(`Lowering.side`). And a block held each of its planes whole for its span, so a one-tile block
+kept its plane for twice its load; now it holds the plane's shadow buffer, array and accumulators
+each from first use to last (`Lowering._hold_plane`), and the next block loads while the one
+before multiplies and drains. Compiled timing-only three ways in this process (stop 22's policy,
+balanced planes, and balanced with the finer holds: `Lowering.balance_sides`,
+`Lowering.hold_planes_whole`); cycles are exact (no timing noise), so one run each. Prints
+prefill and decode (or encode) cycles and the ratio of the last to the first; with --big also two
+stages of Llama-70B in int8 on dragonfly:8 (tp=8, about a minute per compile).
 """
 
 from __future__ import annotations
@@ -72,30 +76,38 @@ FAMILIES = {"gpt2": (gpt2.GPT2Config, gpt2.module_text), "llama": (llama.LlamaCo
 FAMILIES["bert"] = (bert.BertConfig, bert.module_text)
 
 
-def cycles(family: str, size: dict, system: str, tp: int, pp: int, balance: bool) -> dict[str, int]:
+STEPS = (
+    ("stop 22", dict(balance_sides=False, hold_planes_whole=True)),
+    ("balanced", dict(balance_sides=True, hold_planes_whole=True)),
+    ("+ holds", dict(balance_sides=True, hold_planes_whole=False)),
+)
+
+
+def cycles(family: str, size: dict, system: str, tp: int, pp: int, policy: dict) -> dict[str, int]:
     config, text = FAMILIES[family]
     m = parse(text(config(max_seq=16, **size)))
-    Lowering.balance_sides = balance
+    for k, v in policy.items():
+        setattr(Lowering, k, v)
     try:
         p = compile_module(m, named_system(system), None, tp=tp, pp=pp, timing_only=True)
     finally:
-        Lowering.balance_sides = True
+        Lowering.balance_sides, Lowering.hold_planes_whole = True, False
     return {e: p.length(e) for e in p.entries}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--big", action="store_true", help="also two stages of Llama-70B (about 2 minutes)")
+    ap.add_argument("--big", action="store_true", help="also two stages of Llama-70B (about 3 minutes)")
     args = ap.parse_args()
-    print(f"{'model':<52} {'entry':<8} {'turns':>9} {'balanced':>9} {'new/old':>8}")
+    heads = " ".join(f"{name:>10}" for name, _ in STEPS)
+    print(f"{'model':<52} {'entry':<8} {heads} {'new/old':>8}")
     for name, family, size, system, tp, pp in CONFIGS + ([BIG] if args.big else []):
         t = time.perf_counter()
-        old = cycles(family, size, system, tp, pp, False)
-        new = cycles(family, size, system, tp, pp, True)
-        for e in old:
-            print(f"{name:<52} {e:<8} {old[e]:>9,} {new[e]:>9,} {new[e] / old[e]:>7.3f}x")
-        name = ""
-        print(f"{'':<52} (both compiles: {time.perf_counter() - t:.0f} s)")
+        got = [cycles(family, size, system, tp, pp, policy) for _, policy in STEPS]
+        for e in got[0]:
+            cols = " ".join(f"{g[e]:>10,}" for g in got)
+            print(f"{name:<52} {e:<8} {cols} {got[-1][e] / got[0][e]:>7.3f}x")
+        print(f"{'':<52} (three compiles: {time.perf_counter() - t:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -134,8 +134,11 @@ class Lowering:
 
     # a matmul starts on the side whose planes loaded fewer weight rows (`start_sides`), a block takes
     # its side's planes that loaded fewest (`side`); False: the sides only take turns and a block
-    # takes planes 0.., as before stop 23 (benchmarks/planes.py compares the two)
+    # takes planes 0.., as before stop 23 (benchmarks/planes.py compares them)
     balance_sides = True
+    # True: a matmul block holds each of its planes whole for its span, as before stop 23
+    # (`_hold_plane`; benchmarks/planes.py)
+    hold_planes_whole = False
 
     def __init__(
         self, chip: ChipConfig, tensors: list[Tensor], symbols: dict[str, Tensor], chip_index: int = 0
@@ -1319,6 +1322,9 @@ class Lowering:
             (iw, "array", iw.rel + iw.spec.dfunc, last_mm.rel + last_mm.spec.dskew + last_mm.n),
             (mm, "acc", mm.rel + mm.spec.dfunc, last_acc.rel + last_acc.spec.dskew + last_acc.n),
         )
+        if self.hold_planes_whole:
+            lo, hi = job.span()
+            windows = ((lw, "plane", lo, hi),)
         for nd, what, start, end in windows:
             assert end > start, (job.name, what, start, end)
             nd.holds.append(((self.chip_index, what, side, plane), start - nd.rel, end - start))
