@@ -458,6 +458,18 @@ def test_a_rope_rotates_its_halves_in_one_pipeline():
     assert perms and set(perms) == {32} and len(perms) <= 4, perms
 
 
+def _matmul_chain(dims: list[int], rows: int = 1, batch: tuple[int, ...] = ()) -> str:
+    """x [*batch, rows, dims[0]] times weights [*batch, dims[i], dims[i + 1]], one after another
+    (the last op's result is returned by `compile_and_check`)."""
+    lead = "".join(f"{b}, " for b in batch)
+    args = [f"%x: f16[{lead}{rows}, {dims[0]}]"]
+    args += [f"%w{i}: f16[{lead}{k}, {n}]" for i, (k, n) in enumerate(zip(dims, dims[1:]))]
+    body = "".join(
+        f"  %h{i + 1} = matmul({'%x' if i == 0 else f'%h{i}'}, %w{i})\n" for i in range(len(dims) - 1)
+    )
+    return f"module m\ngraph main({', '.join(args)}) -> () {{\n{body}  return\n}}\n"
+
+
 def _weight_rows_per_plane(program) -> dict[tuple[str, int], int]:
     """Weight rows each matrix plane loads (`lw`), by (hemisphere, plane), over all chips."""
     from isa.spec import BY_MNEMONIC
@@ -484,16 +496,7 @@ def test_matmuls_balance_the_weight_rows_the_two_sides_load():
     west planes would load 1,280 rows (both 640-row weights) and the east 256; each matmul's first
     block goes to the side that has loaded less so far, so each side loads 768, and the values
     still check."""
-    text = """module m
-graph main(%x: f16[1, 640], %w1: f16[640, 64], %w2: f16[64, 640], %w3: f16[640, 64], %w4: f16[64, 640]) -> () {
-  %a = matmul(%x, %w1)
-  %b = matmul(%a, %w2)
-  %c = matmul(%b, %w3)
-  %d = matmul(%c, %w4)
-  return
-}
-"""
-    program, _ = compile_and_check(text, "tsp")
+    program, _ = compile_and_check(_matmul_chain([640, 64, 640, 64, 640]), "tsp")
     assert _weight_rows_per_side(program) == {"w": 768, "e": 768}
 
 
@@ -501,16 +504,7 @@ def test_matmuls_of_one_column_chunk_take_turns_on_a_sides_planes():
     """Four matmuls of one column chunk (320 columns) in a chain: each block needs one of a side's
     two planes. Always taking plane 0, the two plane 0s would load all 1,280 rows; each block takes
     the plane of its side that loaded fewest, so each of the four loads one weight's 320 rows."""
-    text = """module m
-graph main(%x: f16[1, 320], %w1: f16[320, 320], %w2: f16[320, 320], %w3: f16[320, 320], %w4: f16[320, 320]) -> () {
-  %a = matmul(%x, %w1)
-  %b = matmul(%a, %w2)
-  %c = matmul(%b, %w3)
-  %d = matmul(%c, %w4)
-  return
-}
-"""
-    program, _ = compile_and_check(text, "tsp")
+    program, _ = compile_and_check(_matmul_chain([320] * 5), "tsp")
     assert _weight_rows_per_plane(program) == {("w", 0): 320, ("w", 1): 320, ("e", 0): 320, ("e", 1): 320}
 
 
@@ -543,15 +537,8 @@ def test_property_the_sides_load_weight_rows_within_one_block_of_each_other(chip
     system = named_system(chip)
     c = system.chip
     dims = [-(-k * c.lanes // 20) for k in dims]  # 1/20 of a vector to three vectors
-    lead = "".join(f"{b}, " for b in batch)
-    args = [f"%x: f16[{lead}{rows}, {dims[0]}]"]
-    args += [f"%w{i}: f16[{lead}{k}, {n}]" for i, (k, n) in enumerate(zip(dims, dims[1:]))]
-    body = "".join(
-        f"  %h{i + 1} = matmul({'%x' if i == 0 else f'%h{i}'}, %w{i})\n" for i in range(len(dims) - 1)
-    )
-    text = f"module m\ngraph main({', '.join(args)}) -> () {{\n{body}  return\n}}\n"
     try:
-        program = compile_module(parse(text), system, None, timing_only=True)
+        program = compile_module(parse(_matmul_chain(dims, rows, batch)), system, None, timing_only=True)
     except LpuError:  # a tensor larger than a MEM slice of the tiny chip
         assume(False)
     per_side = c.mxm_planes_per_hemisphere
