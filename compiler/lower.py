@@ -139,6 +139,9 @@ class Lowering:
     # True: a matmul block holds each of its planes whole for its span, as before stop 23
     # (`_hold_plane`; benchmarks/planes.py)
     hold_planes_whole = False
+    # a matmul of fewer rows than a tile whose activation feeds at least this many matmuls goes whole
+    # on one plane (`one_plane`); 0: never, as before stop 23 (benchmarks/planes.py)
+    one_plane_siblings = 4
 
     def __init__(
         self, chip: ChipConfig, tensors: list[Tensor], symbols: dict[str, Tensor], chip_index: int = 0
@@ -171,6 +174,9 @@ class Lowering:
         self.op_name = ""
         self.op_loc = ""  # the IR location of the op being lowered ("" for collectives)
         self.in_place: set[int] = set()  # update_slice ops that write their state in place (ids)
+        # per activation (id of the value): how many matmuls of the entry read it on this chip
+        # (compiler/backend._lower_statements counts them before lowering)
+        self.siblings: dict[int, int] = {}
 
     # -- places ------------------------------------------------------------------------------
     def _slice_order(self) -> list[str]:
@@ -385,6 +391,9 @@ class Lowering:
 
     # -- graph -----------------------------------------------------------------------------------
     def lower_graph(self, g: Graph, inputs: dict[str, Tensor]) -> list[Tensor]:
+        for op in g.ops:  # as compiler/backend._lower_statements does for an entry's statements
+            if op.name == "matmul":
+                self.siblings[id(op.operands[0])] = self.siblings.get(id(op.operands[0]), 0) + 1
         for a in g.args:
             self.values[id(a)] = inputs[a.name]
         for k, op in enumerate(g.ops):
@@ -1192,12 +1201,34 @@ class Lowering:
         for bi in range(len(a_b)):
             ab, bb = int(a_b[bi]), int(b_b[bi])
             self.start_sides(bi)
-            for nc0 in range(0, out.chunks, per_side):
-                ncs = list(range(nc0, min(nc0 + per_side, out.chunks)))
+            one = self.one_plane(op, M, kt)
+            width = 1 if one else per_side
+            for nc0 in range(0, out.chunks, width):
+                ncs = list(range(nc0, min(nc0 + width, out.chunks)))
                 for m0 in range(0, M, slots):
                     rows = min(slots, M - m0)
-                    self._matmul_block(a, b, out, ab, bb, bi, ncs, m0, rows, M, K, kt, dequant, a_cols)
+                    self._matmul_block(a, b, out, ab, bb, bi, ncs, m0, rows, M, K, kt, dequant, a_cols, one)
         return out
+
+    def one_plane(self, op: Op, rows: int, kt: int) -> tuple[str, int] | None:
+        """The plane a matmul goes on whole (its column chunks one after another), or None to spread
+        its blocks over the planes (`side`).
+
+        A weight sits in one MEM slice, whose one port gives one row per cycle: two planes loading
+        chunks of the same weight take turns on it. When the matmul has fewer rows than a tile
+        (loading its weights takes longer than passing its rows) and its activation feeds several
+        matmuls (a big weight's blocks, cut by the partitioner, or projections of one input), those
+        matmuls are ready together: each on one plane, the plane that has loaded fewest rows,
+        several weights (several ports) stream at once. On two of Llama-70B's stages decode took
+        322,384 -> 282,563 cycles; a GPT-2 d768 on one chip 25,508 -> 26,045, whose few matmuls
+        balance four planes less well whole (benchmarks/planes.py)."""
+        n = self.one_plane_siblings
+        if not n or rows >= kt or self.siblings.get(id(op.operands[0]), 0) < n:
+            return None
+        rr = self._rr
+        per_side = self.chip.mxm_planes_per_hemisphere
+        loads = {(s, p): rr.get(("lw", s, p), 0) for s in ("w", "e") for p in range(per_side)}
+        return min(loads, key=loads.get)
 
     def side(self, planes: int, rows: int) -> tuple[str, list[int]]:
         """The hemisphere and planes for the next block of a matmul (`planes` planes each loading
@@ -1239,10 +1270,18 @@ class Lowering:
         elif self.balance_sides:
             rr["start"] = rr["plane"] = 1 - rr["start"]
 
-    def _matmul_block(self, a, b, out, ab, bb, bi, ncs, m0, rows, M, K, kt, dequant=None, a_cols=None):
+    def _matmul_block(
+        self, a, b, out, ab, bb, bi, ncs, m0, rows, M, K, kt, dequant=None, a_cols=None, one=None
+    ):
         """Column chunks `ncs` of rows m0 .. m0 + rows, one plane each on one side, for all K-tiles
-        (of a's columns from `a_cols` on, when given)."""
-        side, planes = self.side(len(ncs), K)
+        (of a's columns from `a_cols` on, when given); on plane `one` (side, plane) when given."""
+        if one is not None:
+            rr = self._rr
+            side, planes = one[0], [one[1]]
+            rr[("lw", side)] = rr.get(("lw", side), 0) + K
+            rr[("lw", side, one[1])] = rr.get(("lw", side, one[1]), 0) + K
+        else:
+            side, planes = self.side(len(ncs), K)
         queues = [[self.plane_queue(side, pl, r) for r in range(3)] for pl in planes]
         job = self.new_job()
         per_plane: list[dict[str, list[int]]] = [{"lw": [], "iw": [], "mm": [], "acc": []} for _ in ncs]

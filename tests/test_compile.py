@@ -613,3 +613,29 @@ def test_a_matmul_block_holds_its_planes_from_first_use_to_last():
         assert holds["shadow", side, plane] == (lw[0].rel + 2, iw[-1].rel + 1)
         assert holds["array", side, plane] == (iw[0].rel + 20, mm[-1].rel + 1 + 3)
         assert holds["acc", side, plane] == (mm[0].rel + 24, acc[-1].rel + 3)
+
+
+def test_matmuls_of_one_activation_go_each_on_a_plane_of_its_own():
+    """One row times four weights of two column chunks each: a weight sits in one MEM slice (one
+    port, a row per cycle), so two planes loading chunks of one weight would take turns on its
+    port. The four matmuls read one activation and are ready together: each goes whole on one
+    plane (its chunks one after another), the four on the four planes, four ports streaming at
+    once; the values check."""
+    from isa.spec import BY_MNEMONIC
+
+    weights = ", ".join(f"%w{i}: f16[160, 640]" for i in range(4))
+    body = "".join(f"  %h{i} = matmul(%x, %w{i})\n" for i in range(4))
+    adds = "".join(f"  %s{i} = add(%s{i - 1}, %h{i})\n" for i in range(1, 4))
+    text = f"module m\ngraph main(%x: f16[1, 160], {weights}) -> () {{\n{body}  %s0 = add(%h0, %h0)\n{adds}  return\n}}\n"
+    program, _ = compile_and_check(text, "tsp")
+    queues = program.system.chip.queue_table()
+    ops, of = program.meta["ops"], program.meta["op_of"]
+    lw = BY_MNEMONIC["lw"].code
+    planes: dict[str, set] = {}
+    for r in range(len(program)):
+        if program.opcode[r] == lw:
+            q = queues[int(program.queue[r])]
+            planes.setdefault(ops[of[r]].split(" =")[0], set()).add((q.slice, q.plane))
+    assert sorted(planes) == ["%h0", "%h1", "%h2", "%h3"], planes
+    assert all(len(p) == 1 for p in planes.values()), planes
+    assert len(set.union(*planes.values())) == 4, planes
