@@ -498,10 +498,9 @@ def _lower_statements(ep, lows: dict, system: SystemConfig, before_commits=None,
     """Lower one entry's per-chip statements (`stmts`, else all of them), in order, each on its
     chip's Lowering; `before_commits` runs once, before the first commit (if there is one)."""
     links = _LinkLowering(system, lows)
-    for stmt in ep.stmts:  # matmuls of one activation (a weight's blocks)
-        if isinstance(stmt, Local) and stmt.op.name == "matmul":
-            sib = lows[stmt.chip].siblings
-            sib[id(stmt.op.operands[0])] = sib.get(id(stmt.op.operands[0]), 0) + 1
+    for stmt in ep.stmts:  # matmuls of one activation (a weight's blocks): Lowering.one_plane
+        if isinstance(stmt, Local):
+            lows[stmt.chip].count_matmul(stmt.op)
     for stmt in ep.stmts if stmts is None else stmts:
         if isinstance(stmt, LocalCommit) and before_commits is not None:
             before_commits()

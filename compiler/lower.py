@@ -391,9 +391,8 @@ class Lowering:
 
     # -- graph -----------------------------------------------------------------------------------
     def lower_graph(self, g: Graph, inputs: dict[str, Tensor]) -> list[Tensor]:
-        for op in g.ops:  # as compiler/backend._lower_statements does for an entry's statements
-            if op.name == "matmul":
-                self.siblings[id(op.operands[0])] = self.siblings.get(id(op.operands[0]), 0) + 1
+        for op in g.ops:
+            self.count_matmul(op)
         for a in g.args:
             self.values[id(a)] = inputs[a.name]
         for k, op in enumerate(g.ops):
@@ -1210,6 +1209,19 @@ class Lowering:
                     self._matmul_block(a, b, out, ab, bb, bi, ncs, m0, rows, M, K, kt, dequant, a_cols, one)
         return out
 
+    def count_matmul(self, op: Op) -> None:
+        """Before lowering: count a matmul against its activation (`siblings`, for `one_plane`)."""
+        if op.name == "matmul":
+            key = id(op.operands[0])
+            self.siblings[key] = self.siblings.get(key, 0) + 1
+
+    def _charge(self, side: str, planes: list[int], rows: int) -> None:
+        """Count `rows` weight rows loaded on each of `planes` of `side` (what the choices balance)."""
+        rr = self._rr
+        rr[("lw", side)] = rr.get(("lw", side), 0) + len(planes) * rows
+        for p in planes:
+            rr[("lw", side, p)] = rr.get(("lw", side, p), 0) + rows
+
     def one_plane(self, op: Op, rows: int, kt: int) -> tuple[str, int] | None:
         """The plane a matmul goes on whole (its column chunks one after another), or None to spread
         its blocks over the planes (`side`).
@@ -1240,14 +1252,12 @@ class Lowering:
         rr = self._rr
         side = ("w", "e")[rr["plane"] % 2]
         rr["plane"] += 1
-        rr[("lw", side)] = rr.get(("lw", side), 0) + planes * rows
         per_side = self.chip.mxm_planes_per_hemisphere
         if planes < per_side and self.balance_sides:
             chosen = sorted(sorted(range(per_side), key=lambda p: rr.get(("lw", side, p), 0))[:planes])
         else:
             chosen = list(range(planes))
-        for p in chosen:
-            rr[("lw", side, p)] = rr.get(("lw", side, p), 0) + rows
+        self._charge(side, chosen, rows)
         return side, chosen
 
     def start_sides(self, batch_index: int) -> None:
@@ -1276,10 +1286,8 @@ class Lowering:
         """Column chunks `ncs` of rows m0 .. m0 + rows, one plane each on one side, for all K-tiles
         (of a's columns from `a_cols` on, when given); on plane `one` (side, plane) when given."""
         if one is not None:
-            rr = self._rr
             side, planes = one[0], [one[1]]
-            rr[("lw", side)] = rr.get(("lw", side), 0) + K
-            rr[("lw", side, one[1])] = rr.get(("lw", side, one[1]), 0) + K
+            self._charge(side, planes, K)
         else:
             side, planes = self.side(len(ncs), K)
         queues = [[self.plane_queue(side, pl, r) for r in range(3)] for pl in planes]
