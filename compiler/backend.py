@@ -58,17 +58,25 @@ def compile_module(
     `timings`, when given, receives the seconds spent in each pass (for benchmarks; a program does
     not record them, so that it stays the same byte for byte).
     """
-    refused = None
+    refused = []
     clock = _Clock(timings)
     with _no_cycle_collection():
         if timing_only:
-            try:
-                return _compile(module, system, weights, tp, pp, timing_only, use_runs=True, clock=clock)
-            except _NotPeriodic as e:  # a run's blocks did not repeat in time: compile every stage
-                refused = str(e)
-        program = _compile(module, system, weights, tp, pp, timing_only, use_runs=False, clock=clock)
+            # runs start a stage into the alike stages, else a period in (compiler/repeats.py)
+            for warm in (1, None):
+                try:
+                    program = _compile(module, system, weights, tp, pp, True, True, warm, clock)
+                except _NotPeriodic as e:  # a run's blocks did not repeat in time
+                    refused.append(str(e))
+                    if e.periodic:
+                        continue
+                    break
+                if refused:  # say why the first try was not kept
+                    program.meta["timing_only"]["runs_warmed_up"] = refused[0]
+                return program
+        program = _compile(module, system, weights, tp, pp, timing_only, False, 1, clock)
     if refused:  # say why nothing was stored once
-        program.meta["timing_only"]["runs_not_repeating"] = refused
+        program.meta["timing_only"]["runs_not_repeating"] = refused[-1]
     return program
 
 
@@ -93,6 +101,10 @@ _NONE: tuple = ()
 class _NotPeriodic(Exception):
     """A run of alike stages whose placements do not repeat: its stages cannot be copies."""
 
+    def __init__(self, message: str, runs: list[Run]):
+        super().__init__(message)
+        self.periodic = any(run.period > 1 for run in runs)  # a run starting a period in differs
+
 
 class _Clock:
     """Seconds per pass, added into a dict (nothing is kept when there is none)."""
@@ -109,7 +121,9 @@ class _Clock:
         self.last = now
 
 
-def _compile(module, system, weights, tp, pp, timing_only, use_runs, clock=None) -> Program:
+def _compile(
+    module, system, weights, tp, pp, timing_only, use_runs, warm: int | None = 1, clock=None
+) -> Program:
     clock = clock or _Clock(None)
     check_split(system, tp, pp)
     chip = system.chip
@@ -159,7 +173,7 @@ def _compile(module, system, weights, tp, pp, timing_only, use_runs, clock=None)
         def link_of(a: int, b: int) -> tuple[int, int]:
             return link_numbers.link(a, b)[1:]
 
-        runs = find_runs(plan, lambda c, name: symbols[c][name].slice, link_of)
+        runs = find_runs(plan, lambda c, name: symbols[c][name].slice, link_of, warm)
         clock.lap("find runs")
     per_run_values = [value_map(plan, run, stage_of_chip) for run in runs]
     entries = tuple(e.name for e in plan.entries)
@@ -232,13 +246,14 @@ def _compile(module, system, weights, tp, pp, timing_only, use_runs, clock=None)
         for job in jobs:  # placed: what they hold is no longer needed, only what they emit
             for nd in job.nodes:
                 nd.holds = _NONE
-        for run in runs:  # each template stage placed as the stage a period before it, shifted alike
-            t, p_ = run.template, run.period
-            shift = releases[t] - releases[t - p_]
-            for u in range(t, run.template_last + 1):
-                alike = keys.get(u) and keys.get(u) == keys.get(u - p_)
-                if not alike or releases[u] - releases[u - p_] != shift:
-                    raise _NotPeriodic(f"stages {run.first}..{run.last} of {ep.name}")
+        for run in runs:  # placed alike, shifted alike: the stage after the copies (standing in for the
+            # first copy) as the template's first, the template's last stage as the block before it
+            t = run.template
+            shift = releases[run.last] - releases[t]
+            for u, v in ((run.last, t), (run.template_last, run.first)):
+                alike = keys.get(u) and keys.get(u) == keys.get(v)
+                if not alike or releases[u] - releases[v] != shift:
+                    raise _NotPeriodic(f"stages {run.first}..{run.last} of {ep.name}", runs)
             shifts.append(shift)
         per_entry.append((ep, jobs, inputs, results, order, placed, stage, shifts))
         clock.lap("schedule")
@@ -286,10 +301,11 @@ def _compile(module, system, weights, tp, pp, timing_only, use_runs, clock=None)
         jobs.clear()  # emitted: the entry's jobs are no longer needed
         placed.clear()
         for run, shift in zip(runs, shifts):
-            t, before = run.template, run.template - run.period
+            t, before = run.template, run.first
             rows = first_row[run.last] - first_row[t]
-            if first_row[t] - first_row[before] != rows:  # alike blocks emit alike rows
-                raise _NotPeriodic(f"stages {before}.. and {t}.. of {ep.name} emit different rows")
+            if first_row[t] - first_row[before] != first_row[run.last] - first_row[run.template_last]:
+                msg = f"stages {before} and {run.template_last} of {ep.name} emit different rows"
+                raise _NotPeriodic(msg, runs)
             groups.append((e, run, first_row[before], first_row[t], rows, shift, emitter.n_rows))
             # the copies' instructions come from their own stages' ops: map the template's op names
             fix, per_copy = op_names(ep, run, stage_of_chip)
@@ -431,7 +447,9 @@ def _stored_runs(groups: list, tp: int, chip_col, cycle, src) -> Repeats:
     for (_, _, start_prev, start_t, _, _, end), k_rows, where in zip(groups, sizes, at):
         block = src[start_t:where]
         if ((block >= 0) & (block < start_prev)).any():
-            raise _NotPeriodic("a template row reads from before the block it follows")
+            raise _NotPeriodic(
+                "a template row reads from before the block it follows", [g[1] for g in groups]
+            )
         mine = src[where:end]  # the block after the copies reads the last copy, not the template
         real[where:end][(mine >= start_t) & (mine < where)] += k_rows
         lo.append(int(start_prev + inserted[np.searchsorted(at, start_prev, side="right")]))

@@ -14,15 +14,19 @@ appearance, and params and states by type and MEM slice; transfers compare their
 link numbers on each hop (the queue a send uses). Lowering is a function of a chip's statements
 and of its params' slices (compiler/backend.py), so alike blocks lower to alike jobs.
 
-For a run of alike stages a .. e (e - a >= 4) the backend lowers a, a + 1, a + 2 (the template
-T) and e, skips a + 3 .. e - 1, and lowers e's block with the chips of e - 1 replaced by T's: in
-a timing-only compile the scheduler then sees, before e, exactly the state it would see after
-e - 1 (shifted in time). Exactness needs the block after a + 1 to repeat a + 1's placement
-(block a + 2 found a + 1's key in the stage memo) and e to repeat it too; the backend checks
-both and otherwise compiles every stage. Why one repeat implies all: a block's placement is a
-function of its memo key (compiler/stages.py), and when block s + 1 is block s shifted by D,
-renamed one stage on, the state block s + 2 meets (reservations on the chips of s + 1 and s +
-2, landings of what it reads) is the state s + 1 met, shifted by D, so its key is s + 1's.
+For a run of alike stages a .. e the backend lowers a, the template T = a + 1 .. a + period and
+e, skips the copies a + period + 1 .. e - 1, and lowers e's block with the chips of e - 1 replaced
+by T's last stage's: in a timing-only compile the scheduler then sees, before e, exactly the state
+it would see after e - 1 (shifted in time). Exactness needs e to be placed as T's first stage was
+(e found its key in the stage memo: the state T's last stage leaves is the state a left) and a
+to be placed as T's last stage (so that the copies' reads of the stage before them, the hand-over
+sends, are T's reads of a, a copy on, at the same words); the backend checks both. Why one repeat
+implies all: a block's placement is a function of its memo key (compiler/stages.py), and when
+block s + 1 is block s shifted by D, renamed one stage on, the state block s + 2 meets
+(reservations on the chips of s + 1 and s + 2, landings of what it reads) is the state s + 1 met,
+shifted by D, so its key is s + 1's. The first stage of a run of alike statements is usually not
+placed alike (its own predecessor is not alike): a run starts `warm` stages into it, one by
+default, and the backend compiles again a period in if that does not repeat, then every stage.
 """
 
 from __future__ import annotations
@@ -34,17 +38,17 @@ from compiler.ir import Global, Value
 from compiler.partition import Local, LocalCommit, Place, Plan, Transfer
 from compiler.stages import canonical_bytes
 
-MIN_RUN = 5  # stages in a run worth storing once: a, a + 1, T, e are lowered, the rest copied
 MAX_PERIOD = 16  # the longest period looked for
 
 
 @dataclass(frozen=True)
 class Run:
-    """Stages first .. last lower alike, `period` stages apart (a stage holds what the stage a
-    period before it holds, a period of layers on). Stages first + 1 .. first + P (P = period) are
-    lowered and placed; so is the template, the P stages after them; the stages from there to
-    last - 1 are copies of the template, a period at a time; `last` (alike the template's first
-    stage) is lowered with the template's last stage standing in for the one before it."""
+    """Stages first + 1 .. last lower alike, `period` stages apart (a stage holds what the stage a
+    period before it holds, a period of layers on), and so does `first`, whose block is placed as
+    the template's last stage's. The template, the period of stages after `first`, is lowered and
+    placed; the stages from there to last - 1 are copies of it, a period at a time; `last` (alike
+    the template's first stage) is lowered with the template's last stage standing in for the one
+    before it."""
 
     first: int
     last: int
@@ -53,11 +57,11 @@ class Run:
     @property
     def template(self) -> int:
         """The template's first stage."""
-        return self.first + self.period + 1
+        return self.first + 1
 
     @property
     def template_last(self) -> int:
-        return self.first + 2 * self.period
+        return self.first + self.period
 
     @property
     def copies(self) -> range:
@@ -157,12 +161,13 @@ class _Canon:
         return hashlib.sha256(canonical_bytes(self.out)).digest()
 
 
-def find_runs(plan: Plan, slice_of, link_of) -> list[Run]:
-    """The runs of alike stages (at least MIN_RUN long) whose inner stages can be copies: every entry's
-    blocks alike, each block touching only its own and the previous stage's chips, no entry
-    output on a copy's chips, and nothing outside the run touching a copy's chips."""
+def find_runs(plan: Plan, slice_of, link_of, warm: int | None = 1) -> list[Run]:
+    """The runs of alike stages, starting `warm` stages into them (None: a period), with a copy of
+    their template at least, whose inner stages can be copies: every entry's blocks alike, each
+    block touching only its own and the previous stage's chips, no entry output on a copy's chips,
+    and nothing outside the run touching a copy's chips."""
     tp, pp = plan.tp, plan.pp
-    if pp < MIN_RUN:
+    if pp < 5:  # the stage before, a, T, a copy of T, e
         return []
     stage_of_chip = {c: s for s, g in enumerate(plan.groups) for c in g}
     keys: list[list[bytes]] = [[] for _ in range(pp)]
@@ -183,15 +188,16 @@ def find_runs(plan: Plan, slice_of, link_of) -> list[Run]:
         for c, _ in ep.outputs:
             local[stage_of_chip.get(c, 0)] = False
     best: list[Run] = []
-    for period in range(1, min(MAX_PERIOD, (pp - 2) // 3) + 1):
-        runs = _runs_of_period(keys, local, touched, pp, period)
+    for period in range(1, min(MAX_PERIOD, (pp - 3) // 2) + 1):
+        runs = _runs_of_period(keys, local, touched, pp, period, warm)
         if sum(len(r.copies) for r in runs) > sum(len(r.copies) for r in best):
             best = runs
     return best
 
 
-def _runs_of_period(keys, local, touched, pp: int, period: int) -> list[Run]:
-    """The runs whose stages are alike `period` apart (see `Run`), each with a copy at least."""
+def _runs_of_period(keys, local, touched, pp: int, period: int, warm: int | None) -> list[Run]:
+    """The runs whose stages are alike `period` apart (see `Run`), `warm` stages in, each with a copy
+    at least."""
     runs = []
     s = 1
     while s < pp:
@@ -201,9 +207,10 @@ def _runs_of_period(keys, local, touched, pp: int, period: int) -> list[Run]:
         if e - period < s:  # nothing repeats from s
             s += 1
             continue
-        last = s + 1 + (e - s - 1) // period * period  # alike the template's first stage
-        run = Run(s, last, period)
-        if local[s] and run.count >= 1 and (period > 1 or last - s + 1 >= MIN_RUN):
+        first = s + (period if warm is None else warm)
+        last = first + 1 + (e - first - 1) // period * period  # alike the template's first stage
+        run = Run(first, last, period)
+        if local[first] and run.count >= 1:
             copies = set(run.copies)
             outside = [t for b in range(pp) if b not in copies and b != last for t in touched[b]]
             if not copies & set(outside):
