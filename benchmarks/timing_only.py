@@ -8,7 +8,11 @@ one layer per stage on a node each (tp=8: 40 to 72 chips), where runs of alike s
 stored once. For each: the cycles of a decode step, instructions, the compile time of a full
 compile (every stage searched) and of `--timing-only`, the ratio of the two, and how many stage
 blocks were searched and how many reused or copied. Every timing-only program is checked to be
-the full one, table for table (expanded). Medians of runs; the machine is shared and noisy.
+the full one, table for table (expanded). Then runs with a period (layers cut inside them, on a
+ring of small chips; 50 layers over 45 stages repeat every 9 stages, as the 70B's 80 over 72):
+the compile with the template right after a run's first stage (stop 24) against the one with a
+warm-up period before it, in one process, how many stages each lowers, their seconds and ratio.
+Medians of runs; the machine is shared and noisy.
 
 Last, the 70B-parameter configuration of issue 6 (80 layers, d_model 8192, 64 heads, 8
 key/value heads, ffn 28672, vocab 32000 on dragonfly:8, tp=8 pp=72): in f16 its params do
@@ -16,7 +20,7 @@ not fit 576 chips, and the compiler says so; in int8 its stages are cut inside l
 every 9 stages, not from one stage to the next (printed from the partition). Compiled and
 reported, each in a process of its own: two of its stages (2 layers with the embedding and the
 head), 64 layers of its shapes on 512 chips, one layer per stage, where runs of alike stages are
-stored once, and with --whole-70b all 80 layers on 576 chips (about 8 minutes: far over the
+stored once, and with --whole-70b all 80 layers on 576 chips (about 7-8 minutes: far over the
 60 s target). Each prints the seconds each compiler pass took.
 """
 
@@ -96,7 +100,7 @@ def seventy_b(whole: bool) -> None:
     partition shows it); the cuts repeat every 9 stages, which a run with a period stores once.
     Compiled, each in a process of its own (time and peak memory its own): two of its stages, 64
     layers of its shapes on 512 chips (one layer per stage, runs of alike stages stored once), and
-    with `--whole-70b` all of it (about 8 min and 18 GB on this machine: far over the 60 s target)."""
+    with `--whole-70b` all of it (about 7-8 min and 13 GB on this machine: far over the 60 s target)."""
     from compiler.decompose import decompose
     from compiler.partition import Transfer, partition
 
@@ -168,6 +172,49 @@ def child(layers: int, pp: int, what: str) -> None:
     )
 
 
+def periodic(runs: int) -> None:
+    """Runs with a period (layers cut inside them, as the 70B's): the template right after the run's
+    first stage (since stop 24) against after a warm-up period (before), in one process, medians of
+    `runs`; both programs, written out, must be the same."""
+    import compiler.backend as backend
+    from isa.chip import TINY
+    from isa.system import SystemConfig
+    from lpu.strategies import links_for
+
+    chip = TINY.replace(c2c_links=8, mem_slice_bytes=11520, mem_slices_per_hemisphere=8)
+    print("runs with a period (Llama d 64 cut inside layers on a ring of small chips, tp=1):")
+    heads = ("layers", "stages", "period", "lowered", "s before", "s now", "ratio")
+    print(" ".join(f"{h:>{w}}" for h, w in zip(heads, (6, 6, 6, 14, 8, 6, 6))))
+    for layers, pp in ((30, 20), (50, 45)):
+        system = SystemConfig(f"ring{pp}", chip, pp, links_for("ring", pp), link_latency_cycles=20)
+        config = LlamaConfig(layers, 64, heads=4, kv_heads=2, ffn=128, vocab=32, max_seq=4)
+        m = parse(module_text(config))
+        times = {None: [], 1: []}
+        programs = {}
+        try:
+            for _ in range(runs):
+                for warm in (None, 1):
+                    backend.WARM_UP = (warm,)
+                    t = time.perf_counter()
+                    programs[warm] = compile_module(m, system, None, tp=1, pp=pp, timing_only=True)
+                    times[warm].append(time.perf_counter() - t)
+        finally:
+            backend.WARM_UP = (1, None)
+        a, b = programs[None].expanded(), programs[1].expanded()
+        assert all(np.array_equal(getattr(a, k), getattr(b, k)) for k in TABLES), "the programs differ"
+        lowered = []
+        for warm in (None, 1):
+            memo = programs[warm].meta["timing_only"]
+            lowered.append(pp - memo["stage_blocks_copied"] // len(programs[warm].entries))
+        before, now = statistics.median(times[None]), statistics.median(times[1])
+        period = programs[1].meta["timing_only"]["runs"][0][2]
+        print(
+            f"{layers:>6} {pp:>6} {period:>6} {f'{lowered[0]} -> {lowered[1]}':>14} {before:>8.2f} "
+            f"{now:>6.2f} {now / before:>5.2f}x"
+        )
+    print()
+
+
 def toy_tp8(layers: int) -> LlamaConfig:
     return LlamaConfig(layers=layers, d_model=64, heads=8, kv_heads=8, ffn=128, vocab=128, max_seq=8)
 
@@ -185,7 +232,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--skip-70b", action="store_true")
-    ap.add_argument("--whole-70b", action="store_true", help="also all 80 layers (about 8 min, 18 GB)")
+    ap.add_argument("--whole-70b", action="store_true", help="also all 80 layers (about 7-8 min, 13 GB)")
     ap.add_argument(
         "--big",
         metavar="OUT.lpuprog",
@@ -211,6 +258,7 @@ def main() -> None:
     table(rows, "one layer per stage, tp=2 (chips = 2 x layers):")
     rows = [measure(toy_tp8(n), 8, n, args.runs) for n in (5, 7, 9)]
     table(rows, "one layer per stage, a node each (tp=8 on rack; runs of alike stages stored once):")
+    periodic(args.runs)
     if not args.skip_70b:
         seventy_b(args.whole_70b)
 

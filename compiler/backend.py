@@ -62,8 +62,7 @@ def compile_module(
     clock = _Clock(timings)
     with _no_cycle_collection():
         if timing_only:
-            # runs start a stage into the alike stages, else a period in (compiler/repeats.py)
-            for warm in (1, None):
+            for warm in WARM_UP:
                 try:
                     program = _compile(module, system, weights, tp, pp, True, True, warm, clock)
                 except _NotPeriodic as e:  # a run's blocks did not repeat in time
@@ -96,6 +95,10 @@ def _no_cycle_collection():
 
 
 _NONE: tuple = ()
+# where runs of alike stages start, tried in turn (compiler/repeats.py): a stage into the alike
+# stages, else a period in (None; the only choice before stop 24, which benchmarks/timing_only.py
+# compares with)
+WARM_UP: tuple = (1, None)
 
 
 class _NotPeriodic(Exception):
