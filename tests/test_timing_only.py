@@ -159,18 +159,18 @@ def test_a_run_whose_stages_do_not_repeat_is_compiled_stage_by_stage(monkeypatch
 
 def test_a_run_whose_first_stage_is_placed_otherwise_is_compiled_stage_by_stage(monkeypatch):
     """A run whose template follows the stage after the embedding: that stage is not placed as the
-    template's last stage (what it receives comes from the embedding's stage), so nothing shows
-    that the copies' hand-over sends read their predecessor's words as the template's read it (the
-    words are allocated from the placements; here they happen to agree). Nothing is copied, and the
-    program is the full one. (Found runs start a stage later: the tests above.)"""
+    template's last stage (what it receives comes from the embedding's stage), so the copies would
+    not read their predecessor as the template reads it (copied without the check, this program
+    differs from the full one). Nothing is copied, and the program is the full one. (Found runs
+    start a stage later: the tests above.)"""
     import compiler.backend as backend
 
-    m = module_of("llama", LlamaConfig(7, 64, heads=8, kv_heads=8, ffn=128, vocab=128, max_seq=8))
-    full = compile_module(m, named_system("rack"), None, tp=8, pp=7)
-    monkeypatch.setattr(backend, "find_runs", lambda *a: [Run(1, 5)])
-    fast = compile_module(m, named_system("rack"), None, tp=8, pp=7, timing_only=True)
+    m = module_of("llama", llama(8))
+    full = compile_module(m, named_system("node"), None, tp=1, pp=8)
+    monkeypatch.setattr(backend, "find_runs", lambda *a: [Run(1, 6)])
+    fast = compile_module(m, named_system("node"), None, tp=1, pp=8, timing_only=True)
     assert fast.meta["timing_only"]["stage_blocks_copied"] == 0 and not len(fast.repeats)
-    assert fast.meta["timing_only"]["runs_not_repeating"].startswith("stages 1..5 of")
+    assert fast.meta["timing_only"]["runs_not_repeating"].startswith("stages 1..6 of")
     assert_same_program(full, fast)
 
 
